@@ -1,0 +1,71 @@
+"""Failure alerts: every DAG's ``on_failure_callback``.
+
+An alert is logged and appended as one JSON line to ``$FACILITY_SITE/alerts.jsonl`` (the local site's inbox, which
+``make demo`` prints); where an Airflow connection ``facility_alerts`` of type http exists, it is also POSTed there
+(e.g. a Slack or Mattermost incoming webhook). Sending an alert must never fail the callback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+from airflow.sdk.bases.notifier import BaseNotifier
+
+log = logging.getLogger(__name__)
+
+ALERT_CONN_ID = "facility_alerts"
+
+
+def alert_record(context) -> dict:
+    ti = context.get("ti") or context.get("task_instance")
+    dag_run = context.get("dag_run")
+    exc = context.get("exception")
+    return {
+        "time": datetime.now(UTC).isoformat(),
+        "dag_id": getattr(ti, "dag_id", None),
+        "task_id": getattr(ti, "task_id", None),
+        "map_index": getattr(ti, "map_index", None),
+        "run_id": getattr(dag_run, "run_id", None) or getattr(ti, "run_id", None),
+        "try_number": getattr(ti, "try_number", None),
+        "error": f"{type(exc).__name__}: {exc}" if exc else None,
+    }
+
+
+class FacilityAlertNotifier(BaseNotifier):
+    """Record a failed task where operators will see it."""
+
+    template_fields = ()
+
+    def notify(self, context) -> None:
+        record = alert_record(context)
+        log.error("ALERT %s.%s[%s] run %s failed: %s", record["dag_id"], record["task_id"], record["map_index"],
+                  record["run_id"], record["error"])
+        site = os.environ.get("FACILITY_SITE")
+        if site:
+            try:
+                with open(Path(site) / "alerts.jsonl", "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+            except OSError as exc:
+                log.warning("could not append alert to %s/alerts.jsonl: %s", site, exc)
+        try:
+            from airflow.sdk import BaseHook
+
+            conn = BaseHook.get_connection(ALERT_CONN_ID)
+        except Exception:  # no webhook configured: the log and the inbox are the alert
+            return
+        try:
+            import requests
+
+            url = conn.host if "://" in (conn.host or "") else f"{conn.schema or 'https'}://{conn.host}"
+            requests.post(url, json={"text": f"Airflow task failed: {record}"}, timeout=10)
+        except Exception as exc:
+            log.warning("could not POST alert to connection %s: %s", ALERT_CONN_ID, exc)
+
+
+def failure_callback(context) -> None:
+    """Plain function form, for ``default_args["on_failure_callback"]``."""
+    FacilityAlertNotifier().notify(context)

@@ -1,0 +1,91 @@
+"""The project's single data-safety policy.
+
+Two questions decide whether data can be lost or leaked, and they are answered only here:
+
+* may this data leave its site? (export control: export-controlled ALS data never leaves ALS, whatever a
+  beamline's configuration asks for);
+* may this copy be deleted? (only when a verified twin - same size and same checksum - exists at every location
+  the caller's policy names, and that twin is not the copy itself).
+
+Call sites ask and obey; they never re-implement these rules. Both functions are pure, so every rule is tested
+without Airflow or services.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class SafetyError(PermissionError):
+    """An action was refused by the data-safety policy."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str
+
+    def require(self) -> None:
+        """Raise :class:`SafetyError` unless the action is allowed."""
+        if not self.allowed:
+            raise SafetyError(self.reason)
+
+
+@dataclass(frozen=True)
+class Copy:
+    """What is known of one copy of a file: where it is, its size and its checksum ("algorithm:hex")."""
+
+    location: str
+    path: str
+    size: int | None
+    checksum: str | None
+
+
+def may_leave_site(*, export_controlled: bool, from_site: str, to_site: str, what: str = "data") -> Decision:
+    """May ``what`` move from ``from_site`` to ``to_site``? Export-controlled data stays on its site."""
+    if from_site == to_site:
+        return Decision(True, f"{what} stays on site {from_site}")
+    if export_controlled:
+        return Decision(False, f"{what} is export-controlled and may not leave {from_site} (requested: {to_site})")
+    return Decision(True, f"{what} is not export-controlled; {from_site} -> {to_site} allowed")
+
+
+def _same(a: Copy, b: Copy) -> str | None:
+    """None if ``b`` verifiably equals ``a``, else why not."""
+    if a.size is None or a.checksum is None:
+        return f"size/checksum of {a.location}:{a.path} unknown"
+    if b.size is None or b.checksum is None:
+        return f"size/checksum of the copy at {b.location}:{b.path} unknown"
+    if a.size != b.size:
+        return f"size differs at {b.location}:{b.path} ({b.size} != {a.size})"
+    algo_a, _, _ = a.checksum.partition(":")
+    algo_b, _, _ = b.checksum.partition(":")
+    if algo_a != algo_b:
+        return f"checksums not comparable at {b.location}:{b.path} ({algo_b} vs {algo_a})"
+    if a.checksum != b.checksum:
+        return f"checksum differs at {b.location}:{b.path}"
+    return None
+
+
+def may_delete(target: Copy, copies: Sequence[Copy | None], *, required_locations: Sequence[str]) -> Decision:
+    """May ``target`` be deleted?
+
+    Every location in ``required_locations`` must hold a copy with the same size and checksum as ``target``.
+    ``copies`` holds what was observed (``None`` or absence means "not found"). A copy at the target's own
+    location never counts: deleting the last copy is the failure this function exists to prevent.
+    """
+    if not required_locations:
+        return Decision(False, f"no check location configured for {target.location}:{target.path}; keeping it")
+    by_location = {c.location: c for c in copies if c is not None}
+    for location in required_locations:
+        if location == target.location:
+            return Decision(False, f"check location {location} is the target's own location; keeping it")
+        twin = by_location.get(location)
+        if twin is None:
+            return Decision(False, f"no copy of {target.path} found at {location}; keeping it")
+        problem = _same(target, twin)
+        if problem:
+            return Decision(False, f"{problem}; keeping {target.location}:{target.path}")
+    where = ", ".join(required_locations)
+    return Decision(True, f"verified copy (size {target.size}, {target.checksum}) at {where}")

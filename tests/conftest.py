@@ -1,0 +1,60 @@
+"""Shared test harness.
+
+* Airflow is configured here, before anything imports it: a throwaway AIRFLOW_HOME (SQLite) per test session whose
+  dags folder is this checkout's dags/, so ``dag.test()`` runs the real DAG files.
+* ``airflow_db``: the metadata DB migrated once per session (needed by ``dag.test()``).
+* ``site``: the local site's real services (PostgreSQL, Rucio, S3 API), brought up idempotently and reused when
+  ``make test`` already started them; torn down at the end only if this session started them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_session_tmp = Path(tempfile.mkdtemp(prefix="facility-test-"))
+
+os.environ.setdefault("FACILITY_INCLUDE", str(REPO / "include"))
+os.environ["AIRFLOW_HOME"] = str(_session_tmp / "airflow")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO / "plugins")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_session_tmp / 'airflow' / 'airflow.db'}"
+os.environ["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] = str(_session_tmp / "airflow" / "logs")
+os.environ.setdefault("FACILITY_SITE", str(_session_tmp / "site"))
+(_session_tmp / "airflow").mkdir(parents=True, exist_ok=True)
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """A migrated Airflow metadata DB for this test session (about 4 s, once)."""
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True,
+                   env=os.environ.copy())
+    return Path(os.environ["AIRFLOW_HOME"])
+
+
+@pytest.fixture(scope="session")
+def site():
+    """The local site with its real services up (see facility_data.localsite)."""
+    from facility_data.localsite import Site
+
+    s = Site.from_env()
+    started = s.up()
+    yield s
+    if started and not os.environ.get("FACILITY_KEEP_SITE"):
+        s.down()
+
+
+@pytest.fixture
+def site_root(tmp_path) -> Path:
+    """A private, empty local-site directory for tests that only need files (no services)."""
+    root = tmp_path / "site"
+    root.mkdir()
+    return root
