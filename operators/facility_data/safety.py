@@ -13,7 +13,7 @@ without Airflow or services.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -89,3 +89,19 @@ def may_delete(target: Copy, copies: Sequence[Copy | None], *, required_location
             return Decision(False, f"{problem}; keeping {target.location}:{target.path}")
     where = ", ".join(required_locations)
     return Decision(True, f"verified copy (size {target.size}, {target.checksum}) at {where}")
+
+
+def may_delete_site_bound(target: Copy, copies: Sequence[Copy | None], *, required_locations: Sequence[str],
+                          site_of: Mapping[str, str], home_site: str) -> Decision:
+    """May ``target``, data that may not leave ``home_site`` (export-controlled, or of unknown status), be deleted?
+
+    Only a verified twin *at home_site* counts: a copy elsewhere either should not exist or cannot be relied on to
+    keep it, so deleting the last home copy on its strength would lose (or leak) the data. The configured check
+    locations are narrowed to those at ``home_site``; if none remain the target is kept.
+    """
+    at_home = [loc for loc in required_locations if site_of.get(loc) == home_site]
+    if not at_home:
+        where = ", ".join(required_locations) or "none"
+        return Decision(False, f"{target.location}:{target.path} must stay at {home_site} (export-controlled or "
+                               f"status unknown) and none of its check locations ({where}) is at {home_site}; keeping it")
+    return may_delete(target, copies, required_locations=at_home)

@@ -1,0 +1,172 @@
+"""The copy ledger: a small durable SQLite file recording what each beamline DAG put where.
+
+Why a ledger: the prune sweep must know, for every file it may delete, (1) whether the scan is export-controlled
+(only the new-file DAG knows: it comes from the watcher's conf) and (2) the size and checksum of the copies
+elsewhere, including on Globus collections whose listings carry no checksum. So every verified copy is recorded
+when it is made: scan, location, key, size, checksum ("sha256:..." for files, "tree-sha256:..." for directories),
+and when it arrived. The sweep still re-reads every location live (existence and size); the ledger only supplies
+what a live listing cannot (export-control status, remote checksums, arrival time).
+
+Tables:
+* ``scans(beamline, scan, export_controlled, file_path, first_seen)``: one row per raw scan (``raw/<folder>/<f>.h5``).
+* ``copies(beamline, location, key, scan, endpoint, path, size, checksum, arrived_at, state, updated_at, run_id)``:
+  the latest known state (``present``/``deleted``) of each item at each location.
+* ``events``: an append-only history of every record and delete, for audits.
+
+SQLite (stdlib) gives atomic, concurrent-safe writes from parallel tasks (WAL, busy timeout) in one file.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS scans (
+    beamline TEXT NOT NULL, scan TEXT NOT NULL, export_controlled INTEGER NOT NULL, file_path TEXT,
+    first_seen TEXT NOT NULL, PRIMARY KEY (beamline, scan));
+CREATE TABLE IF NOT EXISTS copies (
+    beamline TEXT NOT NULL, location TEXT NOT NULL, key TEXT NOT NULL, scan TEXT NOT NULL, endpoint TEXT NOT NULL,
+    path TEXT NOT NULL, size INTEGER, checksum TEXT, arrived_at TEXT NOT NULL, state TEXT NOT NULL,
+    updated_at TEXT NOT NULL, run_id TEXT, PRIMARY KEY (beamline, location, key));
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, beamline TEXT NOT NULL, action TEXT NOT NULL,
+    location TEXT, key TEXT, detail TEXT);
+"""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+@dataclass(frozen=True)
+class CopyRecord:
+    beamline: str
+    location: str
+    key: str
+    scan: str
+    endpoint: str
+    path: str
+    size: int | None
+    checksum: str | None
+    arrived_at: datetime
+    state: str
+
+
+class Ledger:
+    """Open (creating if needed) the ledger at ``path``."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    @staticmethod
+    def _event(db, beamline: str, action: str, location: str | None, key: str | None, detail: dict) -> None:
+        db.execute("INSERT INTO events (time, beamline, action, location, key, detail) VALUES (?,?,?,?,?,?)",
+                   (_now(), beamline, action, location, key, json.dumps(detail, sort_keys=True)))
+
+    # ---- scans ----------------------------------------------------------------------------------------------
+    def record_scan(self, beamline: str, scan: str, *, export_controlled: bool, file_path: str) -> bool:
+        """Record a scan's export-control status; returns the status in force.
+
+        Once a scan was recorded as export-controlled it stays so: a later conf saying otherwise cannot relax it.
+        """
+        with self._connect() as db:
+            row = db.execute("SELECT export_controlled FROM scans WHERE beamline=? AND scan=?",
+                             (beamline, scan)).fetchone()
+            status = bool(export_controlled) or bool(row and row[0])
+            if row is None:
+                db.execute("INSERT INTO scans VALUES (?,?,?,?,?)",
+                           (beamline, scan, int(status), file_path, _now()))
+            elif status != bool(row[0]):
+                db.execute("UPDATE scans SET export_controlled=? WHERE beamline=? AND scan=?",
+                           (int(status), beamline, scan))
+            self._event(db, beamline, "scan", None, scan,
+                        {"export_controlled": status, "requested": bool(export_controlled), "file_path": file_path})
+        return status
+
+    def export_controlled(self, beamline: str, scan: str) -> bool | None:
+        """True/False as recorded, None when the ledger does not know the scan."""
+        with self._connect() as db:
+            row = db.execute("SELECT export_controlled FROM scans WHERE beamline=? AND scan=?",
+                             (beamline, scan)).fetchone()
+        return None if row is None else bool(row[0])
+
+    # ---- copies ---------------------------------------------------------------------------------------------
+    def record_copy(self, beamline: str, location: str, key: str, *, scan: str, endpoint: str, path: str,
+                    size: int | None, checksum: str | None, run_id: str | None = None) -> None:
+        """Record a verified copy as present (arrival time kept if it was already present with the same content)."""
+        now = _now()
+        with self._connect() as db:
+            row = db.execute("SELECT size, checksum, arrived_at, state FROM copies WHERE beamline=? AND location=? "
+                             "AND key=?", (beamline, location, key)).fetchone()
+            same = row is not None and row[3] == "present" and row[0] == size and row[1] == checksum
+            arrived = row[2] if same else now
+            db.execute("INSERT OR REPLACE INTO copies VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                       (beamline, location, key, scan, endpoint, path, size, checksum, arrived, "present", now,
+                        run_id))
+            self._event(db, beamline, "copy", location, key,
+                        {"scan": scan, "endpoint": endpoint, "path": path, "size": size, "checksum": checksum,
+                         "run_id": run_id})
+
+    def mark_deleted(self, beamline: str, location: str, key: str, *, reason: str) -> None:
+        now = _now()
+        with self._connect() as db:
+            db.execute("UPDATE copies SET state='deleted', updated_at=? WHERE beamline=? AND location=? AND key=?",
+                       (now, beamline, location, key))
+            self._event(db, beamline, "delete", location, key, {"reason": reason})
+
+    def copy(self, beamline: str, location: str, key: str) -> CopyRecord | None:
+        with self._connect() as db:
+            row = db.execute("SELECT beamline, location, key, scan, endpoint, path, size, checksum, arrived_at, "
+                             "state FROM copies WHERE beamline=? AND location=? AND key=?",
+                             (beamline, location, key)).fetchone()
+        return _record(row) if row else None
+
+    def copies(self, beamline: str, location: str | None = None, *, state: str | None = "present") -> list[CopyRecord]:
+        sql = ("SELECT beamline, location, key, scan, endpoint, path, size, checksum, arrived_at, state FROM copies "
+               "WHERE beamline=?")
+        args: list = [beamline]
+        if location is not None:
+            sql += " AND location=?"
+            args.append(location)
+        if state is not None:
+            sql += " AND state=?"
+            args.append(state)
+        with self._connect() as db:
+            rows = db.execute(sql + " ORDER BY location, key", args).fetchall()
+        return [_record(r) for r in rows]
+
+    def events(self, beamline: str) -> list[dict]:
+        with self._connect() as db:
+            rows = db.execute("SELECT time, action, location, key, detail FROM events WHERE beamline=? ORDER BY id",
+                              (beamline,)).fetchall()
+        return [{"time": t, "action": a, "location": loc, "key": k, **json.loads(d)} for t, a, loc, k, d in rows]
+
+
+def _record(row) -> CopyRecord:
+    *head, arrived, state = row
+    return CopyRecord(*head, arrived_at=datetime.fromisoformat(arrived), state=state)

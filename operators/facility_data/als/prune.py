@@ -1,0 +1,216 @@
+"""The retention sweep: one pass over every location of a beamline, replacing thousands of scheduled deletions.
+
+For each location with a ``retention_days``, every item (raw ``<folder>/<file>.h5``, or a reconstruction
+``<folder>/rec<stem>/`` / ``<folder>/rec<stem>.zarr/``) older than the retention is deleted only when
+:mod:`facility_data.safety` allows it: a twin with the same size and checksum exists at each configured check
+location. Data of an export-controlled scan (or of a scan the ledger does not know) must keep a verified copy at
+ALS. Every decision is logged per item and written to an audit report (JSON + text). ``dry_run`` deletes nothing
+and reports what a real sweep would do, treating its would-be deletions as gone so later decisions stay faithful.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from facility_data.als.beamline import Beamline, Location
+from facility_data.als.inventory import Item, backend_for, inspect
+from facility_data.als.ledger import Ledger
+from facility_data.safety import Copy, Decision, may_delete, may_delete_site_bound
+from facility_data.transfer.base import TransferBackend
+from facility_data.transfer.endpoints import Endpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ItemDecision:
+    location: str
+    key: str
+    endpoint: str
+    path: str
+    action: str  # deleted | would_delete | kept | error
+    reason: str
+    age_days: float | None = None
+    size: int | None = None
+    checksum: str | None = None
+    export_controlled: bool | None = None
+
+
+@dataclass
+class PruneReport:
+    beamline: str
+    started: str
+    dry_run: bool
+    decisions: list[ItemDecision] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    finished: str = ""
+    json_path: str = ""
+    text_path: str = ""
+
+    def count(self, action: str) -> int:
+        return sum(1 for d in self.decisions if d.action == action)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "counts": {a: self.count(a) for a in ("deleted", "would_delete", "kept", "error")}}
+
+    def text(self) -> str:
+        mode = "DRY RUN (nothing deleted)" if self.dry_run else "deletions performed"
+        lines = [f"Prune report for {self.beamline}: {mode}", f"started {self.started}, finished {self.finished}",
+                 "counts: " + ", ".join(f"{a} {self.count(a)}" for a in ("deleted", "would_delete", "kept", "error"))]
+        lines += [f"note: {n}" for n in self.notes]
+        for d in self.decisions:
+            age = "age ?" if d.age_days is None else f"age {d.age_days:.1f} d"
+            lines.append(f"{d.action.upper():13s} {d.location}:{d.key} ({age}) - {d.reason}")
+        return "\n".join(lines) + "\n"
+
+
+def scan_of(location: Location, key: str, raw_dir: str) -> str:
+    """The raw scan (``raw/<folder>/<file>.h5``) an item at ``location`` belongs to."""
+    if location.kind == "raw":
+        return f"{raw_dir}/{key}"
+    folder, _, name = key.partition("/")
+    stem = name.removeprefix("rec").removesuffix(".zarr")
+    return f"{raw_dir}/{folder}/{stem}.h5"
+
+
+def discover(backend: TransferBackend, endpoint: Endpoint, location: Location) -> list[str]:
+    """Keys of the items at a location: ``<folder>/<file>.h5`` (raw) or ``<folder>/rec<stem>[.zarr]`` (recon)."""
+    if location.subdir and backend.stat(endpoint, location.subdir) is None:
+        return []  # nothing ever arrived here
+    keys = []
+    for folder in backend.list(endpoint, location.subdir):
+        if not folder.is_dir:
+            continue
+        name = folder.path.rsplit("/", 1)[-1]
+        for entry in backend.list(endpoint, folder.path):
+            leaf = entry.path.rsplit("/", 1)[-1]
+            if location.kind == "raw" and not entry.is_dir and leaf.endswith(".h5"):
+                keys.append(f"{name}/{leaf}")
+            elif location.kind == "recon" and entry.is_dir and leaf.startswith("rec"):
+                keys.append(f"{name}/{leaf}")
+    return sorted(keys)
+
+
+class Sweep:
+    """One retention sweep of one beamline."""
+
+    def __init__(self, beamline: Beamline, endpoints: dict[str, Endpoint], ledger: Ledger, *,
+                 now: datetime | None = None, dry_run: bool = True,
+                 backend: Callable[[Endpoint], TransferBackend] = backend_for, run_id: str | None = None):
+        self.bl = beamline
+        self.endpoints = endpoints
+        self.ledger = ledger
+        self.now = now or datetime.now(UTC)
+        self.dry_run = dry_run
+        self.backend = backend
+        self.run_id = run_id
+        self.gone: set[tuple[str, str]] = set()  # (location, key) deleted (or would be) during this sweep
+        self.report = PruneReport(beamline=beamline.id, started=self.now.isoformat(), dry_run=dry_run)
+
+    def _endpoint(self, location: Location) -> Endpoint:
+        return self.endpoints[location.endpoint]
+
+    def _copy(self, name: str, key: str) -> tuple[Copy | None, Item | None]:
+        """What is at location ``name`` for ``key``: live size (and checksum when knowable), else the ledger's."""
+        if (name, key) in self.gone:
+            return None, None
+        loc = self.bl.locations[name]
+        ep = self._endpoint(loc)
+        item = inspect(self.backend(ep), ep, loc.path_of(key))
+        if item is None:
+            return None, None
+        checksum = item.checksum
+        if checksum is None:
+            rec = self.ledger.copy(self.bl.id, name, key)
+            # The ledger's checksum is trusted only while the live size still matches what was recorded.
+            if rec and rec.state == "present" and rec.size == item.size:
+                checksum = rec.checksum
+        return Copy(location=name, path=key, size=item.size, checksum=checksum), item
+
+    def _age_days(self, name: str, key: str) -> float | None:
+        rec = self.ledger.copy(self.bl.id, name, key)
+        if rec is not None and rec.state == "present":
+            return (self.now - rec.arrived_at).total_seconds() / 86400
+        return None
+
+    def _decide(self, name: str, loc: Location, key: str, target: Copy, export_controlled: bool | None) -> Decision:
+        twins = [self._copy(other, key)[0] for other in loc.check]
+        if export_controlled is False:
+            return may_delete(target, twins, required_locations=loc.check)
+        site_of = {n: self.endpoints[loc_.endpoint].site.lower() for n, loc_ in self.bl.locations.items()}
+        return may_delete_site_bound(target, twins, required_locations=loc.check, site_of=site_of,
+                                     home_site=self.bl.home_site.lower())
+
+    def _one(self, name: str, loc: Location, key: str) -> ItemDecision:
+        ep = self._endpoint(loc)
+        path = loc.path_of(key)
+        scan = scan_of(loc, key, self.bl.paths.raw_dir)
+        ec = self.ledger.export_controlled(self.bl.id, scan)
+        d = ItemDecision(location=name, key=key, endpoint=ep.name, path=path, action="kept", reason="",
+                         export_controlled=ec)
+        d.age_days = self._age_days(name, key)
+        if d.age_days is None:
+            d.reason = "arrival time unknown (not recorded in the ledger); keeping it"
+            return d
+        if d.age_days < loc.retention_days:
+            d.reason = f"younger than the {loc.retention_days:g}-day retention"
+            return d
+        target, item = self._copy(name, key)
+        if target is None:
+            d.reason = "listed but vanished before it could be inspected"
+            return d
+        d.size, d.checksum = target.size, target.checksum
+        decision = self._decide(name, loc, key, target, ec)
+        d.reason = decision.reason
+        if not decision.allowed:
+            return d
+        if self.dry_run:
+            d.action = "would_delete"
+        else:
+            self.backend(ep).delete(ep, path, recursive=bool(item and item.is_dir),
+                                    label=f"prune {self.bl.id} {name}")
+            self.ledger.mark_deleted(self.bl.id, name, key, reason=decision.reason)
+            d.action = "deleted"
+        self.gone.add((name, key))
+        return d
+
+    def run(self) -> PruneReport:
+        for name, loc in self.bl.locations.items():
+            if loc.retention_days is None:
+                continue
+            ep = self.endpoints.get(loc.endpoint)
+            if ep is None:
+                self.report.notes.append(f"location {name}: endpoint {loc.endpoint!r} is not configured; skipped")
+                continue
+            try:
+                keys = discover(self.backend(ep), ep, loc)
+            except Exception as exc:  # one unreachable location must not stop the others
+                self.report.notes.append(f"location {name}: cannot list {ep.name}:{loc.subdir}: {exc}")
+                log.error("prune %s: cannot list %s %s:%s: %s", self.bl.id, name, ep.name, loc.subdir, exc)
+                continue
+            for key in keys:
+                try:
+                    d = self._one(name, loc, key)
+                except Exception as exc:
+                    d = ItemDecision(location=name, key=key, endpoint=ep.name, path=loc.path_of(key),
+                                     action="error", reason=f"{type(exc).__name__}: {exc}")
+                self.report.decisions.append(d)
+                log.info("prune %s %s %s:%s (%s): %s", self.bl.id, d.action, name, key, d.path, d.reason)
+        self.report.finished = datetime.now(UTC).isoformat()
+        return self.report
+
+
+def write_report(report: PruneReport, directory: Path) -> PruneReport:
+    """Write ``prune-<time>[-dry-run].json`` and ``.txt`` into ``directory``; returns the report with their paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = report.started.replace(":", "").replace("-", "").split(".")[0].replace("+0000", "")
+    base = directory / f"prune-{stamp}{'-dry-run' if report.dry_run else ''}"
+    report.json_path, report.text_path = str(base.with_suffix(".json")), str(base.with_suffix(".txt"))
+    Path(report.json_path).write_text(json.dumps(report.as_dict(), indent=2, sort_keys=True) + "\n")
+    Path(report.text_path).write_text(report.text())
+    return report
