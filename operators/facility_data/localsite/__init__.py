@@ -1,0 +1,176 @@
+"""The local site: real services and directories that let the whole mission run on one machine.
+
+``Site(root).up()`` brings up, idempotently and on loopback, PostgreSQL, a Rucio server (PostgreSQL-backed,
+bootstrapped for the Rubin pipeline) and an S3 API server; it lays out the directories that stand in for remote
+endpoints and storage, and records ports and pids in ``<root>/site.json``. ``down()`` stops only what the site
+started. Ports are taken from FACILITY_{PG,RUCIO,S3,AIRFLOW}_PORT, else kept from an earlier run, else free ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+from facility_data.config import expand_env, include_dir
+from facility_data.localsite.postgres import Postgres
+from facility_data.localsite.procs import SiteError, free_port
+from facility_data.localsite.rucio_server import RucioServer, server_venv
+from facility_data.localsite.s3 import S3Server
+
+__all__ = ["Site", "SiteError", "SERVICES"]
+
+SERVICES = ("postgres", "rucio", "s3")
+DIRECTORIES = ("endpoints", "embargo", "main", "butler", "reports", "airflow", "logs")
+
+
+class Site:
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+        self.state_file = self.root / "site.json"
+        self.state = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+        ports = self.state.setdefault("ports", {})
+        for name in (*SERVICES, "airflow"):
+            env = os.environ.get(f"FACILITY_{'PG' if name == 'postgres' else name.upper()}_PORT")
+            if env:
+                ports[name] = int(env)
+            elif name not in ports:
+                ports[name] = free_port()
+        self.state.setdefault("pids", {})
+        self.state.setdefault("rucio_password", secrets.token_urlsafe(16))
+
+    @classmethod
+    def from_env(cls) -> Site:
+        root = os.environ.get("FACILITY_SITE") or include_dir().parent / ".site"
+        return cls(Path(root))
+
+    # --- services -------------------------------------------------------------------------------------------
+    @property
+    def postgres(self) -> Postgres:
+        return Postgres(self.root / "postgres", self.state["ports"]["postgres"])
+
+    @property
+    def rucio(self) -> RucioServer:
+        return RucioServer(self.root / "rucio", self.state["ports"]["rucio"],
+                           db_url=f"{self.postgres.dsn_base}/rucio", password=self.state["rucio_password"],
+                           rse_prefix=self.root / "main")
+
+    @property
+    def s3(self) -> S3Server:
+        return S3Server(self.root / "s3", self.state["ports"]["s3"])
+
+    @property
+    def pg_dsn(self) -> str:
+        return f"{self.postgres.dsn_base}/postgres"
+
+    @property
+    def rucio_url(self) -> str:
+        return self.rucio.url
+
+    rucio_account = "root"
+
+    @property
+    def rucio_password(self) -> str:
+        return self.state["rucio_password"]
+
+    @property
+    def s3_url(self) -> str:
+        return self.s3.url
+
+    def rucio_client(self):
+        return self.rucio.client()
+
+    def _save(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.state_file.write_text(json.dumps(self.state, indent=2))
+        os.chmod(self.state_file, 0o600)
+
+    def layout(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o755)  # the PostgreSQL server runs as its own user and must reach its directory
+        for name in DIRECTORIES:
+            (self.root / name).mkdir(exist_ok=True)
+
+    def up(self, services=SERVICES) -> list[str]:
+        """Bring up ``services`` (idempotent). Returns the names of the services this call started."""
+        self.layout()
+        self._save()  # ports are fixed from here on, even if a service fails to start
+        started: list[str] = []
+        pids = self.state["pids"]
+        if "postgres" in services or "rucio" in services:
+            pg = self.postgres
+            if not pg.running():
+                pg.start()
+                started.append("postgres")
+        if "rucio" in services:
+            rucio = self.rucio
+            if not rucio.running(pids.get("rucio")):
+                venv = server_venv(include_dir() / "local_site" / "rucio-server.lock")
+                self.postgres.ensure_database("rucio", fresh=not self.state.get("rucio_bootstrapped"))
+                rucio.write_config(venv)
+                if not self.state.get("rucio_bootstrapped"):
+                    rucio.bootstrap_db(venv)
+                pids["rucio"] = rucio.start(venv)
+                self._save()
+                rucio.bootstrap_content()
+                self.state["rucio_bootstrapped"] = True
+                started.append("rucio")
+        if "s3" in services:
+            s3 = self.s3
+            if not s3.running(pids.get("s3")):
+                pids["s3"] = s3.start()
+                started.append("s3")
+        self._save()
+        return started
+
+    def down(self) -> list[str]:
+        """Stop what this site started (never other programs). Returns the names of stopped services."""
+        stopped = []
+        pids = self.state["pids"]
+        if self.s3.stop(pids.pop("s3", None)):
+            stopped.append("s3")
+        if self.rucio.stop(pids.pop("rucio", None)):
+            stopped.append("rucio")
+        if (self.root / "postgres" / "data" / "postmaster.pid").exists():
+            self.postgres.stop()
+            stopped.append("postgres")
+        if self.state_file.exists():
+            self._save()
+        return stopped
+
+    def status(self) -> dict[str, bool]:
+        pids = self.state["pids"]
+        return {"postgres": self.postgres.running(), "rucio": self.rucio.running(pids.get("rucio")),
+                "s3": self.s3.running(pids.get("s3"))}
+
+    # --- what clients need -----------------------------------------------------------------------------------
+    def env(self) -> dict[str, str]:
+        """Environment for processes that use the site (Airflow components, tests, benchmarks)."""
+        return {
+            "FACILITY_SITE": str(self.root),
+            "FACILITY_INCLUDE": str(include_dir()),
+            "RUCIO_URL": self.rucio_url,
+            "RUCIO_PASSWORD": self.rucio_password,
+            "S3_URL": self.s3_url,
+            "PG_PORT": str(self.state["ports"]["postgres"]),
+            "AIRFLOW_PORT": str(self.state["ports"]["airflow"]),
+        }
+
+    def connections(self) -> dict[str, dict]:
+        """The project's Airflow connections for this site, from include/local_site/connections.yaml."""
+        import yaml
+
+        path = include_dir() / "local_site" / "connections.yaml"
+        raw = yaml.safe_load(path.read_text()) or {}
+        saved = {k: os.environ.get(k) for k in self.env()}
+        os.environ.update(self.env())
+        try:
+            conns = expand_env(raw.get("connections") or {}, source=str(path))
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        return conns

@@ -1,0 +1,61 @@
+"""`facility-site up|down|status|env|airflow-init|airflow`: the local site from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from facility_data.localsite import SERVICES, Site, SiteError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="facility-site", description=__doc__)
+    parser.add_argument("command", choices=["up", "down", "status", "env", "airflow-init", "airflow"])
+    parser.add_argument("--services", default=",".join(SERVICES), help="comma-separated subset of " + ",".join(SERVICES))
+    args = parser.parse_args(argv)
+    site = Site.from_env()
+    try:
+        if args.command == "up":
+            started = site.up([s for s in args.services.split(",") if s])
+            print(f"local site {site.root}: started {', '.join(started) or 'nothing (already up)'}")
+            _print_ports(site)
+        elif args.command == "down":
+            stopped = site.down()
+            print(f"local site {site.root}: stopped {', '.join(stopped) or 'nothing (was not running)'}")
+        elif args.command == "status":
+            status = site.status()
+            for name, ok in status.items():
+                print(f"{name:9} {'up' if ok else 'down'}")
+            return 0 if all(status.values()) else 1
+        elif args.command == "env":
+            for key, value in site.env().items():
+                if "PASSWORD" not in key:
+                    print(f"export {key}={value}")
+        elif args.command == "airflow-init":
+            from facility_data.localsite.airflow_home import init
+
+            print(f"Airflow home ready: {init(site)}")
+        elif args.command == "airflow":
+            from facility_data.localsite.airflow_home import airflow_env, init
+
+            init(site)
+            env = airflow_env(site)
+            print(f"Airflow UI on http://127.0.0.1:{env['AIRFLOW__API__PORT']} (admin password in "
+                  f"{env['AIRFLOW_HOME']}/simple_auth_manager_passwords.json.generated)", flush=True)
+            os.execvpe(sys.executable, [sys.executable, "-m", "airflow", "standalone"], env)
+    except SiteError as exc:
+        print(f"facility-site {args.command}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _print_ports(site: Site) -> None:
+    print(f"  PostgreSQL  127.0.0.1:{site.state['ports']['postgres']}")
+    print(f"  Rucio       {site.rucio_url}  (account root)")
+    print(f"  S3 API      {site.s3_url}")
+    print(f"  Airflow UI  http://127.0.0.1:{site.state['ports']['airflow']} (make airflow)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
