@@ -1,0 +1,200 @@
+"""TIFF stack -> multiscale OME-Zarr (OME-NGFF ``multiscales``), the BL 8.3.2 "multi-resolution" product.
+
+``build_multiscale(tiff_dir, zarr_dir, pixel_size_um)`` reads the reconstruction's TIFFs in name order (one per z
+slice) and writes an OME-Zarr image group at ``zarr_dir`` (conventionally ``rec<stem>.zarr/`` next to
+``rec<stem>/``):
+
+* level ``0`` is the full-resolution ``(z, y, x)`` volume (dtype of the TIFFs), level ``k`` halves every axis
+  that is still longer than one voxel by a 2x2x2 block mean (odd edges are padded by repeating the border);
+* the ``multiscales`` metadata declares axes ``z, y, x`` of type ``space`` in ``micrometer`` and, per level, a
+  ``scale`` transformation of ``pixel_size_um * 2**k`` (per axis: axes that stopped shrinking keep their scale),
+  so viewers (napari, neuroglancer, the ``ome-zarr`` reader) show physical sizes;
+* the format is the one the installed ``ome-zarr`` writes by default (NGFF 0.5 on Zarr v3).
+
+The volume is streamed: level 0 is written one slice at a time and each coarser level is computed from the
+previous one two slices at a time, so memory stays at a few slices even for a full-size 2560^3 reconstruction.
+The pyramid is written to a temporary sibling and renamed into place (no half-written ``.zarr`` looks
+finished; a rerun replaces it), then made group-writable (dirs 2775, files 0664) for later Globus deletes.
+
+``pixel_size_from_scan(h5_path)`` reads the scan's detector pixel size in micrometres.
+
+CLI::
+
+    python -m facility_data.als.multiscale TIFF_DIR [--zarr-dir DIR] (--pixel-size-um UM | --raw-file SCAN.h5)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from facility_data.als.permissions import make_group_writable
+
+log = logging.getLogger(__name__)
+
+_TIFF = re.compile(r".*\.tiff?$", re.IGNORECASE)
+
+
+class MultiscaleError(ValueError):
+    """The input TIFF stack or parameters cannot make a pyramid (the message says why)."""
+
+
+@dataclass(frozen=True)
+class MultiscaleResult:
+    zarr_dir: str
+    shapes: list[tuple[int, int, int]]  # per level, (z, y, x)
+    scales_um: list[tuple[float, float, float]]  # per level, voxel size in micrometres
+    dtype: str
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.shapes)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "n_levels": self.n_levels}
+
+
+def list_tiffs(tiff_dir: Path | str) -> list[Path]:
+    """The stack's TIFF files in slice order (sorted by name; hidden files ignored)."""
+    tiff_dir = Path(tiff_dir)
+    if not tiff_dir.is_dir():
+        raise MultiscaleError(f"TIFF directory not found: {tiff_dir}")
+    files = sorted(p for p in tiff_dir.iterdir() if _TIFF.match(p.name) and not p.name.startswith("."))
+    if not files:
+        raise MultiscaleError(f"no .tif/.tiff files in {tiff_dir}")
+    return files
+
+
+def default_levels(shape: tuple[int, int, int], *, min_size: int = 16, max_levels: int = 6) -> int:
+    """Levels until the smaller in-plane side would drop below ``min_size`` (at least 1)."""
+    smallest = min(shape[1:])
+    return max(1, min(max_levels, int(math.floor(math.log2(max(smallest, 1) / min_size))) + 1))
+
+
+def _halve(block: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
+    """Block mean by ``factors`` (1 or 2 per axis), padding odd edges by repetition."""
+    pad = [(0, (-n) % f) for n, f in zip(block.shape, factors, strict=True)]
+    if any(p[1] for p in pad):
+        block = np.pad(block, pad, mode="edge")
+    z, y, x = block.shape
+    fz, fy, fx = factors
+    out = block.reshape(z // fz, fz, y // fy, fy, x // fx, fx).mean(axis=(1, 3, 5), dtype=np.float64)
+    return out
+
+
+def pixel_size_from_scan(h5_path: Path | str) -> float:
+    """The scan's ``/measurement/instrument/detector/pixel_size`` in micrometres."""
+    import h5py
+
+    from facility_data.als.recon import read_pixel_size_um
+
+    path = Path(h5_path)
+    if not path.is_file():
+        raise MultiscaleError(f"scan file not found: {path}")
+    try:
+        with h5py.File(path, "r") as f:
+            size = read_pixel_size_um(f)
+    except OSError as exc:
+        raise MultiscaleError(f"{path} is not a readable HDF5 file: {exc}") from exc
+    if size is None:
+        raise MultiscaleError(f"{path}: no positive /measurement/instrument/detector/pixel_size")
+    return size
+
+
+def build_multiscale(tiff_dir: Path | str, zarr_dir: Path | str, pixel_size_um: float, *,
+                     n_levels: int | None = None, chunk_xy: int = 256) -> MultiscaleResult:
+    """Write the OME-Zarr pyramid of a TIFF stack; see the module docstring. Returns shapes and scales."""
+    import tifffile
+    import zarr
+    from ome_zarr.format import CurrentFormat
+    from ome_zarr.writer import write_multiscales_metadata
+
+    if not (isinstance(pixel_size_um, int | float) and math.isfinite(pixel_size_um) and pixel_size_um > 0):
+        raise MultiscaleError(f"pixel_size_um must be a positive number, got {pixel_size_um!r}")
+    files = list_tiffs(tiff_dir)
+    first = tifffile.imread(files[0])
+    if first.ndim != 2:
+        raise MultiscaleError(f"{files[0]} is not a 2-D image (shape {first.shape})")
+    shape0 = (len(files), *first.shape)
+    levels = n_levels if n_levels is not None else default_levels(shape0)
+    if levels < 1:
+        raise MultiscaleError(f"n_levels must be >= 1, got {levels}")
+
+    zarr_dir = Path(zarr_dir)
+    zarr_dir.parent.mkdir(parents=True, exist_ok=True)
+    partial = zarr_dir.with_name(f".{zarr_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    dtype = first.dtype
+    try:
+        root = zarr.open_group(str(partial), mode="w")
+        chunks = lambda shp: (1, min(chunk_xy, shp[1]), min(chunk_xy, shp[2]))  # noqa: E731
+        arr = root.create_array("0", shape=shape0, chunks=chunks(shape0), dtype=dtype)
+        for z, path in enumerate(files):
+            img = first if z == 0 else tifffile.imread(path)
+            if img.shape != first.shape:
+                raise MultiscaleError(f"{path} has shape {img.shape}, the stack's first image {first.shape}")
+            arr[z] = img
+        shapes, scales = [shape0], [(float(pixel_size_um),) * 3]
+        for level in range(1, levels):
+            prev = root[str(level - 1)]
+            factors = tuple(2 if n > 1 else 1 for n in prev.shape)
+            shape = tuple(-(-n // f) for n, f in zip(prev.shape, factors, strict=True))
+            cur = root.create_array(str(level), shape=shape, chunks=chunks(shape), dtype=dtype)
+            for z in range(shape[0]):
+                block = np.asarray(prev[z * factors[0]:(z + 1) * factors[0]])
+                reduced = _halve(block, factors)
+                level_slice = reduced[0] if np.issubdtype(dtype, np.floating) else np.rint(reduced[0])
+                cur[z] = level_slice.astype(dtype)
+            shapes.append(shape)
+            scales.append(tuple(s * f for s, f in zip(scales[-1], factors, strict=True)))
+        datasets = [{"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": list(scales[k])}]}
+                    for k in range(levels)]
+        axes = [{"name": n, "type": "space", "unit": "micrometer"} for n in ("z", "y", "x")]
+        write_multiscales_metadata(root, datasets, fmt=CurrentFormat(), axes=axes,
+                                   name=Path(tiff_dir).name)
+        make_group_writable(partial)
+        if zarr_dir.exists():
+            log.info("replacing the existing %s", zarr_dir)
+            shutil.rmtree(zarr_dir)
+        partial.rename(zarr_dir)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    log.info("wrote %s: %d levels %s, voxel %.4g um", zarr_dir, levels, shapes, pixel_size_um)
+    return MultiscaleResult(str(zarr_dir), shapes, scales, str(dtype))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m facility_data.als.multiscale",
+                                     description="TIFF stack -> multiscale OME-Zarr")
+    parser.add_argument("tiff_dir", type=Path)
+    parser.add_argument("--zarr-dir", type=Path, default=None, help="default: <tiff_dir>.zarr next to it")
+    size = parser.add_mutually_exclusive_group(required=True)
+    size.add_argument("--pixel-size-um", type=float)
+    size.add_argument("--raw-file", type=Path, help="the scan .h5 to read the pixel size from")
+    parser.add_argument("--levels", type=int, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        pixel = args.pixel_size_um if args.raw_file is None else pixel_size_from_scan(args.raw_file)
+        zarr_dir = args.zarr_dir or args.tiff_dir.with_name(args.tiff_dir.name + ".zarr")
+        result = build_multiscale(args.tiff_dir, zarr_dir, pixel, n_levels=args.levels)
+    except MultiscaleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.to_dict()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
