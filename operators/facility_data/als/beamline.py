@@ -89,7 +89,7 @@ class Location(_Strict):
 class DecisionSettings(_Strict):
     """Which reconstruction targets run for a new scan (the seed's ``decision-settings`` JSON block)."""
 
-    local: bool = True
+    local: bool = False
     nersc: bool = False
     alcf: bool = False
 
@@ -145,7 +145,7 @@ class Beamline(_Strict):
     locations: dict[str, Location]
     send_to_nersc: bool = True
     scicat: SciCatSettings = SciCatSettings()
-    decision_settings: DecisionSettings = DecisionSettings(local=False)
+    decision_settings: DecisionSettings = DecisionSettings()
     recon: ReconSettings | None = None
     prune: PruneSettings = PruneSettings()
     transfer_deadline_minutes: int = Field(default=60, gt=0)

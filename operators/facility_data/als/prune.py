@@ -80,7 +80,7 @@ def scan_of(location: Location, key: str, raw_dir: str) -> str:
 
 def discover(backend: TransferBackend, endpoint: Endpoint, location: Location) -> list[str]:
     """Keys of the items at a location: ``<folder>/<file>.h5`` (raw) or ``<folder>/rec<stem>[.zarr]`` (recon)."""
-    if location.subdir and backend.stat(endpoint, location.subdir) is None:
+    if backend.stat(endpoint, location.subdir) is None:
         return []  # nothing ever arrived here
     keys = []
     for folder in backend.list(endpoint, location.subdir):
