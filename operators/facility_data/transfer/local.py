@@ -1,0 +1,200 @@
+"""Local POSIX transfers: the embedded default behind the transfer interface.
+
+Each file is copied to a temporary name beside its destination while the source is hashed, the temporary file is
+read back and hashed, and only when both SHA-256 digests agree is it renamed into place (an atomic ``os.replace``
+on the same filesystem). So the destination path holds either the old file or a verified new one, never a partial
+or corrupted copy. A destination that already has the same size and checksum is skipped (checksum sync), which
+makes a retried transfer cheap and idempotent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from facility_data.transfer.base import (
+    FileStat,
+    TransferBackend,
+    TransferError,
+    TransferStats,
+    TransferTimeout,
+    check_transfer_allowed,
+)
+from facility_data.transfer.endpoints import Endpoint, PathError, safe_relpath
+
+log = logging.getLogger(__name__)
+
+CHECKSUM_ALGORITHM = "sha256"
+_CHUNK = 1 << 20
+_PARTIAL_MARK = ".fdpart-"
+_WORKERS = min(4, 2 * (os.cpu_count() or 1))
+
+
+def file_checksum(path: Path) -> str:
+    """"sha256:<hex>" of a file."""
+    with open(path, "rb") as fh:
+        digest = hashlib.file_digest(fh, CHECKSUM_ALGORITHM)
+    return f"{CHECKSUM_ALGORITHM}:{digest.hexdigest()}"
+
+
+def _copy_hashing(src: Path, tmp: Path) -> str:
+    """Copy ``src`` to ``tmp`` and return the checksum of what was read from ``src``."""
+    h = hashlib.new(CHECKSUM_ALGORITHM)
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    with open(src, "rb", buffering=0) as fin, open(tmp, "xb", buffering=0) as fout:
+        while n := fin.readinto(buf):
+            h.update(view[:n])
+            fout.write(view[:n])
+    return f"{CHECKSUM_ALGORITHM}:{h.hexdigest()}"
+
+
+def _partial_name(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}{_PARTIAL_MARK}{uuid.uuid4().hex[:12]}")
+
+
+def install_file(src: Path, dest: Path, *, verify_checksum: bool = True) -> tuple[int, str]:
+    """Copy one file atomically to ``dest``; return (bytes, source checksum). Raises TransferError on mismatch."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _partial_name(dest)
+    try:
+        src_sum = _copy_hashing(src, tmp)
+        size = tmp.stat().st_size
+        if verify_checksum:
+            dst_sum = file_checksum(tmp)
+            if dst_sum != src_sum:
+                raise TransferError(f"checksum mismatch copying {src} -> {dest}: source {src_sum}, copy {dst_sum}; "
+                                    "the copy was discarded")
+        src_size = src.stat().st_size
+        if size != src_size:
+            raise TransferError(f"size mismatch copying {src} -> {dest}: source {src_size} B, copy {size} B "
+                                "(did the source change during the copy?)")
+        shutil.copystat(src, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return size, src_sum
+
+
+class LocalTransfer(TransferBackend):
+    """Copies between local endpoints (``kind: local``) with checksum verification and atomic install."""
+
+    def _require_local(self, *endpoints: Endpoint) -> None:
+        for ep in endpoints:
+            if ep.kind != "local":
+                raise TransferError(f"LocalTransfer cannot reach {ep.kind} endpoint {ep.name}")
+
+    def _plan(self, src_root: Path, dst_root: Path, recursive: bool, src_label: str) -> list[tuple[Path, Path]]:
+        if src_root.is_file():
+            return [(src_root, dst_root)]
+        if src_root.is_dir():
+            if not recursive:
+                raise TransferError(f"{src_label} is a directory: pass recursive=True to transfer it")
+            pairs = []
+            for dirpath, dirnames, filenames in os.walk(src_root):
+                dirnames.sort()
+                rel = Path(dirpath).relative_to(src_root)
+                for name in sorted(filenames):
+                    if _PARTIAL_MARK in name:
+                        continue  # another transfer's temporary file, never data
+                    pairs.append((Path(dirpath) / name, dst_root / rel / name))
+            return pairs
+        raise TransferError(f"source {src_label} does not exist (FILE_NOT_FOUND)")
+
+    @staticmethod
+    def _copy_one(s: Path, d: Path, verify_checksum: bool, start: float, deadline_seconds: float | None) -> int | None:
+        """Bytes copied, or None when ``d`` already holds the same content (checksum sync)."""
+        if deadline_seconds is not None and time.monotonic() - start > deadline_seconds:
+            raise TransferTimeout(f"deadline of {deadline_seconds:.0f} s passed before copying {s}")
+        if d.is_file() and d.stat().st_size == s.stat().st_size and file_checksum(d) == file_checksum(s):
+            return None
+        size, checksum = install_file(s, d, verify_checksum=verify_checksum)
+        log.debug("copied %s -> %s (%d B, %s)", s, d, size, checksum)
+        return size
+
+    def transfer(self, src, src_path, dst, dst_path, *, recursive=False, export_controlled=False,
+                 verify_checksum=True, label=None, deadline_seconds=None) -> TransferStats:
+        check_transfer_allowed(src, src_path, dst, dst_path, export_controlled=export_controlled)
+        self._require_local(src, dst)
+        src_root, dst_root = src.local_path(src_path), dst.local_path(dst_path)
+        if src_root.resolve() == dst_root.resolve():
+            raise TransferError(f"source and destination are the same file: {src_root}")
+        start = time.monotonic()
+        pairs = self._plan(src_root, dst_root, recursive, f"{src.name}:{src_path}")
+        if src_root.is_dir():
+            dst_root.mkdir(parents=True, exist_ok=True)
+        stats = TransferStats(details={"label": label, "source": f"{src.name}:{src_path}",
+                                       "destination": f"{dst.name}:{dst_path}"})
+        # Files are independent: copy them on a few threads (hashing and file I/O release the GIL).
+        with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+            futures = [pool.submit(self._copy_one, s, d, verify_checksum, start, deadline_seconds) for s, d in pairs]
+            try:
+                for fut in futures:
+                    copied = fut.result()
+                    if copied is None:
+                        stats.files_skipped += 1
+                    else:
+                        stats.files += 1
+                        stats.bytes += copied
+            except BaseException:
+                for fut in futures:
+                    fut.cancel()
+                raise
+        stats.seconds = time.monotonic() - start
+        stats.bytes_per_second = stats.bytes / stats.seconds if stats.seconds > 0 else 0.0
+        log.info("local transfer %s:%s -> %s:%s: %d files copied, %d already present, %d B in %.2f s",
+                 src.name, src_path, dst.name, dst_path, stats.files, stats.files_skipped, stats.bytes,
+                 stats.seconds)
+        return stats
+
+    def stat(self, endpoint, path) -> FileStat | None:
+        self._require_local(endpoint)
+        safe_relpath(path, allow_root=True)
+        p = endpoint.local_path(path)
+        if p.is_dir():
+            return FileStat(path=str(path), is_dir=True, size=None, checksum=None)
+        if p.is_file():
+            return FileStat(path=str(path), is_dir=False, size=p.stat().st_size, checksum=file_checksum(p))
+        return None
+
+    def list(self, endpoint, path="") -> list[FileStat]:
+        self._require_local(endpoint)
+        rel = safe_relpath(path, allow_root=True)
+        p = endpoint.local_path(path)
+        if not p.is_dir():
+            raise TransferError(f"{endpoint.name}:{path} is not a directory")
+        out = []
+        for entry in sorted(os.scandir(p), key=lambda e: e.name):
+            if _PARTIAL_MARK in entry.name:
+                continue
+            is_dir = entry.is_dir()
+            out.append(FileStat(path=str(rel / entry.name), is_dir=is_dir,
+                                size=None if is_dir else entry.stat().st_size))
+        return out
+
+    def delete(self, endpoint, path, *, recursive=False, label=None, deadline_seconds=None) -> dict:
+        self._require_local(endpoint)
+        safe_relpath(path)  # never the endpoint root
+        p = endpoint.local_path(path)
+        if p.is_dir() and not p.is_symlink():
+            if not recursive:
+                raise TransferError(f"{endpoint.name}:{path} is a directory: pass recursive=True to delete it")
+            files = sum(len(f) for _, _, f in os.walk(p))
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            files = 1
+            p.unlink()
+        else:
+            raise TransferError(f"{endpoint.name}:{path} does not exist (FILE_NOT_FOUND)")
+        log.info("deleted %s:%s (%d files)", endpoint.name, path, files)
+        return {"endpoint": endpoint.name, "path": str(path), "files_deleted": files}
+
+
+__all__ = ["LocalTransfer", "PathError", "file_checksum", "install_file"]
