@@ -19,6 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 _session_tmp = Path(tempfile.mkdtemp(prefix="facility-test-"))
+_session_tmp.chmod(0o755)  # the local site's PostgreSQL runs as its own user and must reach its directory
 
 os.environ.setdefault("FACILITY_INCLUDE", str(REPO / "include"))
 os.environ["AIRFLOW_HOME"] = str(_session_tmp / "airflow")
@@ -45,7 +46,9 @@ def site():
     """The local site with its real services up (see facility_data.localsite)."""
     from facility_data.localsite import Site
 
-    s = Site.from_env()
+    # A site of its own per test session (unless FACILITY_TEST_SITE names a running one), independent of
+    # FACILITY_SITE, which tests may point at private directories.
+    s = Site(Path(os.environ.get("FACILITY_TEST_SITE") or _session_tmp / "services"))
     started = s.up()
     yield s
     if started and not os.environ.get("FACILITY_KEEP_SITE"):

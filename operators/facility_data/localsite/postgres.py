@@ -17,7 +17,10 @@ INSTALL_HINT = "install the PostgreSQL server: `apt-get install -y postgresql` (
 def bindir() -> Path:
     """Directory with initdb/pg_ctl: $FACILITY_PG_BINDIR, else PATH, else Debian's versioned lib directory."""
     if os.environ.get("FACILITY_PG_BINDIR"):
-        return Path(os.environ["FACILITY_PG_BINDIR"])
+        configured = Path(os.environ["FACILITY_PG_BINDIR"])
+        if not (configured / "pg_ctl").exists():
+            raise SiteError(f"FACILITY_PG_BINDIR={configured} has no pg_ctl: {INSTALL_HINT}")
+        return configured
     found = shutil.which("pg_ctl")
     if found:
         return Path(found).resolve().parent
@@ -67,6 +70,9 @@ class Postgres:
         bins = bindir()
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)
+        if subprocess.run(_as_db_user(["test", "-x", str(self.root)])).returncode:
+            raise SiteError(f"the postgres user cannot reach {self.root}: put the site under a directory "
+                            "every user may traverse (chmod o+x on its parents) or set FACILITY_SITE")
         if not (self.data / "PG_VERSION").exists():
             self.data.mkdir(parents=True, exist_ok=True)
             _chown_for_db(self.data)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from facility_data.localsite.procs import alive, http_ok, port_in_use, SiteError, start, stop, wait_until
+from facility_data.localsite.procs import SiteError, alive, http_ok, port_in_use, start, stop, wait_until
 
 MARKER = "moto.server"
 
