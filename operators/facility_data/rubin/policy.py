@@ -1,0 +1,119 @@
+"""The unembargo policy (include/embargo_policy.yaml), validated at load.
+
+Rows say how long each kind of exposure stays embargoed: the first row (in file order) whose Butler ``where``
+clause matches an exposure gives its embargo; an exposure that matches no row is never released.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from facility_data.config import include_dir, load_model
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PolicyRow(_Strict):
+    instrument: str
+    where: str = ""  # Butler query expression over exposure fields; empty = every exposure of the instrument
+    embargo_hours: float = Field(ge=0)
+
+    @field_validator("instrument")
+    @classmethod
+    def _instrument_name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(f"instrument must be a plain name, got {v!r}")
+        return v
+
+
+class ButlerRef(_Strict):
+    """A Butler repository: an Airflow ``butler`` connection id or a repository URI (exactly one)."""
+
+    conn_id: str | None = None
+    uri: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        if bool(self.conn_id) == bool(self.uri):
+            raise ValueError("give exactly one of conn_id or uri")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.conn_id or self.uri  # type: ignore[return-value]
+
+
+class Storage(_Strict):
+    kind: Literal["local", "s3"]
+    root: str  # local directory, or s3://bucket[/prefix]
+    aws_conn_id: str | None = None
+
+    @model_validator(mode="after")
+    def _s3_needs_conn(self):
+        if self.kind == "s3" and (not self.root.startswith("s3://") or not self.aws_conn_id):
+            raise ValueError("an s3 store needs root s3://bucket[/prefix] and aws_conn_id")
+        if self.kind == "local" and not Path(self.root).is_absolute():
+            raise ValueError(f"a local store root must be an absolute path, got {self.root!r}")
+        return self
+
+
+class RucioTarget(_Strict):
+    conn_id: str = "rucio_default"
+    rse: str
+    scope: str
+    backup_rse: str = "SLAC_RAW_DISK_BKUP"  # arcBackup=<backup_rse>:need asks for the HPSS copy
+    skymap: str = "lsst_cells_v1"
+
+
+class EmbargoPolicy(_Strict):
+    rows: list[PolicyRow] = Field(min_length=1)
+    source: ButlerRef
+    raw_collection: str = "{instrument}/raw/all"
+    guider_collection: str = "{instrument}/raw/guider"
+    dataset_type: str = "raw"
+    guider_dataset_type: str | None = "guider_raw"  # optional: tolerated when absent for an exposure
+    storage: Storage
+    destination_prefix: str
+    destinations: list[ButlerRef] = Field(min_length=1)
+    rucio: RucioTarget
+    settle_minutes: float = Field(default=5.0, ge=0)
+
+    @field_validator("destination_prefix")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not Path(v).is_absolute():
+            raise ValueError(f"destination_prefix must be an absolute path, got {v!r}")
+        return v
+
+    @property
+    def instruments(self) -> list[str]:
+        return sorted({r.instrument for r in self.rows})
+
+    def rows_for(self, instrument: str) -> list[PolicyRow]:
+        rows = [r for r in self.rows if r.instrument == instrument]
+        if not rows:
+            raise ValueError(f"unknown instrument {instrument!r}: the policy knows {self.instruments}")
+        return rows
+
+    def collections(self, instrument: str) -> dict[str, str]:
+        """Dataset type -> source collection for this instrument."""
+        out = {self.dataset_type: self.raw_collection.format(instrument=instrument)}
+        if self.guider_dataset_type:
+            out[self.guider_dataset_type] = self.guider_collection.format(instrument=instrument)
+        return out
+
+
+def policy_path() -> Path:
+    return include_dir() / "embargo_policy.yaml"
+
+
+def load_policy(path: str | Path | None = None) -> EmbargoPolicy:
+    return load_model(path or policy_path(), EmbargoPolicy)

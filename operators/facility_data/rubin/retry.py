@@ -1,0 +1,61 @@
+"""Bounded retries with exponential backoff for transient faults of S3 and Rucio.
+
+Today's tool loops forever on a repeated Rucio DatabaseException; here every call gets a fixed number of attempts,
+then the last error propagates (and Airflow's own task retries take over).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+#: Attempts per call and first delay; the delay doubles up to MAX_DELAY. Module-level so tests can shorten them.
+ATTEMPTS = 4
+BASE_DELAY = 0.5
+MAX_DELAY = 8.0
+
+_S3_TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "503", "500",
+                       "RequestTimeTooSkewed", "Throttling"}
+_RUCIO_TRANSIENT = {"DatabaseException", "ServiceUnavailable", "RucioException",
+                    "ConnectionError", "ConnectTimeout", "ReadTimeout", "ChunkedEncodingError"}
+
+
+def is_transient_s3(exc: BaseException) -> bool:
+    """Network errors and 5xx/throttling answers of an S3 service (not 4xx such as NoSuchKey)."""
+    try:
+        from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+    except ImportError:  # pragma: no cover - boto3 is in the lock
+        return False
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return str(err.get("Code")) in _S3_TRANSIENT_CODES or status >= 500
+    return isinstance(exc, ConnectionError | HTTPClientError | ConnectionResetError | TimeoutError)
+
+
+def is_transient_rucio(exc: BaseException) -> bool:
+    """Rucio server/database hiccups and connection errors; not logical answers such as DataIdentifierNotFound."""
+    return type(exc).__name__ in _RUCIO_TRANSIENT or isinstance(exc, ConnectionError | TimeoutError)
+
+
+def call_with_retry(fn: Callable[[], T], *, transient: Callable[[BaseException], bool], what: str,
+                    attempts: int | None = None) -> T:
+    """Call ``fn``; on a transient error wait and try again, at most ``attempts`` times in all."""
+    attempts = attempts or ATTEMPTS
+    delay = BASE_DELAY
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as exc:
+            if attempt >= attempts or not transient(exc):
+                raise
+            log.warning("%s: transient error (attempt %d/%d), retrying in %.1fs: %s: %s", what, attempt,
+                        attempts, delay, type(exc).__name__, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, MAX_DELAY)
+    raise AssertionError("unreachable")

@@ -1,0 +1,164 @@
+"""Rucio registration of an exposure's zip and dimensions yaml, one idempotent part at a time.
+
+Parts, in order: file replicas (bytes/md5/adler32, ``rubin_butler`` metadata ``zip_file`` / ``dim_file``),
+attachment to each ``Tract<N>`` (or ``NoTract``) day dataset and last to the exposure's ``Obs`` dataset (datasets
+created when missing), the Obs dataset closed, then ``arcBackup=<backup RSE>:need`` and ``SafeCopies`` metadata on
+it. :func:`missing_parts` reads the state from Rucio; :func:`register` does only what is missing and tolerates a part
+that another run did meanwhile. A metadata value that is already set (e.g. arcBackup flipped by the archiver) is
+never overwritten.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from facility_data.rubin.retry import call_with_retry, is_transient_rucio
+from facility_data.rubin.zipbuild import FileHashes, InconsistentArtifact
+
+log = logging.getLogger(__name__)
+
+
+class RetryingRucio:
+    """Wraps a rucio Client: every call retried on transient errors (bounded); generators materialised inside."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, name):
+        fn = getattr(self._client, name)
+        if not callable(fn):
+            return fn
+
+        def call(*args, **kwargs):
+            def once():
+                out = fn(*args, **kwargs)
+                return list(out) if isinstance(out, Iterator) else out
+            return call_with_retry(once, transient=is_transient_rucio, what=f"rucio {name}")
+        return call
+
+
+@dataclass(frozen=True)
+class RucioFile:
+    name: str
+    path: str
+    role: str  # rubin_butler metadata: zip_file or dim_file
+    hashes: FileHashes | None  # None: compare sizes only (cheap status check)
+
+
+@dataclass(frozen=True)
+class Plan:
+    scope: str
+    rse: str
+    files: tuple[RucioFile, ...]
+    datasets: tuple[str, ...]  # tract/NoTract datasets, then the Obs dataset last
+    obs: str
+    arc_backup: str
+
+
+def did_names(instrument: str, day_obs: int, obs_id: str, tracts: list[int]) -> tuple[list[str], str]:
+    base = f"Dataset/{instrument}/raw"
+    day_sets = [f"{base}/Tract{t}/{day_obs}" for t in tracts] or [f"{base}/NoTract/{day_obs}"]
+    return day_sets, f"{base}/Obs/{day_obs}/{obs_id}"
+
+
+def _exc(name: str):
+    from rucio.common import exception
+
+    return getattr(exception, name)
+
+
+def _get_did(client, scope: str, name: str) -> dict | None:
+    try:
+        return client.get_did(scope, name)
+    except _exc("DataIdentifierNotFound"):
+        return None
+
+
+def _file_state(client, plan: Plan, f: RucioFile) -> list[str]:
+    did = _get_did(client, plan.scope, f.name)
+    if did is None:  # nothing of this file yet: every part is missing
+        return [f"replica {f.name}", *(f"attach {f.name} -> {ds}" for ds in plan.datasets)]
+    if f.hashes is not None:
+        want = (f.hashes.bytes, f.hashes.md5, f.hashes.adler32)
+        have = (did.get("bytes"), did.get("md5"), did.get("adler32"))
+        if want != have:
+            raise InconsistentArtifact(f"rucio {plan.scope}:{f.name} has bytes/md5/adler32 {have}, file has {want}")
+    missing = []
+    reps = client.list_replicas([{"scope": plan.scope, "name": f.name}], rse_expression=plan.rse)
+    if not any(plan.rse in r.get("rses", {}) for r in reps):
+        missing.append(f"replica {f.name}")
+    meta = client.get_metadata(plan.scope, f.name, plugin="ALL")
+    if meta.get("rubin_butler") != f.role:
+        missing.append(f"meta {f.name}")
+    parents = {p["name"] for p in client.list_parent_dids(plan.scope, f.name)}
+    missing += [f"attach {f.name} -> {ds}" for ds in plan.datasets if ds not in parents]
+    return missing
+
+
+def missing_parts(client, plan: Plan) -> list[str]:
+    """Every registration part not yet in Rucio, in the order :func:`register` does them."""
+    missing = []
+    for f in plan.files:
+        missing += _file_state(client, plan, f)
+    obs = _get_did(client, plan.scope, plan.obs)
+    if obs is None or obs.get("open", True):
+        missing.append(f"close {plan.obs}")
+    meta = client.get_metadata(plan.scope, plan.obs, plugin="ALL") if obs else {}
+    if "arcBackup" not in meta:
+        missing.append("meta arcBackup")
+    if "SafeCopies" not in meta:
+        missing.append("meta SafeCopies")
+    return missing
+
+
+def _tolerate(fn, *names: str) -> bool:
+    """Run fn; True if it acted, False if Rucio said it was already done."""
+    try:
+        fn()
+        return True
+    except tuple(_exc(n) for n in names):
+        return False
+
+
+def register(client, plan: Plan) -> list[str]:
+    """Do every missing part; return what was done (empty if everything was there)."""
+    done = []
+    todo = set(missing_parts(client, plan))
+    for f in plan.files:
+        if f.hashes is None:
+            raise ValueError(f"{f.name}: hashes are needed to register a replica")
+        if f"replica {f.name}" in todo:
+            entry = {"scope": plan.scope, "name": f.name, "bytes": f.hashes.bytes, "md5": f.hashes.md5,
+                     "adler32": f.hashes.adler32, "pfn": "file://" + f.path, "meta": {"rubin_butler": f.role}}
+            if _tolerate(lambda e=entry: client.add_replicas(plan.rse, [e]), "Duplicate", "FileAlreadyExists"):
+                done.append(f"replica {f.name}")
+                log.info("registered replica %s:%s on %s (%d bytes)", plan.scope, f.name, plan.rse, f.hashes.bytes)
+        elif f"meta {f.name}" in todo:  # replicas are registered with their metadata
+            client.set_metadata(plan.scope, f.name, "rubin_butler", f.role)
+            done.append(f"meta {f.name}")
+    for ds in plan.datasets:
+        if any(f"attach {f.name} -> {ds}" in todo for f in plan.files) and _get_did(client, plan.scope, ds) is None:
+            if _tolerate(lambda d=ds: client.add_dataset(plan.scope, d, statuses={"monotonic": True}),
+                         "DataIdentifierAlreadyExists"):
+                done.append(f"dataset {ds}")
+        for f in plan.files:
+            if f"attach {f.name} -> {ds}" in todo:
+                try:
+                    acted = _tolerate(lambda d=ds, n=f.name: client.attach_dids(
+                        plan.scope, d, [{"scope": plan.scope, "name": n}]), "FileAlreadyExists", "DuplicateContent")
+                except _exc("UnsupportedOperation") as exc:  # attaching to a closed dataset
+                    raise InconsistentArtifact(f"{plan.scope}:{ds} is closed but lacks {f.name}: {exc}") from exc
+                if acted:
+                    done.append(f"attach {f.name} -> {ds}")
+    if f"close {plan.obs}" in todo:
+        client.close(plan.scope, plan.obs)
+        done.append(f"close {plan.obs}")
+    if "meta arcBackup" in todo:
+        client.set_metadata(plan.scope, plan.obs, "arcBackup", plan.arc_backup)
+        done.append("meta arcBackup")
+    if "meta SafeCopies" in todo:
+        client.set_metadata(plan.scope, plan.obs, "SafeCopies", "")
+        done.append("meta SafeCopies")
+    return done

@@ -1,0 +1,382 @@
+"""The per-exposure steps of the unembargo, each ``check -> act only if missing -> verify``.
+
+Order: ``gate`` (completeness), ``zip``, ``dimensions``, ``butler:<destination>`` (one per destination repo),
+``rucio``. State is always read from the sinks (zip file against the embargo objects, yaml content, destination
+Butler registry and datastore, Rucio DIDs), never from a marker, so rerunning any step or the whole sequence any
+number of times, after a crash anywhere, converges to the same end state. :func:`exposure_status` answers "which
+steps are verified and which is the first missing" without changing anything (used by reconciliation).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from facility_data.rubin import butlerops, rucioreg
+from facility_data.rubin.dimensions import export_yaml, exposure_records, same_export, visit_ids
+from facility_data.rubin.policy import ButlerRef, EmbargoPolicy
+from facility_data.rubin.storage import EmbargoStore, open_store
+from facility_data.rubin.windows import ExposureRef
+from facility_data.rubin.zipbuild import (
+    FileHashes,
+    InconsistentArtifact,
+    build_zip,
+    file_hashes,
+    install_bytes,
+    quick_check,
+    verify_zip,
+)
+
+log = logging.getLogger(__name__)
+
+GATE, ZIP, DIMENSIONS, RUCIO = "gate", "zip", "dimensions", "rucio"
+
+
+class IncompleteExposure(RuntimeError):
+    """The exposure's embargo folder/Butler lacks sensors that expectedSensors.json lists."""
+
+    def __init__(self, obs_id: str, missing: list[str]):
+        super().__init__(f"{obs_id}: incomplete, {len(missing)} expected sensor(s) missing: {missing[:10]}")
+        self.obs_id, self.missing = obs_id, missing
+
+
+class StepFailed(RuntimeError):
+    """A step acted but its effect could not be verified afterwards."""
+
+
+def butler_step(ref: ButlerRef) -> str:
+    return f"butler:{ref.label}"
+
+
+def step_names(policy: EmbargoPolicy) -> list[str]:
+    return [GATE, ZIP, DIMENSIONS, *(butler_step(d) for d in policy.destinations), RUCIO]
+
+
+@dataclass(frozen=True)
+class Paths:
+    zip: Path
+    yaml: Path
+
+
+def paths(policy: EmbargoPolicy, exp: ExposureRef) -> Paths:
+    day = Path(policy.destination_prefix) / exp.instrument / str(exp.day_obs)
+    return Paths(day / f"{exp.obs_id}.zip", day / f"{exp.obs_id}_dimensions.yaml")
+
+
+@dataclass
+class Outcome:
+    step: str
+    state: str  # verified (was already done) | done (acted and verified) | would-act (dry run)
+    detail: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Context:
+    """Everything the steps touch, opened lazily: policy, embargo store, Butlers, Rucio client.
+
+    Tests and scripts pass ready objects; the DAG lets the defaults open them through Airflow connections.
+    """
+
+    def __init__(self, policy: EmbargoPolicy, *, store: EmbargoStore | None = None, rucio=None,
+                 butler_factory: Callable | None = None, dry_run: bool = False):
+        self.policy, self.dry_run = policy, dry_run
+        self._store, self._rucio = store, rucio
+        self._butler_factory = butler_factory or butlerops.open_butler
+        self._butlers: dict = {}
+        self._cache: dict = {}
+
+    @property
+    def store(self) -> EmbargoStore:
+        if self._store is None:
+            self._store = open_store(self.policy.storage)
+        return self._store
+
+    @property
+    def rucio(self):
+        if self._rucio is None:
+            from facility_data.hooks.rucio import RucioHook
+
+            self._rucio = RucioHook(rucio_conn_id=self.policy.rucio.conn_id).get_conn()
+        if callable(self._rucio) and not hasattr(self._rucio, "get_did"):
+            self._rucio = self._rucio()
+        if not isinstance(self._rucio, rucioreg.RetryingRucio):
+            self._rucio = rucioreg.RetryingRucio(self._rucio)
+        return self._rucio
+
+    def butler(self, ref: ButlerRef, *, writeable: bool = False):
+        key = (ref.label, writeable)
+        if key not in self._butlers:
+            self._butlers[key] = self._butler_factory(ref, writeable=writeable)
+        return self._butlers[key]
+
+    @property
+    def source(self):
+        return self.butler(self.policy.source)
+
+    def cached(self, exp: ExposureRef, what: str, compute: Callable):
+        key = (exp.obs_id, what)
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    # facts about one exposure, computed once per context
+    def objects(self, exp):
+        return self.cached(exp, "objects", lambda: self.store.list_folder(exp.instrument, exp.day_obs, exp.obs_id))
+
+    def refs(self, exp):
+        return self.cached(exp, "refs", lambda: butlerops.source_refs(self.source, self.policy, exp))
+
+    def records(self, exp):
+        return self.cached(exp, "records", lambda: exposure_records(self.source, exp.instrument, exp.exposure))
+
+    def visits(self, exp) -> list[int]:
+        return visit_ids(self.records(exp))
+
+
+# ---------------------------------------------------------------------------------------------------- gate
+def check_gate(ctx: Context, exp: ExposureRef, deep: bool = True) -> tuple[bool, dict]:
+    refs = ctx.refs(exp)
+    objects = {o.name for o in ctx.objects(exp)}
+    name = f"{exp.obs_id}_expectedSensors.json"
+    present = {butlerops.detector_name(r) for r in refs}
+    if not refs:
+        return False, {"missing": ["<all: no raw datasets>"]}
+    if name not in objects:
+        log.warning("%s: no %s in the embargo folder; completeness not checkable, %d datasets present",
+                    exp.obs_id, name, len(refs))
+        return True, {"datasets": len(refs), "expected": None}
+    key = f"{exp.instrument}/{exp.day_obs}/{exp.obs_id}/{name}"
+    expected = json.loads(ctx.store.read(key)).get("expectedSensors", {})
+    wanted = {det for det, kind in expected.items() if kind in ("SCIENCE", "WAVEFRONT", "GUIDER")}
+    missing = sorted(wanted - present)
+    return not missing, {"datasets": len(refs), "expected": len(wanted), "missing": missing}
+
+
+def run_gate(ctx: Context, exp: ExposureRef) -> Outcome:
+    ok, detail = check_gate(ctx, exp)
+    if not ok:
+        raise IncompleteExposure(exp.obs_id, detail["missing"])
+    return Outcome(GATE, "verified", detail)
+
+
+# ---------------------------------------------------------------------------------------------------- zip
+def _ref_ids(ctx, exp) -> set[str]:
+    return {str(r.id) for r in ctx.refs(exp)}
+
+
+def check_zip(ctx: Context, exp: ExposureRef, deep: bool = True) -> tuple[bool, dict]:
+    """Deep: every member against the embargo object (and hashes); shallow: names and sizes only."""
+    path = paths(ctx.policy, exp).zip
+    if not path.exists():
+        return False, {"path": str(path)}
+    if deep:
+        hashes = verify_zip(path, ctx.store, ctx.objects(exp), _ref_ids(ctx, exp))
+        ctx._cache[(exp.obs_id, "zip_hashes")] = hashes
+        return True, hashes.to_dict()
+    problem = quick_check(path, ctx.objects(exp))
+    if problem:
+        raise InconsistentArtifact(f"{path}: {problem}")
+    return True, {"path": str(path), "bytes": path.stat().st_size}
+
+
+def run_zip(ctx: Context, exp: ExposureRef) -> Outcome:
+    done, detail = check_zip(ctx, exp)
+    if done:
+        return Outcome(ZIP, "verified", detail)
+    if ctx.dry_run:
+        return Outcome(ZIP, "would-act", {"would": f"build {detail['path']} from {len(ctx.objects(exp))} objects"})
+    index = butlerops.zip_index(ctx.source, ctx.refs(exp), ctx.objects(exp))
+    hashes, path = build_zip(ctx.store, ctx.objects(exp), index, paths(ctx.policy, exp).zip)
+    if hashes is None:  # lost a race: the winner's zip is verified like any existing one
+        done, detail = check_zip(ctx, exp)
+        return Outcome(ZIP, "verified", detail)
+    problem = quick_check(path, ctx.objects(exp))
+    if problem:
+        raise StepFailed(f"{path} after install: {problem}")
+    ctx._cache[(exp.obs_id, "zip_hashes")] = hashes
+    return Outcome(ZIP, "done", hashes.to_dict())
+
+
+def zip_hashes(ctx: Context, exp: ExposureRef, known: dict | None = None) -> FileHashes:
+    """The zip's hashes: from this context, from the zip step's result (XCom), or by reading the file once."""
+    path = paths(ctx.policy, exp).zip
+    if known and known.get("md5") and known.get("path") == str(path) and path.stat().st_size == known["bytes"]:
+        return FileHashes(str(path), known["bytes"], known["md5"], known["adler32"])
+    return ctx.cached(exp, "zip_hashes", lambda: file_hashes(path))
+
+
+# ---------------------------------------------------------------------------------------------------- dimensions
+def _yaml_bytes(ctx, exp) -> bytes:
+    return ctx.cached(exp, "yaml", lambda: export_yaml(ctx.source, ctx.records(exp)))
+
+
+def check_dimensions(ctx: Context, exp: ExposureRef, deep: bool = True) -> tuple[bool, dict]:
+    path = paths(ctx.policy, exp).yaml
+    if not path.exists():
+        return False, {"path": str(path)}
+    if not same_export(path.read_bytes(), _yaml_bytes(ctx, exp)):
+        raise InconsistentArtifact(f"{path} differs from the source Butler's records for {exp.obs_id}")
+    return True, {"path": str(path), "bytes": path.stat().st_size}
+
+
+def run_dimensions(ctx: Context, exp: ExposureRef) -> Outcome:
+    done, detail = check_dimensions(ctx, exp)
+    if done:
+        return Outcome(DIMENSIONS, "verified", detail)
+    if ctx.dry_run:
+        return Outcome(DIMENSIONS, "would-act", {"would": f"write {detail['path']}"})
+    created = install_bytes(paths(ctx.policy, exp).yaml, _yaml_bytes(ctx, exp))
+    done, detail = check_dimensions(ctx, exp)
+    if not done:
+        raise StepFailed(f"{detail['path']} missing after install")
+    log.info("%s %s", "wrote" if created else "found (another run wrote)", detail["path"])
+    return Outcome(DIMENSIONS, "done" if created else "verified", detail)
+
+
+# ---------------------------------------------------------------------------------------------------- butler
+def _destination(ctx: Context, label: str) -> ButlerRef:
+    for d in ctx.policy.destinations:
+        if d.label == label or butler_step(d) == label:
+            return d
+    raise ValueError(f"unknown destination {label!r}; the policy has {[d.label for d in ctx.policy.destinations]}")
+
+
+def check_butler(ctx: Context, exp: ExposureRef, dest: ButlerRef, deep: bool = True) -> tuple[bool, dict]:
+    ok, why = butlerops.ingested(ctx.butler(dest, writeable=not ctx.dry_run), ctx.refs(exp), ctx.visits(exp),
+                                 exp.instrument)
+    return ok, {"destination": dest.label, "state": why}
+
+
+def run_butler(ctx: Context, exp: ExposureRef, dest: ButlerRef) -> Outcome:
+    name = butler_step(dest)
+    done, detail = check_butler(ctx, exp, dest)
+    if done:
+        return Outcome(name, "verified", detail)
+    if ctx.dry_run:
+        return Outcome(name, "would-act", {"would": f"ingest {paths(ctx.policy, exp).zip} into {dest.label}"})
+    zip_path = paths(ctx.policy, exp).zip
+    if not zip_path.exists():
+        raise StepFailed(f"{zip_path} is missing: the zip step must run first")
+    butlerops.ingest(ctx.butler(dest, writeable=True), ctx.source, ctx.refs(exp), ctx.visits(exp),
+                     exp.instrument, zip_path)
+    done, detail = check_butler(ctx, exp, dest)
+    if not done:
+        raise StepFailed(f"{exp.obs_id} not fully ingested into {dest.label} after ingest: {detail['state']}")
+    log.info("%s: ingested %s into %s", exp.obs_id, zip_path.name, dest.label)
+    return Outcome(name, "done", detail)
+
+
+# ---------------------------------------------------------------------------------------------------- rucio
+def rucio_plan(ctx: Context, exp: ExposureRef, hashes: FileHashes | None) -> rucioreg.Plan:
+    p = paths(ctx.policy, exp)
+    tracts = ctx.cached(exp, "tracts", lambda: butlerops.tracts(ctx.source, ctx.policy, exp, ctx.visits(exp)))
+    day_sets, obs = rucioreg.did_names(exp.instrument, exp.day_obs, exp.obs_id, tracts)
+    yaml_hashes = file_hashes(p.yaml) if hashes is not None and p.yaml.exists() else None
+    base = f"{exp.instrument}/{exp.day_obs}"
+    files = (rucioreg.RucioFile(f"{base}/{p.zip.name}", str(p.zip), "zip_file", hashes),
+             rucioreg.RucioFile(f"{base}/{p.yaml.name}", str(p.yaml), "dim_file", yaml_hashes))
+    r = ctx.policy.rucio
+    return rucioreg.Plan(r.scope, r.rse, files, (*day_sets, obs), obs, f"{r.backup_rse}:need")
+
+
+def check_rucio(ctx: Context, exp: ExposureRef, deep: bool = True, known_zip: dict | None = None,
+                ) -> tuple[bool, dict]:
+    hashes = zip_hashes(ctx, exp, known_zip) if deep and paths(ctx.policy, exp).zip.exists() else None
+    plan = rucio_plan(ctx, exp, hashes)
+    missing = rucioreg.missing_parts(ctx.rucio, plan)
+    return not missing, {"missing": missing, "obs": plan.obs, "datasets": list(plan.datasets)}
+
+
+def run_rucio(ctx: Context, exp: ExposureRef, known_zip: dict | None = None) -> Outcome:
+    done, detail = check_rucio(ctx, exp, known_zip=known_zip)
+    if done:
+        return Outcome(RUCIO, "verified", detail)
+    if ctx.dry_run:
+        return Outcome(RUCIO, "would-act", {"would": detail["missing"]})
+    p = paths(ctx.policy, exp)
+    for f in (p.zip, p.yaml):
+        if not f.exists():
+            raise StepFailed(f"{f} is missing: earlier steps must run first")
+    acted = rucioreg.register(ctx.rucio, rucio_plan(ctx, exp, zip_hashes(ctx, exp, known_zip)))
+    done, detail = check_rucio(ctx, exp, known_zip=known_zip)
+    if not done:
+        raise StepFailed(f"{exp.obs_id}: Rucio parts still missing after registration: {detail['missing']}")
+    detail["acted"] = acted
+    return Outcome(RUCIO, "done" if acted else "verified", detail)
+
+
+# ---------------------------------------------------------------------------------------------------- sequences
+def run_step(ctx: Context, exp: ExposureRef, name: str, **kwargs) -> Outcome:
+    """Run one step by name (``butler:<label>`` for a destination)."""
+    if name == GATE:
+        return run_gate(ctx, exp)
+    if name == ZIP:
+        return run_zip(ctx, exp)
+    if name == DIMENSIONS:
+        return run_dimensions(ctx, exp)
+    if name.startswith("butler:"):
+        return run_butler(ctx, exp, _destination(ctx, name))
+    if name == RUCIO:
+        return run_rucio(ctx, exp, **kwargs)
+    raise ValueError(f"unknown step {name!r}; steps are {step_names(ctx.policy)}")
+
+
+def run_exposure(ctx: Context, exp: ExposureRef, *, start_at: str | None = None) -> list[Outcome]:
+    """Every step in order (from ``start_at`` if given); stops at the first exception."""
+    names = step_names(ctx.policy)
+    if start_at is not None:
+        names = names[names.index(start_at):] if start_at in names else names
+    outcomes = []
+    for name in names:
+        outcome = run_step(ctx, exp, name)
+        log.info("%s %s: %s", exp.obs_id, name, outcome.state)
+        outcomes.append(outcome)
+    return outcomes
+
+
+@dataclass
+class ExposureStatus:
+    obs_id: str
+    steps: dict[str, str]  # step -> done | missing | incomplete | inconsistent | error
+    details: dict[str, object]
+    first_missing: str | None
+
+    @property
+    def complete(self) -> bool:
+        return self.first_missing is None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def exposure_status(ctx: Context, exp: ExposureRef, *, deep: bool = False) -> ExposureStatus:
+    """Read-only: for every step, whether its effect is verified in its sink, and the first step that is not.
+
+    ``deep`` also compares every zip member with its embargo object and the Rucio hashes with the zip (reads
+    everything); the default compares names, sizes and registrations only.
+    """
+    checks: dict[str, Callable[[], tuple[bool, dict]]] = {
+        GATE: lambda: check_gate(ctx, exp, deep),
+        ZIP: lambda: check_zip(ctx, exp, deep),
+        DIMENSIONS: lambda: check_dimensions(ctx, exp, deep),
+        **{butler_step(d): (lambda d=d: check_butler(ctx, exp, d, deep)) for d in ctx.policy.destinations},
+        RUCIO: lambda: check_rucio(ctx, exp, deep),
+    }
+    states, details, first = {}, {}, None
+    for name, check in checks.items():
+        try:
+            ok, detail = check()
+            state = "done" if ok else ("incomplete" if name == GATE else "missing")
+        except InconsistentArtifact as exc:
+            state, detail = "inconsistent", {"error": str(exc)}
+        except Exception as exc:  # a sink that cannot be read is reported, not hidden
+            state, detail = "error", {"error": f"{type(exc).__name__}: {exc}"}
+        states[name], details[name] = state, detail
+        if state != "done" and first is None:
+            first = name
+    return ExposureStatus(exp.obs_id, states, details, first)

@@ -1,0 +1,163 @@
+"""The embargo store: where the summit writes each exposure's objects, ``<instrument>/<day_obs>/<obs_id>/``.
+
+Two implementations behind one interface: a local directory (the embedded default) and S3 (USDF's Ceph; here the
+site's S3 API server) through a boto3 client that :func:`open_store` takes from an Airflow ``aws`` connection
+(``endpoint_url`` in its extra). The source Butler's raw datasets point at these objects (``direct`` ingest).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from facility_data.rubin.retry import call_with_retry, is_transient_s3
+
+CHUNK = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str  # relative to the store root, e.g. LSSTCam/20251231/MC_O_20251231_000010/MC_O_..._R22_S11.fits
+    size: int
+
+    @property
+    def name(self) -> str:
+        return self.key.rsplit("/", 1)[-1]
+
+
+def folder_key(instrument: str, day_obs: int, obs_id: str) -> str:
+    return f"{instrument}/{day_obs}/{obs_id}/"
+
+
+class EmbargoStore(Protocol):
+    def list_folder(self, instrument: str, day_obs: int, obs_id: str) -> list[StoredObject]: ...
+    def iter_chunks(self, key: str) -> Iterator[bytes]: ...
+    def read(self, key: str) -> bytes: ...
+    def put(self, key: str, data: bytes | BinaryIO) -> None: ...
+    def uri(self, key: str) -> str: ...
+    def list_day(self, instrument: str, day_obs: int) -> list[str]: ...
+
+
+class LocalStore:
+    """Embargo store as a directory tree (``file://``)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.root)!r})"
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise ValueError(f"key {key!r} escapes the embargo store {self.root}")
+        return path
+
+    def list_folder(self, instrument: str, day_obs: int, obs_id: str) -> list[StoredObject]:
+        folder = self._path(folder_key(instrument, day_obs, obs_id))
+        if not folder.is_dir():
+            return []
+        prefix = folder_key(instrument, day_obs, obs_id)
+        return sorted((StoredObject(prefix + p.name, p.stat().st_size) for p in folder.iterdir() if p.is_file()),
+                      key=lambda o: o.key)
+
+    def list_day(self, instrument: str, day_obs: int) -> list[str]:
+        day = self._path(f"{instrument}/{day_obs}")
+        return sorted(p.name for p in day.iterdir() if p.is_dir()) if day.is_dir() else []
+
+    def iter_chunks(self, key: str) -> Iterator[bytes]:
+        with open(self._path(key), "rb") as f:
+            while chunk := f.read(CHUNK):
+                yield chunk
+
+    def read(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def put(self, key: str, data: bytes | BinaryIO) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(data, bytes):
+            path.write_bytes(data)
+        else:
+            with open(path, "wb") as f:
+                shutil.copyfileobj(data, f, CHUNK)
+
+    def uri(self, key: str) -> str:
+        return str(self._path(key))
+
+
+class S3Store:
+    """Embargo store in an S3 bucket; every call is retried on transient faults (bounded, see retry.py)."""
+
+    def __init__(self, client, bucket: str, prefix: str = ""):
+        self.client, self.bucket, self.prefix = client, bucket, prefix.strip("/") + "/" if prefix.strip("/") else ""
+
+    def __repr__(self) -> str:
+        return f"S3Store(s3://{self.bucket}/{self.prefix})"
+
+    def _retry(self, fn, what: str):
+        return call_with_retry(fn, transient=is_transient_s3, what=f"s3://{self.bucket}/{what}")
+
+    def _list(self, prefix: str, delimiter: str | None = None) -> Iterator[dict]:
+        token = None
+        while True:
+            kwargs = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
+            if delimiter:
+                kwargs["Delimiter"] = delimiter
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = self._retry(lambda kw=kwargs: self.client.list_objects_v2(**kw), f"{prefix} (list)")
+            yield page
+            if not page.get("IsTruncated"):
+                return
+            token = page["NextContinuationToken"]
+
+    def list_folder(self, instrument: str, day_obs: int, obs_id: str) -> list[StoredObject]:
+        prefix = folder_key(instrument, day_obs, obs_id)
+        out = []
+        for page in self._list(prefix, delimiter="/"):
+            for obj in page.get("Contents", []):
+                key = obj["Key"][len(self.prefix):]
+                if not key.endswith("/"):
+                    out.append(StoredObject(key, int(obj["Size"])))
+        return sorted(out, key=lambda o: o.key)
+
+    def list_day(self, instrument: str, day_obs: int) -> list[str]:
+        names = []
+        for page in self._list(f"{instrument}/{day_obs}/", delimiter="/"):
+            names += [p["Prefix"].rstrip("/").rsplit("/", 1)[-1] for p in page.get("CommonPrefixes", [])]
+        return sorted(names)
+
+    def iter_chunks(self, key: str) -> Iterator[bytes]:
+        body = self._retry(lambda: self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"], key)
+        try:
+            yield from body.iter_chunks(CHUNK)
+        finally:
+            body.close()
+
+    def read(self, key: str) -> bytes:
+        return self._retry(
+            lambda: self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read(), key)
+
+    def put(self, key: str, data: bytes | BinaryIO) -> None:
+        if isinstance(data, bytes):
+            self._retry(lambda: self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data), key)
+        else:
+            self.client.upload_fileobj(data, self.bucket, self.prefix + key)
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self.prefix}{key}"
+
+
+def open_store(storage) -> EmbargoStore:
+    """The store a policy's ``storage`` section describes; S3 credentials come from its Airflow aws connection."""
+    if storage.kind == "local":
+        return LocalStore(storage.root)
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    client = S3Hook(aws_conn_id=storage.aws_conn_id).get_conn()
+    bucket, _, prefix = storage.root.removeprefix("s3://").partition("/")
+    return S3Store(client, bucket, prefix)

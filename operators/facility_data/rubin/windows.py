@@ -1,0 +1,188 @@
+"""Which exposures a run unembargoes.
+
+A scheduled run owns the data interval ``[start, end)``. An exposure is released at
+``exposure end + embargo(row) + settle``; it belongs to exactly the run whose interval contains that instant, so
+consecutive intervals partition time and a backfill over any range selects exactly the exposures released in it
+(unlike today's 35-minute sliding window, which drops exposures when a run is missed). Each exposure's embargo
+comes from the first policy row whose ``where`` clause matches it.
+
+A manual run names exposures (day_obs and/or obs_ids); it reprocesses exactly those, but never one whose release
+time is still in the future (that would leak embargoed data).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from facility_data.rubin.policy import EmbargoPolicy, PolicyRow
+
+OBS_ID = re.compile(r"^[A-Z]{2}_[A-Z]_(\d{8})_(\d{6})$")
+#: widening of the Butler OVERLAPS query (exact filtering on the end time happens in Python)
+_PAD = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class ExposureRef:
+    """The small, JSON-serializable handle on one exposure that the DAG passes between tasks."""
+
+    instrument: str
+    day_obs: int
+    obs_id: str
+    exposure: int
+    end: str  # ISO UTC
+    release: str  # ISO UTC
+    embargo_hours: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ExposureRef:
+        return cls(**d)
+
+
+def release_time(end: datetime, row: PolicyRow, settle_minutes: float) -> datetime:
+    return end + timedelta(hours=row.embargo_hours, minutes=settle_minutes)
+
+
+def end_interval(start: datetime, end: datetime, row: PolicyRow, settle_minutes: float) -> tuple[datetime, datetime]:
+    """Exposure end times whose release falls in ``[start, end)``."""
+    lag = timedelta(hours=row.embargo_hours, minutes=settle_minutes)
+    return start - lag, end - lag
+
+
+def _aware(dt: datetime) -> datetime:
+    if dt.tzinfo is None:
+        raise ValueError(f"naive datetime {dt!r}: windows are in UTC and must carry a timezone")
+    return dt.astimezone(UTC)
+
+
+def _tai(dt: datetime):
+    from astropy.time import Time
+
+    return Time(dt.astimezone(UTC).replace(tzinfo=None), scale="utc")
+
+
+def _end_utc(record) -> datetime:
+    return record.timespan.end.utc.to_datetime(timezone=UTC)
+
+
+def _and(*clauses: str) -> str:
+    return " AND ".join(f"({c})" for c in clauses if c)
+
+
+def _governing_rows(butler, policy: EmbargoPolicy, instrument: str, records) -> dict[int, PolicyRow]:
+    """Exposure id -> first policy row whose where clause matches it (exposures matching none are absent)."""
+    pending = {r.id for r in records}
+    out: dict[int, PolicyRow] = {}
+    for row in policy.rows_for(instrument):
+        if not pending:
+            break
+        ids = ",".join(str(i) for i in sorted(pending))
+        matched = butler.query_dimension_records("exposure", where=_and(row.where, f"exposure.id IN ({ids})"),
+                                                 instrument=instrument, explain=False)
+        for rec in matched:
+            out[rec.id] = row
+            pending.discard(rec.id)
+    return out
+
+
+def _ref(instrument: str, rec, row: PolicyRow, settle: float) -> ExposureRef:
+    end = _end_utc(rec)
+    return ExposureRef(instrument, int(rec.day_obs), rec.obs_id, int(rec.id), end.isoformat(),
+                       release_time(end, row, settle).isoformat(), row.embargo_hours)
+
+
+def select_released(butler, policy: EmbargoPolicy, instrument: str, start: datetime,
+                    end: datetime) -> list[ExposureRef]:
+    """Exposures of ``instrument`` whose release time is in ``[start, end)``, sorted by release time."""
+    from lsst.daf.butler import Timespan
+
+    start, end = _aware(start), _aware(end)
+    if end <= start:
+        raise ValueError(f"empty window [{start}, {end})")
+    found: dict[int, ExposureRef] = {}
+    for row in policy.rows_for(instrument):
+        a, b = end_interval(start, end, row, policy.settle_minutes)
+        recs = butler.query_dimension_records(
+            "exposure", where=_and(row.where, "exposure.timespan OVERLAPS :ok_timespan"),
+            bind={"ok_timespan": Timespan(_tai(a - _PAD), _tai(b))}, instrument=instrument, explain=False)
+        recs = [r for r in recs if a <= _end_utc(r) < b and r.id not in found]
+        governing = _governing_rows(butler, policy, instrument, recs)
+        for rec in recs:
+            if governing.get(rec.id) is row:  # released under this row, not an earlier one
+                found[rec.id] = _ref(instrument, rec, row, policy.settle_minutes)
+    return sorted(found.values(), key=lambda r: (r.release, r.obs_id))
+
+
+@dataclass(frozen=True)
+class ManualRequest:
+    instrument: str
+    day_obs: int | None
+    obs_ids: tuple[str, ...]
+    dry_run: bool
+
+
+def parse_manual(policy: EmbargoPolicy, params: dict) -> ManualRequest:
+    """Validate a manual run's Params against the policy; raise ValueError with a clear message (no side effect)."""
+    instrument = params.get("instrument")
+    if not isinstance(instrument, str) or instrument not in policy.instruments:
+        raise ValueError(f"unknown instrument {instrument!r}: the policy knows {policy.instruments}")
+    day_obs = params.get("day_obs")
+    if day_obs in ("", None):
+        day_obs = None
+    else:
+        text = str(day_obs)
+        if not re.fullmatch(r"\d{8}", text):
+            raise ValueError(f"day_obs must be YYYYMMDD, got {day_obs!r}")
+        try:
+            date(int(text[:4]), int(text[4:6]), int(text[6:]))
+        except ValueError:
+            raise ValueError(f"day_obs {day_obs!r} is not a calendar date") from None
+        day_obs = int(text)
+    obs_ids = params.get("obs_ids") or []
+    if isinstance(obs_ids, str) or not isinstance(obs_ids, list):
+        raise ValueError(f"obs_ids must be a list of observation ids, got {obs_ids!r}")
+    for o in obs_ids:
+        m = OBS_ID.match(o) if isinstance(o, str) else None
+        if not m:
+            raise ValueError(f"malformed obs_id {o!r}: expected e.g. MC_O_20251231_000010")
+        if day_obs is not None and int(m.group(1)) != day_obs:
+            raise ValueError(f"obs_id {o} is not from day_obs {day_obs}")
+    if day_obs is None and not obs_ids:
+        raise ValueError("a manual run needs day_obs and/or obs_ids")
+    dry_run = params.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise ValueError(f"dry_run must be true or false, got {dry_run!r}")
+    return ManualRequest(instrument, day_obs, tuple(dict.fromkeys(obs_ids)), dry_run)
+
+
+def select_manual(butler, policy: EmbargoPolicy, request: ManualRequest,
+                  now: datetime) -> tuple[list[ExposureRef], list[dict]]:
+    """Exactly the requested exposures past release; the rest come back as problems (unknown, still embargoed,
+    matched by no policy row), each a dict with obs_id and reason."""
+    clauses, bind = [], {}
+    if request.day_obs is not None:
+        clauses.append("exposure.day_obs = :day_obs")
+        bind["day_obs"] = request.day_obs
+    if request.obs_ids:
+        clauses.append("exposure.obs_id IN (" + ",".join(f"'{o}'" for o in request.obs_ids) + ")")
+    recs = list(butler.query_dimension_records("exposure", where=_and(*clauses), bind=bind,
+                                               instrument=request.instrument, explain=False))
+    problems = [{"obs_id": o, "reason": "no such exposure in the source Butler"}
+                for o in sorted(set(request.obs_ids) - {r.obs_id for r in recs})]
+    governing = _governing_rows(butler, policy, request.instrument, recs)
+    out = []
+    for rec in recs:
+        row = governing.get(rec.id)
+        if row is None:
+            problems.append({"obs_id": rec.obs_id, "reason": "matches no policy row (never released)"})
+            continue
+        ref = _ref(request.instrument, rec, row, policy.settle_minutes)
+        if datetime.fromisoformat(ref.release) > _aware(now):
+            problems.append({"obs_id": rec.obs_id, "reason": f"still embargoed until {ref.release}"})
+            continue
+        out.append(ref)
+    return sorted(out, key=lambda r: (r.release, r.obs_id)), problems

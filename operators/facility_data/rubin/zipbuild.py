@@ -1,0 +1,238 @@
+"""Building, installing and verifying an exposure's zip.
+
+The zip holds every object of the exposure's embargo folder under its own (flat) name, byte-identical (FITS members
+ZIP_STORED, others DEFLATED; downstream checks compare members with the embargo objects, and embargo pruning relies
+on that), plus ``_butler_zip_index.json`` (what ``Butler.ingest_zip`` reads) and ``_metadata_index.json`` (the
+sidecars' header metadata, ``__COMMON__`` + per file, the shape astro_metadata_translator's index uses).
+
+It is written to an exclusively created temporary file in the destination directory (same filesystem), its size, md5
+and adler32 computed from the bytes as they are written (the writer is unseekable so zipfile never rewrites a header
+behind our back; it uses data descriptors instead), then installed with a hard link, which fails if the zip already
+exists: a racer never overwrites, and the loser verifies the winner's zip against the source instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+import zipfile
+import zlib
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from facility_data.rubin.storage import EmbargoStore, StoredObject
+
+log = logging.getLogger(__name__)
+
+BUTLER_INDEX = "_butler_zip_index.json"
+METADATA_INDEX = "_metadata_index.json"
+INDEX_NAMES = (BUTLER_INDEX, METADATA_INDEX)
+_DATE = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: a rebuilt zip is byte-identical
+_CHUNK = 10 * 1024 * 1024
+
+
+class InconsistentArtifact(RuntimeError):
+    """An artifact exists but does not match the source; it is reported, never overwritten."""
+
+
+@dataclass(frozen=True)
+class FileHashes:
+    path: str
+    bytes: int
+    md5: str
+    adler32: str  # 8 hex digits, as Rucio expects
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _HashingWriter:
+    """Unseekable file wrapper that hashes and counts every byte written."""
+
+    def __init__(self, raw):
+        self.raw, self.count, self.md5, self.adler = raw, 0, hashlib.md5(), 1
+
+    def write(self, data) -> int:
+        self.raw.write(data)
+        self.md5.update(data)
+        self.adler = zlib.adler32(data, self.adler)
+        self.count += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.count
+
+    def seek(self, *args):
+        raise OSError("not seekable")
+
+    def seekable(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+def file_hashes(path: Path) -> FileHashes:
+    """Size, md5 and adler32 of a file already on disk (used only when the file was not written by this call)."""
+    md5, adler, n = hashlib.md5(), 1, 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            md5.update(chunk)
+            adler = zlib.adler32(chunk, adler)
+            n += len(chunk)
+    return FileHashes(str(path), n, md5.hexdigest(), f"{adler:08x}")
+
+
+def _temp_for(dest: Path) -> Path:
+    return dest.parent / f".{dest.name}.{uuid.uuid4().hex}.tmp"
+
+
+def _install(tmp: Path, dest: Path) -> bool:
+    """Hard-link tmp to dest; False if dest already exists (someone else installed it)."""
+    try:
+        os.link(tmp, dest)
+        return True
+    except FileExistsError:
+        return False
+
+
+def install_bytes(dest: Path, data: bytes) -> bool:
+    """Write small content atomically without overwrite; True if this call created ``dest``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_for(dest)
+    try:
+        with open(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644), "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return _install(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def metadata_index(sidecars: dict[str, bytes]) -> bytes:
+    """``{"__COMMON__": {...}, "<member>.fits": {...}}`` from the JSON sidecars (keyed by their FITS member)."""
+    per_file = {}
+    for name, data in sorted(sidecars.items()):
+        try:
+            content = json.loads(data)
+        except ValueError:
+            continue
+        if isinstance(content, dict):
+            per_file[name.removesuffix(".json") + ".fits"] = content
+    common: dict = {}
+    if per_file:
+        first, *rest = per_file.values()
+        common = {k: v for k, v in first.items() if all(k in o and o[k] == v for o in rest)}
+    out = {"__COMMON__": common}
+    out.update({n: {k: v for k, v in c.items() if k not in common} for n, c in per_file.items()})
+    return json.dumps(out, indent=1, sort_keys=True).encode()
+
+
+def _member_info(name: str, size: int) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=_DATE)
+    info.compress_type = zipfile.ZIP_STORED if name.endswith((".fits", ".fz")) else zipfile.ZIP_DEFLATED
+    info.external_attr = 0o644 << 16
+    info.file_size = size
+    return info
+
+
+def build_zip(store: EmbargoStore, objects: Iterable[StoredObject], butler_index: bytes, dest: Path) -> tuple[
+        FileHashes | None, Path]:
+    """Build the zip for ``objects`` into a temp file beside ``dest`` and install it without overwrite.
+
+    Returns (hashes, dest) if this call installed it, (None, dest) if ``dest`` appeared meanwhile (then the caller
+    verifies the existing one). The temporary file is removed in every case.
+    """
+    objects = sorted(objects, key=lambda o: o.name)
+    names = [o.name for o in objects]
+    if len(set(names)) != len(names) or set(names) & set(INDEX_NAMES):
+        raise InconsistentArtifact(f"{dest.name}: duplicate or reserved member names in the embargo folder")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_for(dest)
+    sidecars: dict[str, bytes] = {}
+    try:
+        with open(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644), "wb") as raw:
+            writer = _HashingWriter(raw)
+            with zipfile.ZipFile(writer, "w", allowZip64=True) as zf:  # type: ignore[arg-type]
+                for obj in objects:
+                    info = _member_info(obj.name, obj.size)
+                    n = 0
+                    keep = obj.name.endswith(".json") and obj.size < 1 << 20
+                    parts = []
+                    with zf.open(info, "w", force_zip64=obj.size >= zipfile.ZIP64_LIMIT) as member:
+                        for chunk in store.iter_chunks(obj.key):
+                            member.write(chunk)
+                            n += len(chunk)
+                            if keep:
+                                parts.append(chunk)
+                    if n != obj.size:
+                        raise InconsistentArtifact(f"{obj.key}: read {n} bytes, listed {obj.size} (object changed?)")
+                    if keep:
+                        sidecars[obj.name] = b"".join(parts)
+                zf.writestr(_member_info(BUTLER_INDEX, len(butler_index)), butler_index)
+                meta = metadata_index(sidecars)
+                zf.writestr(_member_info(METADATA_INDEX, len(meta)), meta)
+            raw.flush()
+            os.fsync(raw.fileno())
+        hashes = FileHashes(str(dest), writer.count, writer.md5.hexdigest(), f"{writer.adler:08x}")
+        if not _install(tmp, dest):
+            log.info("%s appeared while building (another run); verifying it instead", dest)
+            return None, dest
+        log.info("installed %s: %d members, %d bytes, md5 %s, adler32 %s", dest, len(objects) + 2,
+                 hashes.bytes, hashes.md5, hashes.adler32)
+        return hashes, dest
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def quick_check(path: Path, objects: Iterable[StoredObject]) -> str | None:
+    """Cheap check from the central directory only: None if members and sizes match the source listing, else why."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = {i.filename: i for i in zf.infolist()}
+    except (OSError, zipfile.BadZipFile) as exc:
+        return f"unreadable zip: {exc}"
+    expected = {o.name: o.size for o in objects}
+    missing = sorted(set(expected) - set(infos))
+    extra = sorted(set(infos) - set(expected) - set(INDEX_NAMES))
+    if missing or extra or any(n not in infos for n in INDEX_NAMES):
+        return f"members differ from the embargo folder: missing {missing[:5]}, extra {extra[:5]}"
+    wrong = [n for n, size in expected.items() if infos[n].file_size != size]
+    if wrong:
+        return f"member sizes differ from the embargo objects: {wrong[:5]}"
+    return None
+
+
+def verify_zip(path: Path, store: EmbargoStore, objects: Iterable[StoredObject], ref_ids: set[str]) -> FileHashes:
+    """Verify an existing zip against the source (names, sizes, CRC of every member vs the embargo object, Butler
+    index refs) and return its hashes; raise InconsistentArtifact on any difference."""
+    objects = list(objects)
+    problem = quick_check(path, objects)
+    if problem:
+        raise InconsistentArtifact(f"{path}: {problem}")
+    with zipfile.ZipFile(path) as zf:
+        for obj in objects:
+            info = zf.getinfo(obj.name)
+            crc = 0
+            for chunk in store.iter_chunks(obj.key):
+                crc = zlib.crc32(chunk, crc)
+            if crc != info.CRC:
+                raise InconsistentArtifact(f"{path}: member {obj.name} differs from embargo object {obj.key}")
+        bad = zf.testzip()  # every member's data against its recorded CRC
+        if bad:
+            raise InconsistentArtifact(f"{path}: member {bad} is corrupt")
+        index = json.loads(zf.read(BUTLER_INDEX))
+    ids = {str(i) for i in _index_ids(index)}
+    if ids != set(ref_ids):
+        raise InconsistentArtifact(f"{path}: Butler index holds {len(ids)} datasets, the source {len(ref_ids)}")
+    return file_hashes(path)
+
+
+def _index_ids(index: dict) -> Iterable[str]:
+    for info in index.get("artifact_map", {}).values():
+        yield from info.get("ids", [])
