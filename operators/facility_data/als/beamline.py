@@ -113,8 +113,8 @@ class NERSCRecon(_Strict):
     conn_id: str = "sfapi_default"
     globus_conn_id: str = "globus_default"
     machine: str = "perlmutter"
-    recon_template: str = "bl832_recon.sh.j2"
-    multires_template: str = "bl832_multires.sh.j2"
+    recon_template: str = "tomo_recon.slurm.j2"
+    multires_template: str = "batch.slurm.j2"
     timeout_minutes: int = Field(default=45, gt=0)
 
 

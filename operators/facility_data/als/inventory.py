@@ -24,15 +24,15 @@ class Item:
     files: int
 
 
-def backend_for(endpoint: Endpoint) -> TransferBackend:
-    """The transfer backend that can reach ``endpoint``."""
+def backend_for(endpoint: Endpoint, *, globus_conn_id: str = "globus_default") -> TransferBackend:
+    """The transfer backend that can reach ``endpoint`` (Globus credentials from the Airflow connection)."""
     if endpoint.kind == "local":
         from facility_data.transfer.local import LocalTransfer
 
         return LocalTransfer()
-    from facility_data.transfer.globus import GlobusTransfer  # lazy: globus_sdk is heavy
+    from facility_data.hooks.globus import GlobusHook  # lazy: globus_sdk is heavy
 
-    return GlobusTransfer()
+    return GlobusHook(globus_conn_id).get_transfer_backend()
 
 
 def _walk(backend: TransferBackend, endpoint: Endpoint, path: str, prefix: str, out: list) -> None:
