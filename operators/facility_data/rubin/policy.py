@@ -6,6 +6,7 @@ clause matches an exposure gives its embargo; an exposure that matches no row is
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -112,7 +113,8 @@ class EmbargoPolicy(_Strict):
 
 
 def policy_path() -> Path:
-    return include_dir() / "embargo_policy.yaml"
+    """include/embargo_policy.yaml, unless FACILITY_RUBIN_POLICY names another file (a config location, no secrets)."""
+    return Path(os.environ.get("FACILITY_RUBIN_POLICY") or include_dir() / "embargo_policy.yaml")
 
 
 def load_policy(path: str | Path | None = None) -> EmbargoPolicy:

@@ -83,7 +83,7 @@ class Night:
 
     def policy(self, *, rucio_rse: str = "SLAC_RAW_DISK", rucio_scope: str = "raw", embargo_hours: float = 80.0,
                settle_minutes: float = 5.0, storage: Storage | None = None, rucio_conn_id: str = "rucio_default",
-               ) -> EmbargoPolicy:
+               destination_prefix: str | Path | None = None) -> EmbargoPolicy:
         """A policy over this night's repos and store, addressed by URI (no Airflow connection needed)."""
         if storage is None:
             if not isinstance(self.store, LocalStore):
@@ -94,7 +94,7 @@ class Night:
                   PolicyRow(instrument=self.instrument, embargo_hours=embargo_hours)],
             source=ButlerRef(uri=str(self.source_repo)),
             storage=storage,
-            destination_prefix=str(self.destination_prefix),
+            destination_prefix=str(destination_prefix or self.destination_prefix),
             destinations=[ButlerRef(uri=str(p)) for p in self.destination_repos],
             rucio=RucioTarget(conn_id=rucio_conn_id, rse=rucio_rse, scope=rucio_scope),
             settle_minutes=settle_minutes,
@@ -255,3 +255,27 @@ def build_night(site_root: str | Path, *, day_obs: int, n_exposures: int = 20, d
         if is_calib:
             night.calibs.add(obs_id)
     return night
+
+
+_used_days: set[int] = set()
+
+
+def unique_day_obs(first_year: int = 1990, last_year: int = 2024) -> int:
+    """A random day_obs not used before in this process, so tests sharing one Rucio server do not collide."""
+    import secrets
+
+    while True:
+        day = (first_year + secrets.randbelow(last_year - first_year + 1)) * 10000 + \
+            (1 + secrets.randbelow(12)) * 100 + 1 + secrets.randbelow(28)
+        if day not in _used_days:
+            _used_days.add(day)
+            return day
+
+
+def write_policy(policy: EmbargoPolicy, path: str | Path) -> Path:
+    """Write a policy as YAML (what include/embargo_policy.yaml holds), e.g. for FACILITY_RUBIN_POLICY."""
+    import yaml
+
+    path = Path(path)
+    path.write_text(yaml.safe_dump(policy.model_dump(mode="json", exclude_none=True), sort_keys=False))
+    return path

@@ -1,0 +1,117 @@
+"""What each task of ``rubin_unembargo_raw`` does, as plain functions of plain values (testable without Airflow).
+
+``select`` turns a run (its data interval, or a manual run's Params) into the list of exposure refs to unembargo,
+plus the exposures it will not process and why (incomplete at source, still embargoed, unknown): those are
+reported, never dropped silently. The other functions run one step for one exposure.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+
+from facility_data.rubin.policy import EmbargoPolicy, load_policy
+from facility_data.rubin.windows import (
+    ExposureRef,
+    ManualRequest,
+    parse_manual,
+    select_manual,
+    select_released,
+)
+
+log = logging.getLogger(__name__)
+
+
+class BadRequest(ValueError):
+    """Params or run metadata that cannot be honoured; raised before any side effect."""
+
+
+def validate(params: dict, policy: EmbargoPolicy) -> ManualRequest | None:
+    """A ManualRequest if the Params name exposures, None for a window run; BadRequest on bad Params."""
+    params = dict(params or {})
+    named = params.get("day_obs") not in (None, "") or bool(params.get("obs_ids"))
+    if not named:
+        dry = params.get("dry_run", False)
+        if not isinstance(dry, bool):
+            raise BadRequest(f"dry_run must be true or false, got {dry!r}")
+        return None
+    try:
+        return parse_manual(policy, params)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def select(params: dict, *, data_interval: tuple[datetime, datetime] | None, run_after: datetime,
+           policy_path: str | Path | None = None, context=None) -> dict:
+    """``{"ready": [exposure dicts], "skipped": [{"obs_id", "reason"}], "dry_run": bool, "window": ...}``."""
+    from facility_data.rubin.steps import Context, check_gate
+
+    policy = load_policy(policy_path)
+    request = validate(params, policy)
+    dry_run = bool((params or {}).get("dry_run", False))
+    ctx = context or Context(policy, dry_run=dry_run)
+    skipped: list[dict] = []
+    if request is not None:
+        exposures, skipped = select_manual(ctx.source, policy, request, run_after)
+        window = None
+        log.info("manual run: %d exposure(s) of %s requested (day_obs=%s, obs_ids=%s)", len(exposures),
+                 request.instrument, request.day_obs, list(request.obs_ids))
+    else:
+        if data_interval is None or data_interval[0] is None or data_interval[1] is None:
+            raise BadRequest("a run without a data interval must name exposures (Params day_obs and/or obs_ids)")
+        start, end = data_interval
+        window = [start.isoformat(), end.isoformat()]
+        exposures = []
+        for instrument in policy.instruments:
+            exposures += select_released(ctx.source, policy, instrument, start, end)
+        log.info("window [%s, %s): %d exposure(s) released", start, end, len(exposures))
+    ready = []
+    for exp in exposures:
+        ok, detail = check_gate(ctx, exp)
+        if ok:
+            ready.append(exp.to_dict())
+        else:
+            skipped.append({"obs_id": exp.obs_id, "reason": f"incomplete at source: missing {detail['missing']}",
+                            "exposure": exp.to_dict()})
+    for s in skipped:
+        log.warning("NOT unembargoed now: %s: %s", s["obs_id"], s["reason"])
+    return {"ready": ready, "skipped": skipped, "dry_run": dry_run, "window": window}
+
+
+def context_for(dry_run: bool, policy_path: str | Path | None = None):
+    from facility_data.rubin.steps import Context
+
+    return Context(load_policy(policy_path), dry_run=dry_run)
+
+
+def run_named_step(name: str, exposure: dict, *, dry_run: bool, policy_path: str | Path | None = None,
+                   **kwargs) -> dict:
+    """Run one step (or, for ``butler``, every destination) for one exposure; returns the outcome(s)."""
+    from facility_data.rubin import steps
+
+    ctx = context_for(dry_run, policy_path)
+    exp = ExposureRef.from_dict(exposure)
+    if name == "butler":
+        outs = [steps.run_step(ctx, exp, steps.butler_step(d)).to_dict() for d in ctx.policy.destinations]
+        for o in outs:
+            log.info("%s %s: %s %s", exp.obs_id, o["step"], o["state"], o["detail"])
+        return {"step": "butler", "destinations": outs}
+    out = steps.run_step(ctx, exp, name, **kwargs).to_dict()
+    log.info("%s %s: %s %s", exp.obs_id, name, out["state"], out["detail"])
+    return out
+
+
+def summarize(results: list[dict | None], skipped: list[dict]) -> dict:
+    """Counts of what the run did, for the log and XCom."""
+    summary = {"exposures": 0, "acted": 0, "already_done": 0, "dry_run": 0, "not_processed": len(skipped),
+               "failed_or_skipped": 0}
+    for r in results:
+        if not r:
+            summary["failed_or_skipped"] += 1
+            continue
+        summary["exposures"] += 1
+        state = r.get("state")
+        key = {"done": "acted", "verified": "already_done", "would-act": "dry_run"}.get(state, "failed_or_skipped")
+        summary[key] += 1
+    return summary
