@@ -24,11 +24,14 @@ def airflow_env(site) -> dict[str, str]:
     return {
         **os.environ,
         **site.env(),
+        # `airflow standalone` starts its components as `airflow ...`: make it this environment's airflow
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(bundle / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(bundle / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db,
+        "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
@@ -69,3 +72,98 @@ def init(site) -> Path:
         airflow(site, "connections", "import", "--overwrite", str(path))
     site._save()
     return home
+
+
+class AirflowServer:
+    """`airflow standalone` (api-server, scheduler, dag-processor, triggerer) in the background, and a small REST
+    client for it. Used by `make demo`; `make airflow` runs the same thing in the foreground."""
+
+    MARKER = "airflow standalone"
+
+    def __init__(self, site):
+        self.site = site
+        self.env = airflow_env(site)
+        self.url = self.env["AIRFLOW__API__BASE_URL"]
+        self.log = site.root / "logs" / "airflow-standalone.log"
+        self.pid: int | None = None
+        self._token: str | None = None
+
+    def start(self, timeout: float = 180) -> None:
+        from facility_data.localsite.procs import http_ok, port_in_use, start, wait_until
+
+        port = int(self.env["AIRFLOW__API__PORT"])
+        if port_in_use(port):
+            raise SiteError(f"port {port} for the Airflow api-server is taken: set FACILITY_AIRFLOW_PORT")
+        self.pid = start([sys.executable, "-m", "airflow", "standalone"], log=self.log, env=self.env)
+        wait_until(lambda: http_ok(f"{self.url}/api/v2/monitor/health") and self._all_healthy(),
+                   what=f"Airflow on {self.url}", timeout=timeout, log=self.log)
+
+    def _all_healthy(self) -> bool:
+        import requests
+
+        try:
+            health = requests.get(f"{self.url}/api/v2/monitor/health", timeout=5).json()
+        except (requests.RequestException, ValueError):
+            return False
+        return all(health.get(k, {}).get("status") == "healthy" for k in ("scheduler", "triggerer", "dag_processor"))
+
+    def stop(self) -> None:
+        from facility_data.localsite.procs import stop
+
+        if self.pid:
+            stop(self.pid, self.MARKER, timeout=30)
+
+    def _headers(self) -> dict:
+        import requests
+
+        if self._token is None:
+            pw_file = Path(self.env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
+            password = json.loads(pw_file.read_text())["admin"]
+            resp = requests.post(f"{self.url}/auth/token", json={"username": "admin", "password": password},
+                                 timeout=30)
+            resp.raise_for_status()
+            self._token = resp.json()["access_token"]
+        return {"Authorization": f"Bearer {self._token}"}
+
+    def api(self, method: str, path: str, **kwargs) -> dict:
+        import requests
+
+        resp = requests.request(method, f"{self.url}/api/v2{path}", headers=self._headers(), timeout=60, **kwargs)
+        if resp.status_code >= 400:
+            raise SiteError(f"{method} {path}: HTTP {resp.status_code}: {resp.text[:500]}")
+        return resp.json() if resp.content else {}
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 120) -> bool:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.api("GET", f"/dags/{dag_id}")
+                return True
+            except SiteError:
+                time.sleep(2)
+        return False
+
+    def trigger(self, dag_id: str, conf: dict) -> str:
+        run = self.api("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
+        return run["dag_run_id"]
+
+    def wait_run(self, dag_id: str, run_id: str, timeout: float = 900) -> str:
+        import time
+
+        deadline = time.monotonic() + timeout
+        state = "queued"
+        while time.monotonic() < deadline:
+            state = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
+            if state in ("success", "failed"):
+                return state
+            time.sleep(2)
+        return f"still {state} after {timeout:.0f} s"
+
+    def runs(self, dag_id: str) -> list[dict]:
+        return self.api("GET", f"/dags/{dag_id}/dagRuns", params={"order_by": "-run_after", "limit": 100})["dag_runs"]
+
+    def task_states(self, dag_id: str, run_id: str) -> list[dict]:
+        return self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000})[
+            "task_instances"]

@@ -52,20 +52,46 @@ def alive(pid: int | None, marker: str) -> bool:
     return line is not None and marker in line
 
 
+def descendants(pid: int) -> list[int]:
+    """All live descendants of ``pid`` (some servers start children in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for p in pids:
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            pass
+
+
 def stop(pid: int, marker: str, *, timeout: float = 15) -> bool:
-    """Stop the process group we started, if ``pid`` is still ours. Returns True if something was stopped."""
+    """Stop the process we started and everything it started, if ``pid`` is still ours.
+
+    Returns True if something was stopped. A pid that now belongs to another program is left alone.
+    """
     if not alive(pid, marker):
         return False
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
+    tree = [pid, *descendants(pid)]
+    _signal_all(tree, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not alive(pid, marker):
+        if not any(cmdline(p) for p in tree if p != pid) and not alive(pid, marker):
             return True
         time.sleep(0.2)
-    os.killpg(pid, signal.SIGKILL)
+    _signal_all(tree, signal.SIGKILL)
     return True
 
 
