@@ -115,6 +115,7 @@ def test_uncached_backprojector_gives_the_same_images(monkeypatch):
     sino = synthetic.projections(33, 2, np.rad2deg(theta)).transpose(1, 0, 2).astype(np.float32)
     cached = recon.fbp(sino, theta)
     monkeypatch.setattr(recon, "_MAX_CACHED_NNZ", 1000)
+    monkeypatch.setattr(recon, "_BLOCK_NNZ", 5000)
     small = recon.BackProjector(theta, 33, 16.0)
     assert not small.cached and len(small.blocks) > 1
     assert np.allclose(recon.fbp(sino, theta, projector=small), cached, atol=1e-5)
