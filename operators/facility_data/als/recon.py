@@ -62,7 +62,8 @@ class ScanError(ValueError):
 
 @dataclass(frozen=True)
 class Scan:
-    """What reconstruction needs from a DX file; ``data``/``flats``/``darks`` are ``(n, n_slices, n_det)``."""
+    """What reconstruction needs from a DX file; ``data``/``flats``/``darks`` are ``(n, rows_read, n_det)``
+    (all rows unless :func:`read_scan` was asked for a range); ``n_rows`` is the file's total."""
 
     path: Path
     data: np.ndarray
@@ -70,6 +71,7 @@ class Scan:
     darks: np.ndarray
     theta: np.ndarray  # radians
     pixel_size_um: float | None
+    n_rows: int
 
 
 @dataclass(frozen=True)
@@ -108,8 +110,13 @@ def read_pixel_size_um(h5file) -> float | None:
     return value * factor if value > 0 else None
 
 
-def read_scan(h5_path: Path | str, *, slices: slice | None = None) -> Scan:
-    """Read projections, flats, darks, angles and pixel size (optionally only a range of slices/rows)."""
+def read_scan(h5_path: Path | str, *, slices: slice | None = None, projections: list[int] | None = None) -> Scan:
+    """Read projections, flats, darks, angles and pixel size, validating the layout.
+
+    ``slices`` reads only a range of rows (``slice(0, 0)``: metadata and shapes only); ``projections`` only those
+    projection indices (increasing). Reconstruction reads a few rows at a time, so a full-size scan never has
+    to fit in memory.
+    """
     import h5py
 
     path = Path(h5_path)
@@ -121,14 +128,15 @@ def read_scan(h5_path: Path | str, *, slices: slice | None = None) -> Scan:
     except OSError as exc:
         raise ScanError(f"{path} is not a readable HDF5 file: {exc}") from exc
     with f:
-        arrays = {}
+        arrays, n_rows = {}, 0
         for name in ("data", "data_white", "data_dark"):
             ds = f.get(f"/exchange/{name}")
             if ds is None:
                 raise ScanError(f"{path}: dataset /exchange/{name} is missing (not a Data Exchange scan?)")
             if ds.ndim != 3:
                 raise ScanError(f"{path}: /exchange/{name} has shape {ds.shape}, expected 3-D (n, rows, cols)")
-            arrays[name] = np.asarray(ds[:, rows, :], dtype=np.float32)
+            n_rows = ds.shape[1]
+            arrays[name] = ds
         shapes = {k: v.shape[1:] for k, v in arrays.items()}
         if len(set(shapes.values())) != 1:
             raise ScanError(f"{path}: projections, flats and darks differ in image shape: {shapes}")
@@ -144,9 +152,12 @@ def read_scan(h5_path: Path | str, *, slices: slice | None = None) -> Scan:
         if not unit.lower().startswith("rad"):
             theta = np.deg2rad(theta)
         pixel_size_um = read_pixel_size_um(f)
-    if min(arrays["data"].shape[0], arrays["data_white"].shape[0], arrays["data_dark"].shape[0]) == 0:
-        raise ScanError(f"{path}: needs at least one projection, one flat and one dark")
-    return Scan(path, arrays["data"], arrays["data_white"], arrays["data_dark"], theta, pixel_size_um)
+        if min(arrays["data"].shape[0], arrays["data_white"].shape[0], arrays["data_dark"].shape[0]) == 0:
+            raise ScanError(f"{path}: needs at least one projection, one flat and one dark")
+        which = slice(None) if projections is None else list(projections)
+        read = {name: np.asarray(ds[:, rows, :] if name != "data" else ds[which, rows, :], dtype=np.float32)
+                for name, ds in arrays.items()}
+    return Scan(path, read["data"], read["data_white"], read["data_dark"], theta, pixel_size_um, n_rows)
 
 
 # ------------------------------------------------------------------------------------------- preprocessing
@@ -175,20 +186,26 @@ def find_center(p0: np.ndarray, p180: np.ndarray, *, upsample: int = 20) -> floa
     return ((p0.shape[-1] - 1) + float(shift[-1])) / 2.0
 
 
-def estimate_center(scan: Scan) -> tuple[float, str]:
-    """``(center, method)`` for a scan: phase correlation of the first projection and the one closest to
-    180 degrees later; the detector centre (method ``"detector-centre"``, logged) when no angle lies within
-    1.5 angular steps of that."""
-    theta, n_det = scan.theta, scan.data.shape[-1]
+def opposite_index(theta: np.ndarray) -> int | None:
+    """Index of the projection 180 degrees after the first, or None when none lies within 1.5 angular steps."""
     target = theta[0] + math.pi
     i180 = int(np.argmin(np.abs(theta - target)))
     step = float(np.median(np.abs(np.diff(theta)))) if theta.size > 1 else math.pi
-    if i180 == 0 or abs(theta[i180] - target) > 1.5 * step:
-        log.warning("%s: no projection 180 degrees after the first (closest: %.2f deg), using the detector centre",
-                    scan.path, math.degrees(theta[i180] - theta[0]))
+    return None if i180 == 0 or abs(theta[i180] - target) > 1.5 * step else i180
+
+
+def estimate_center(scan: Scan) -> tuple[float, str]:
+    """``(center, method)``: phase correlation of the first projection and the one 180 degrees later (``scan``
+    holds either all projections or just that pair); the detector centre, method ``"detector-centre"`` (logged),
+    when the scan has no such pair."""
+    n_det = scan.data.shape[-1]
+    i180 = opposite_index(scan.theta)
+    if i180 is None:
+        log.warning("%s: no projection 180 degrees after the first, using the detector centre", scan.path)
         return (n_det - 1) / 2.0, "detector-centre"
-    pair = normalize(scan.data[[0, i180]], scan.flats, scan.darks)
-    return find_center(pair[0], pair[1]), "phase-correlation"
+    pair = scan.data[[0, i180]] if scan.data.shape[0] == scan.theta.size else scan.data[:2]
+    norm = normalize(pair, scan.flats, scan.darks)
+    return find_center(norm[0], norm[1]), "phase-correlation"
 
 
 # ------------------------------------------------------------------------------------------------- filtering
@@ -344,10 +361,12 @@ def reconstruct(h5_path: Path | str, out_dir: Path | str, *, center: float | Non
         raise ValueError(f"unknown filter {filter_name!r}; choose one of {FILTERS}")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    scan = read_scan(h5_path)
-    n_angles, n_rows, n_det = scan.data.shape
+    info = read_scan(h5_path, slices=slice(0, 0))  # validates the layout; reads no pixels
+    n_angles, n_rows, n_det = info.theta.size, info.n_rows, info.data.shape[-1]
     if center is None:
-        center_value, method = estimate_center(scan)
+        i180 = opposite_index(info.theta)
+        center_value, method = estimate_center(
+            read_scan(h5_path, projections=[0, i180]) if i180 is not None else info)
     else:
         center_value, method = float(center), "given"
     log.info("reconstructing %s: %d slices, %d angles, %d detector pixels, centre %.2f (%s)",
@@ -359,11 +378,11 @@ def reconstruct(h5_path: Path | str, out_dir: Path | str, *, center: float | Non
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     try:
-        projector = BackProjector(scan.theta, n_det, center_value)
+        projector = BackProjector(info.theta, n_det, center_value)
         for start in range(0, n_rows, chunk):
-            stop = min(start + chunk, n_rows)
-            proj = normalize(scan.data[:, start:stop, :], scan.flats[:, start:stop, :], scan.darks[:, start:stop, :])
-            images = fbp(proj.transpose(1, 0, 2), scan.theta, filter_name=filter_name, projector=projector)
+            part = read_scan(h5_path, slices=slice(start, min(start + chunk, n_rows)))
+            proj = normalize(part.data, part.flats, part.darks)
+            images = fbp(proj.transpose(1, 0, 2), info.theta, filter_name=filter_name, projector=projector)
             for k, image in enumerate(images):
                 tifffile.imwrite(partial / f"{final.name}_{start + k:05d}.tiff", image)
         make_group_writable(partial)
@@ -377,7 +396,7 @@ def reconstruct(h5_path: Path | str, out_dir: Path | str, *, center: float | Non
     seconds = time.perf_counter() - t_start
     log.info("wrote %d slices to %s in %.2f s", n_rows, final, seconds)
     return ReconResult(str(h5_path), str(final), n_rows, (n_rows, n_det, n_det), center_value, method,
-                       scan.pixel_size_um, seconds)
+                       info.pixel_size_um, seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
