@@ -15,6 +15,7 @@ Only ``airflow.sdk`` and light project modules are imported here; the steps impo
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Asset, Param, task, task_group
@@ -61,6 +62,22 @@ def _warn_and_alert(what: str, exc: BaseException) -> None:
         FacilityAlertNotifier().notify({**_context(), "exception": exc})
     except Exception as alert_exc:  # alerting must never turn a warning into a failure
         log.warning("could not send the alert for %s: %s", what, alert_exc)
+
+
+@contextmanager
+def _permanent():
+    """Bad input and safety refusals fail the task at once: retrying cannot fix them."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from facility_data.als.steps import ConfError
+    from facility_data.config import ConfigError
+    from facility_data.safety import SafetyError
+
+    try:
+        yield
+    except (ConfError, ConfigError, SafetyError) as exc:
+        log.error("%s: %s", type(exc).__name__, exc)
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
 def recon_asset(bl: Beamline, target: str) -> Asset:
@@ -120,7 +137,8 @@ the decision settings (Variable `{bl.decision_variable}`, defaults in `include/b
             params = _context()["params"]
             endpoints, ledger = _env(bl)
             conf = {k: params[k] for k in ("file_path", "is_export_control", "send_to_nersc") if k in params}
-            return _flat(validate_new_scan(bl, endpoints, ledger, conf))
+            with _permanent():
+                return _flat(validate_new_scan(bl, endpoints, ledger, conf))
 
         scan = validate()
 
@@ -280,8 +298,9 @@ def _collect_task(bl: Beamline, target: str, asset: Asset):
             extras.extend(dict(e.extra or {}) for e in evs)
         conf = dict(ctx["params"])
         endpoints, ledger = _env(bl)
-        scans = recon_requests(bl, endpoints, ledger, target, event_extras=extras, conf=conf,
-                               decision_override=_decision_override(bl))
+        with _permanent():
+            scans = recon_requests(bl, endpoints, ledger, target, event_extras=extras, conf=conf,
+                                   decision_override=_decision_override(bl))
         if not scans:
             raise AirflowSkipException(f"{target} reconstruction disabled by the decision settings")
         log.info("%s reconstruction of %s", target, [s["relative"] for s in scans])
@@ -294,7 +313,7 @@ def _publish_task(bl: Beamline, role: str = "data_scratch"):
     @task
     def publish(record: dict) -> dict:
         """Make the outputs at data832 group-writable (local endpoints) and record them in the ledger."""
-        from facility_data.als.permissions import make_group_writable
+        from facility_data.als.permissions import DIR_MODE, make_group_writable
         from facility_data.als.steps import endpoints_for, record_output
 
         endpoints, ledger = _env(bl)
@@ -302,6 +321,8 @@ def _publish_task(bl: Beamline, role: str = "data_scratch"):
         if eps[role].kind == "local":
             for what in ("tiff", "zarr"):
                 make_group_writable(eps[role].local_path(record[f"{role}_{what}"]))
+            # deleting rec<stem>/ later needs write permission on the scan folder itself
+            eps[role].local_path(record[f"{role}_folder"]).chmod(DIR_MODE)
         out = {what: record_output(bl, endpoints, ledger, record, role, what, run_id=_run_id())
                for what in ("tiff", "zarr")}
         log.info("reconstruction of %s published at %s: %s", record["relative"], eps[role].name, out)
@@ -371,7 +392,7 @@ def _verify_outputs_task(bl: Beamline, source: str, extra_copies: tuple[str, ...
     @task
     def verify_and_record(record: dict) -> dict:
         """Check the copies at data832 equal the remote outputs, make them group-writable, record them."""
-        from facility_data.als.permissions import make_group_writable
+        from facility_data.als.permissions import DIR_MODE, make_group_writable
         from facility_data.als.steps import endpoints_for, record_copy
 
         endpoints, ledger = _env(bl)
@@ -380,6 +401,7 @@ def _verify_outputs_task(bl: Beamline, source: str, extra_copies: tuple[str, ...
         for what in ("tiff", "zarr"):
             if eps["data_scratch"].kind == "local":
                 make_group_writable(eps["data_scratch"].local_path(record[f"data_scratch_{what}"]))
+                eps["data_scratch"].local_path(record["data_scratch_folder"]).chmod(DIR_MODE)
             for dest in ("data_scratch", *extra_copies):
                 out[f"{what}@{dest}"] = record_copy(bl, endpoints, ledger, record, source=source, destination=dest,
                                                     what=what, run_id=_run_id())

@@ -1,0 +1,75 @@
+"""Shared helpers for the ALS DAG tests: a private local site, tiny synthetic scans, running DAGs with dag.test()."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from airflow.dag_processing.dagbag import DagBag
+
+REPO = Path(__file__).resolve().parents[2]
+FOLDER = "ALS-11111_synthetic"
+SIZE, SLICES, ANGLES = 48, 4, 61
+
+_BAG: DagBag | None = None
+
+
+def dag(dag_id: str):
+    global _BAG
+    if _BAG is None:
+        _BAG = DagBag(dag_folder=str(REPO / "dags" / "als_beamlines.py"))
+        assert not _BAG.import_errors, _BAG.import_errors
+    return _BAG.get_dag(dag_id)
+
+
+def endpoint_dir(site: Path, endpoint: str) -> Path:
+    from facility_data.transfer import load_endpoints
+
+    return load_endpoints()[endpoint].local_path("")
+
+
+def write_scan(site: Path, name: str = "20240101_120000_shell", *, endpoint: str = "spot832",
+               subdir: str = "raw") -> str:
+    """A tiny synthetic scan where the watcher would see it; returns the watcher path."""
+    from facility_data.als import synthetic
+
+    root = endpoint_dir(site, endpoint)
+    synthetic.write_scan(root / subdir / FOLDER / f"{name}.h5", n_angles=ANGLES, size=SIZE, n_slices=SLICES, seed=3)
+    return f"/global/raw/{FOLDER}/{name}.h5"
+
+
+def states(dr) -> dict[str, str]:
+    """task_id[map_index] -> state of a finished dag.test() run."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as s:
+        tis = s.query(TaskInstance).filter(TaskInstance.dag_id == dr.dag_id, TaskInstance.run_id == dr.run_id).all()
+        return {(t.task_id if t.map_index < 0 else f"{t.task_id}[{t.map_index}]"): str(t.state) for t in tis}
+
+
+def asset_events(uri: str) -> list[dict]:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as s:
+        rows = (s.query(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                .filter(AssetModel.uri == uri).order_by(AssetEvent.id).all())
+        return [dict(r.extra or {}) for r in rows]
+
+
+def no_retries(*dag_ids: str) -> None:
+    """Failures in these tests are permanent by construction: do not wait for retries."""
+    for dag_id in dag_ids:
+        for t in dag(dag_id).tasks:
+            t.retries = 0
+
+
+def ledger(site: Path):
+    from facility_data.als.ledger import Ledger
+
+    return Ledger(site / "als" / "ledger.sqlite")
+
+
+def tree(root: Path) -> list[str]:
+    """Every file under ``root`` (relative paths), for "nothing moved" checks."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
