@@ -5,7 +5,8 @@ LOCAL reconstruction target runs on any machine:
 
 1. **Read** ``/exchange/data`` (projections), ``data_white`` (flats), ``data_dark`` (darks), ``theta``
    (degrees unless its ``units`` attribute says radians) and the detector pixel size. A missing file, a file that
-   is not HDF5, or a missing/misshapen dataset raises :class:`ScanError` naming the file and the dataset.
+   is not HDF5, or a missing/misshapen dataset raises :class:`ScanError` naming the file and the dataset, before
+   anything is written. Pixels are read ``chunk`` rows at a time, so a full-size scan need not fit in memory.
 2. **Normalise**: ``(proj - mean(dark)) / (mean(flat) - mean(dark))``, clipped to a small positive value, then
    ``-log`` (Beer-Lambert: the result is the line integral of linear attenuation).
 3. **Rotation centre** by phase correlation (the beamline's default ``'pc'`` method): the projection at

@@ -23,7 +23,8 @@
    whose message lists exactly what exists (dataset pid, created now or before; datablock present or missing;
    thumbnail present or missing) and that a rerun completes it.
 
-Returns the dataset pid. SciCat failures are for the caller to treat as warnings (they never block data movement).
+Returns the dataset pid. Callers that must not fail on a catalogue problem (data movement never waits for SciCat)
+catch :data:`INGEST_ERRORS`.
 """
 
 from __future__ import annotations
@@ -110,6 +111,10 @@ class SciCatIngestError(SciCatError):
     def __init__(self, message: str, *, state: dict[str, Any]):
         super().__init__(message)
         self.state = state
+
+
+#: Everything ingest_scan raises for a SciCat or input problem (not programming errors).
+INGEST_ERRORS = (SciCatError, IngestInputError)
 
 
 @dataclass
