@@ -240,6 +240,7 @@ def test_create_keeps_failing_says_nothing_exists(hook, scan, rsps):
     with pytest.raises(ingest.SciCatIngestError, match="nothing exists in SciCat") as err:
         _ingest(hook, scan, create_attempts=2)
     assert err.value.state == {"dataset": None}
+    assert isinstance(err.value, ingest.INGEST_ERRORS)
     assert len(_posts(rsps, "/Datasets")) == 2
 
 
