@@ -46,7 +46,7 @@ class _GlobusTaskOperator(BaseOperator):
                  deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
                  **kwargs) -> None:
         super().__init__(**kwargs)
-        self.label = label
+        self.globus_label = label  # BaseOperator.label is taken (task group display name)
         self.deadline = deadline
         self.endpoints_file = endpoints_file
         self.conn_id = conn_id
@@ -95,7 +95,7 @@ class GlobusTransferOperator(_GlobusTaskOperator):
     """
 
     template_fields: Sequence[str] = ("source_endpoint", "source_path", "destination_endpoint", "destination_path",
-                                      "label", "export_controlled", "recursive")
+                                      "globus_label", "export_controlled", "recursive")
     ui_color = "#d8e8f8"
 
     def __init__(self, *, source_endpoint: str, source_path: str, destination_endpoint: str, destination_path: str,
@@ -124,12 +124,12 @@ class GlobusTransferOperator(_GlobusTaskOperator):
         if kind == "local":
             stats = LocalTransfer().transfer(src, self.source_path, dst, self.destination_path, recursive=recursive,
                                              export_controlled=export_controlled,
-                                             verify_checksum=self.verify_checksum, label=self.label,
+                                             verify_checksum=self.verify_checksum, label=self.globus_label,
                                              deadline_seconds=self.deadline.total_seconds())
             return stats.as_dict()
         backend = GlobusHook(self.conn_id).get_transfer_backend(poll_interval=self.poll_interval)
         task_id, _ = backend.submit_transfer(src, self.source_path, dst, self.destination_path,
-                                             label=task_label(self.label, _identity(context)), recursive=recursive,
+                                             label=task_label(self.globus_label, _identity(context)), recursive=recursive,
                                              export_controlled=export_controlled,
                                              verify_checksum=self.verify_checksum)
         return self._wait_globus(backend, task_id)
@@ -151,7 +151,7 @@ class GlobusDeleteOperator(_GlobusTaskOperator):
     ``facility_data.safety.may_delete`` in the calling DAG (the pruning sweep).
     """
 
-    template_fields: Sequence[str] = ("endpoint", "path", "label", "recursive")
+    template_fields: Sequence[str] = ("endpoint", "path", "globus_label", "recursive")
     ui_color = "#f8dcd8"
 
     def __init__(self, *, endpoint: str, path: str, recursive: bool = False, missing_ok: bool = False,
@@ -179,7 +179,7 @@ class GlobusDeleteOperator(_GlobusTaskOperator):
         if self.missing_ok and backend.stat(ep, self.path) is None:
             self.log.info("%s:%s already absent", ep.name, self.path)
             return {"endpoint": ep.name, "path": self.path, "files_deleted": 0}
-        task_id, _ = backend.submit_delete(ep, self.path, label=task_label(self.label or "delete", _identity(context)),
+        task_id, _ = backend.submit_delete(ep, self.path, label=task_label(self.globus_label or "delete", _identity(context)),
                                            recursive=recursive)
         return self._wait_globus(backend, task_id)
 

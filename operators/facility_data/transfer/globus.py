@@ -159,19 +159,22 @@ class GlobusTransfer(TransferBackend):
         return task_id, False
 
     def task_state(self, task_id: str) -> TaskState:
-        doc = dict(self.client.get_task(task_id))
+        doc = self.client.get_task(task_id).data
         events: list[dict] = []
         if doc.get("status") != "SUCCEEDED" and (doc.get("status") != "ACTIVE" or doc.get("nice_status")
                                                   in FATAL_NICE_STATUS):
             events = [dict(e) for e in self.client.task_event_list(task_id, limit=10)]
         return interpret_task(doc, events)
 
-    def cancel(self, task_id: str) -> None:
+    def cancel(self, task_id: str) -> bool:
+        """Ask Globus to cancel; False (logged) if it refused, e.g. because the task already ended."""
         try:
             res = self.client.cancel_task(task_id)
             log.warning("cancelled Globus task %s: %s", task_id, res.get("message", res.get("code")))
-        except Exception as exc:  # cancelling a finished task is an error in Globus; the failure is what matters
+            return True
+        except Exception as exc:  # the failure being reported matters more than the cancel
             log.warning("could not cancel Globus task %s: %s", task_id, exc)
+            return False
 
     def wait(self, task_id: str, *, deadline_seconds: float | None = None) -> TaskState:
         """Poll until terminal; cancel and raise on failure or at the deadline."""

@@ -39,10 +39,11 @@ class GlobusTaskTrigger(PollingTrigger):
         state = self.backend().task_state(self.task_id)
         event = state.as_event()
         if state.outcome == "failed" and state.status not in ("FAILED", "SUCCEEDED"):
-            self.backend().cancel(self.task_id)
-            event["message"] += " (task cancelled)"
+            ok = self.backend().cancel(self.task_id)
+            event["message"] += " (task cancelled)" if ok else " (cancelling the task FAILED: see log)"
         return event
 
     def cancel(self) -> str:
-        self.backend().cancel(self.task_id)
-        return f"cancel requested for Globus task {self.task_id}"
+        if self.backend().cancel(self.task_id):
+            return f"cancel requested for Globus task {self.task_id}"
+        return f"cancelling Globus task {self.task_id} FAILED (see log)"
