@@ -105,3 +105,39 @@ def may_delete_site_bound(target: Copy, copies: Sequence[Copy | None], *, requir
         return Decision(False, f"{target.location}:{target.path} must stay at {home_site} (export-controlled or "
                                f"status unknown) and none of its check locations ({where}) is at {home_site}; keeping it")
     return may_delete(target, copies, required_locations=at_home)
+
+
+@dataclass(frozen=True)
+class SinkCheck:
+    """The verification result of one sink that holds (or records) a copy of an embargoed exposure."""
+
+    sink: str
+    verified: bool
+    deep: bool  # verified against the source's bytes (member CRCs, hashes), not only existence and sizes
+    detail: str = ""
+
+
+def may_delete_unembargoed(target: str, checks: Sequence[SinkCheck], *, required_sinks: Sequence[str]) -> Decision:
+    """May the embargo copy ``target`` (an exposure's embargo objects) be deleted?
+
+    Only when every sink in ``required_sinks`` has a check that is verified *deeply* (byte-level against the
+    source): a sink that is missing, unverified, only checked for existence/size, or unknown keeps the embargo copy.
+    """
+    if not required_sinks:
+        return Decision(False, f"no sinks configured for {target}; keeping its embargo copy")
+    by_sink: dict[str, SinkCheck] = {}
+    for c in checks:
+        if c.sink in by_sink and by_sink[c.sink] != c:  # two different answers for one sink: trust neither
+            return Decision(False, f"conflicting checks for sink {c.sink} of {target}; keeping its embargo copy")
+        by_sink[c.sink] = c
+    for sink in required_sinks:
+        c = by_sink.get(sink)
+        if c is None:
+            return Decision(False, f"sink {sink} of {target} was not checked; keeping its embargo copy")
+        if not c.verified:
+            return Decision(False, f"sink {sink} of {target} is not verified ({c.detail or 'no detail'}); "
+                                   f"keeping its embargo copy")
+        if not c.deep:
+            return Decision(False, f"sink {sink} of {target} was checked only shallowly (existence/size); "
+                                   f"keeping its embargo copy until a deep verification")
+    return Decision(True, f"every sink of {target} verified against the source: {', '.join(required_sinks)}")

@@ -1,0 +1,102 @@
+"""Human-readable reconcile reports: one HTML page per night plus a PNG chart of states per night.
+
+Written under ``<site>/reports/rubin_reconcile/<instrument>/`` (or a directory the caller names); every path written
+is logged so an operator can open it from the task log.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+
+from facility_data.rubin.reconcile import STATES, NightResult
+
+log = logging.getLogger(__name__)
+
+_COLOURS = {"done": "#2e7d32", "not_started": "#90a4ae", "partial": "#f9a825", "incomplete_at_source": "#8e24aa",
+            "inconsistent": "#c62828", "pruned": "#1565c0", "error": "#000000", "still_embargoed": "#cfd8dc"}
+
+
+def reports_root(reports_dir: str | Path | None = None) -> Path:
+    if reports_dir is not None:
+        return Path(reports_dir)
+    from facility_data.config import site_root
+
+    return site_root() / "reports" / "rubin_reconcile"
+
+
+def night_html(night: NightResult, result: dict, chart: Path | None) -> str:
+    c = night.counts
+    esc = html.escape
+    rows = "".join(
+        f"<tr><td>{esc(e.obs_id)}</td><td style='color:{_COLOURS.get(e.state, '#000')}'>{esc(e.state)}</td>"
+        f"<td>{esc(e.stopped_after or '')}</td><td>{esc(e.first_missing or '')}</td>"
+        f"<td>{esc('; '.join(e.problems))}</td></tr>"
+        for e in night.exposures if e.state != "done")
+    repaired = [r for r in result.get("repaired", []) if r["obs_id"] in {e.obs_id for e in night.exposures}]
+    rep_rows = "".join(f"<li>{esc(r['obs_id'])}: {esc(r['state'])} from step {esc(str(r['from']))}</li>"
+                       for r in repaired)
+    embargoed = "".join(f"<li>{esc(p['obs_id'])}: {esc(p['reason'])}</li>" for p in night.embargoed[:50])
+    counts = "".join(f"<tr><td>{esc(k)}</td><td>{v}</td></tr>" for k, v in c.items())
+    img = f"<img src='{esc(chart.name)}' alt='states per night'>" if chart else ""
+    return f"""<!doctype html><html><head><meta charset="utf-8">
+<title>Rubin reconcile {night.instrument} {night.day_obs}</title>
+<style>body{{font-family:sans-serif}} td,th{{padding:2px 8px;border-bottom:1px solid #ddd;text-align:left}}</style>
+</head><body>
+<h1>Rubin unembargo reconciliation: {esc(night.instrument)} day_obs {night.day_obs}</h1>
+<p>Checked {esc(night.checked_at)} ({esc(night.mode)} check, {night.seconds:.1f} s); repair {result.get('repair')},
+dry run {result.get('dry_run')}. States reflect the sinks <em>after</em> this run's repairs.</p>
+<h2>Counts</h2><table>{counts}</table>
+{img}
+<h2>Exposures not done ({c['total'] - c['done'] - c['pruned']})</h2>
+<table><tr><th>obs_id</th><th>state</th><th>stopped after</th><th>first missing step</th><th>problems</th></tr>
+{rows or '<tr><td colspan=5>none</td></tr>'}</table>
+<h2>Repaired in this run</h2><ul>{rep_rows or '<li>none</li>'}</ul>
+<h2>Still embargoed (not handled)</h2><ul>{embargoed or '<li>none</li>'}</ul>
+</body></html>
+"""
+
+
+def chart_png(nights: list[NightResult], path: Path) -> Path:
+    """A stacked bar chart of exposure states per night."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [str(n.day_obs) for n in nights]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(nights) + 2), 3.2), dpi=100)
+    bottom = [0] * len(nights)
+    for state in (*STATES, "still_embargoed"):
+        values = [n.counts[state] for n in nights]
+        if any(values):
+            ax.bar(labels, values, bottom=bottom, label=state, color=_COLOURS.get(state))
+            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax.set_ylabel("exposures")
+    ax.set_title(f"Unembargo state per night ({nights[0].instrument})" if nights else "no nights")
+    ax.tick_params(axis="x", labelrotation=45)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_reports(nights: list[NightResult], result: dict, *, reports_dir: str | Path | None = None) -> list[Path]:
+    """One HTML report per night and one chart for the run; returns the paths (each also logged)."""
+    if not nights:
+        return []
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    root = reports_root(reports_dir) / nights[0].instrument
+    root.mkdir(parents=True, exist_ok=True)
+    chart = chart_png(nights, root / f"states_{nights[0].day_obs}-{nights[-1].day_obs}_{stamp}.png")
+    log.info("reconcile chart: %s", chart)
+    written = [chart]
+    for night in nights:
+        path = root / f"{night.day_obs}_{stamp}.html"
+        path.write_text(night_html(night, result, chart))
+        log.info("reconcile report for %s %s: %s", night.instrument, night.day_obs, path)
+        written.append(path)
+    return written
