@@ -73,3 +73,53 @@ def ledger(site: Path):
 def tree(root: Path) -> list[str]:
     """Every file under ``root`` (relative paths), for "nothing moved" checks."""
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+class FakeNERSC:
+    """Canned SFAPI answers at the SFAPIHook boundary. A submitted batch script is run with bash on this machine
+    (as the LOCAL controller would) unless ``fail`` names a job (by template marker) to report FAILED instead;
+    ``job_info`` then answers with a Slurm accounting record of the outcome."""
+
+    def __init__(self, fail: str | None = None):
+        self.fail = fail
+        self.scripts: list[str] = []
+        self.records: dict[str, dict] = {}
+
+    def install(self, monkeypatch):
+        from facility_data.hooks.sfapi import SFAPIHook
+
+        fake = self
+        monkeypatch.setattr(SFAPIHook, "find_active_job", lambda hook, name, machine="perlmutter": None)
+        monkeypatch.setattr(SFAPIHook, "submit_job", lambda hook, script, machine="perlmutter": fake.submit(script))
+        monkeypatch.setattr(SFAPIHook, "job_info", lambda hook, jobid, machine="perlmutter": fake.records[jobid])
+        return self
+
+    def submit(self, script: str) -> str:
+        import os
+        import subprocess
+        import sys
+        import tempfile
+
+        assert script.startswith("#!"), script
+        self.scripts.append(script)
+        jobid = str(1000 + len(self.scripts))
+        if self.fail and self.fail in script:
+            self.records[jobid] = {"jobid": jobid, "state": "FAILED", "exitcode": "1:0", "reason": "canned failure"}
+            return jobid
+        with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as fh:
+            fh.write(script)
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+        res = subprocess.run(["bash", fh.name], capture_output=True, text=True, env=env)
+        state = "COMPLETED" if res.returncode == 0 else "FAILED"
+        self.records[jobid] = {"jobid": jobid, "state": state, "exitcode": f"{res.returncode}:0",
+                               "stderr": res.stderr[-500:]}
+        return jobid
+
+
+def compute_connection(monkeypatch) -> None:
+    """globus_default with Compute endpoint 'local' (the local process pool behind GlobusComputeOperator)."""
+    import json
+
+    monkeypatch.setenv("AIRFLOW_CONN_GLOBUS_DEFAULT", json.dumps(
+        {"conn_type": "globus", "login": "test-client", "password": "test-secret",
+         "extra": {"compute_endpoint": "local"}}))

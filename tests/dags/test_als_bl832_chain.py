@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 import stat
 
+import _als_support as s
 import numpy as np
 import pytest
-
-import _als_support as s
 
 pytestmark = pytest.mark.dagtest
 MIN_CORRELATION = 0.85

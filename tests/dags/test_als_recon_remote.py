@@ -1,0 +1,97 @@
+"""bl832_recon_nersc and bl832_recon_alcf through the project's operators: SFAPI submit + job sensor against canned
+SFAPI answers, GlobusComputeOperator on the local Compute executor, Globus transfers between local endpoints.
+Success puts verified, group-writable outputs at data832; a failure stops every later step."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import _als_support as s
+import pytest
+
+pytestmark = pytest.mark.dagtest
+STEM = "20240101_120000_shell"
+
+
+@pytest.fixture
+def site(airflow_db, tmp_path, monkeypatch):
+    root = tmp_path / "site"
+    root.mkdir()
+    monkeypatch.setenv("FACILITY_SITE", str(root))
+    monkeypatch.setenv("AIRFLOW_VAR_BL832_DECISION_SETTINGS", json.dumps({"nersc": True, "alcf": True}))
+    s.no_retries("bl832_recon_nersc", "bl832_recon_alcf")
+    return root
+
+
+def _raw_on_data832(site, name: str = STEM, content: bytes | None = None) -> str:
+    """A scan already on data832 (what bl832_new_file leaves behind); returns its watcher path."""
+    path = s.write_scan(site, name, endpoint="data832_raw", subdir="")
+    if content is not None:
+        (s.endpoint_dir(site, "data832_raw") / s.FOLDER / f"{name}.h5").write_bytes(content)
+    return path
+
+
+def _outputs(site, name: str = STEM) -> tuple:
+    scratch = s.endpoint_dir(site, "data832_scratch") / s.FOLDER
+    return scratch / f"rec{name}", scratch / f"rec{name}.zarr"
+
+
+def test_nersc_reconstruction_submits_jobs_and_copies_results_back(site, monkeypatch):
+    nersc = s.FakeNERSC().install(monkeypatch)
+    watcher_path = _raw_on_data832(site)
+    dr = s.dag("bl832_recon_nersc").test(run_conf={"file_path": watcher_path})
+    st = s.states(dr)
+    assert str(dr.state) == "success", st
+    assert len(nersc.scripts) == 2
+    assert "python -m facility_data.als.recon" in nersc.scripts[0] and "#SBATCH" in nersc.scripts[0]
+    assert "python -m facility_data.als.multiscale" in nersc.scripts[1]
+    tiff, zarr = _outputs(site)
+    assert len(list(tiff.glob("*.tif*"))) == s.SLICES and (zarr / "zarr.json").exists()
+    assert tiff.stat().st_mode & stat.S_IWGRP and zarr.stat().st_mode & stat.S_IWGRP
+    # the CFS scratch copy and the data832 copy are both verified against pscratch and recorded
+    ledger = s.ledger(site)
+    for role in ("nersc_pscratch", "data_scratch", "nersc_scratch"):
+        for what in (f"rec{STEM}", f"rec{STEM}.zarr"):
+            rec = ledger.copy("bl832", role, f"{s.FOLDER}/{what}")
+            assert rec is not None and rec.state == "present", (role, what)
+    assert ledger.copy("bl832", "data_scratch", f"{s.FOLDER}/rec{STEM}").checksum == \
+        ledger.copy("bl832", "nersc_pscratch", f"{s.FOLDER}/rec{STEM}").checksum
+
+
+def test_failed_nersc_job_stops_every_later_step(site, monkeypatch):
+    nersc = s.FakeNERSC(fail="facility_data.als.recon").install(monkeypatch)
+    dr = s.dag("bl832_recon_nersc").test(run_conf={"file_path": _raw_on_data832(site)})
+    st = s.states(dr)
+    assert str(dr.state) == "failed"
+    assert st["scan.submit_recon[0]"] == "success" and st["scan.wait_recon[0]"] == "failed"
+    for later in ("scan.submit_multires[0]", "scan.wait_multires[0]", "scan.verify_and_record[0]",
+                  "scan.copy_tiff_nersc_pscratch_to_data_scratch[0]"):
+        assert st[later] == "upstream_failed", later
+    assert len(nersc.scripts) == 1  # the multires job was never submitted
+    assert s.tree(s.endpoint_dir(site, "data832_scratch")) == []
+
+
+def test_alcf_reconstruction_runs_through_globus_compute_and_copies_back(site, monkeypatch):
+    s.compute_connection(monkeypatch)
+    dr = s.dag("bl832_recon_alcf").test(run_conf={"file_path": _raw_on_data832(site)})
+    st = s.states(dr)
+    assert str(dr.state) == "success", st
+    assert (s.endpoint_dir(site, "alcf832_raw") / s.FOLDER / f"{STEM}.h5").exists()
+    tiff, zarr = _outputs(site)
+    assert len(list(tiff.glob("*.tif*"))) == s.SLICES and (zarr / "zarr.json").exists()
+    rec = s.ledger(site).copy("bl832", "data_scratch", f"{s.FOLDER}/rec{STEM}.zarr")
+    assert rec is not None and rec.checksum.startswith("tree-sha256:")
+
+
+def test_failed_compute_function_stops_every_later_step(site, monkeypatch):
+    s.compute_connection(monkeypatch)
+    watcher_path = _raw_on_data832(site, content=b"not an HDF5 file")
+    dr = s.dag("bl832_recon_alcf").test(run_conf={"file_path": watcher_path})
+    st = s.states(dr)
+    assert str(dr.state) == "failed"
+    assert st["scan.stage_raw_to_alcf[0]"] == "success" and st["scan.reconstruct[0]"] == "failed"
+    for later in ("scan.multiscale[0]", "scan.copy_tiff_alcf_scratch_to_data_scratch[0]",
+                  "scan.verify_and_record[0]"):
+        assert st[later] == "upstream_failed", later
+    assert s.tree(s.endpoint_dir(site, "data832_scratch")) == []
