@@ -61,9 +61,7 @@ class SFAPIHook(BaseHook):
                              "(private key, JWK JSON or PEM)")
         key: Any = conn.password.strip()
         if key.startswith("{"):
-            from authlib.jose import JsonWebKey
-
-            key = JsonWebKey.import_key(json.loads(key))
+            key = json.loads(key)  # a JWK: authlib signs the client assertion with it as a dict
         base_url = (conn.host or SFAPI_BASE_URL).rstrip("/")
         if conn.host and "://" not in conn.host:
             base_url = f"https://{base_url}"

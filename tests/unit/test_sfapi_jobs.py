@@ -1,0 +1,287 @@
+"""SFAPI hook, submit operator, SFAPIJobSensor and SFAPIJobTrigger through the real sfapi_client, pointed at a
+local HTTP server that answers with the response shapes the NERSC Superfacility API v1.2 returns."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from airflow.sdk.exceptions import AirflowException, TaskDeferred
+
+from facility_data.hooks.sfapi import SFAPIHook, job_outcome
+from facility_data.operators.sfapi import SFAPISubmitJobOperator
+from facility_data.sensors.sfapi import SFAPIJobSensor
+from facility_data.triggers.sfapi import SFAPIJobTrigger
+
+CLIENT_ID = "abcdefghijklm"
+
+
+def sacct_record(jobid: str, state: str, **extra) -> dict:
+    return {"jobid": jobid, "jobname": "recon-af1234", "state": state, "exitcode": "0:0" if state == "COMPLETED"
+            else "1:0", "elapsed": "00:03:12", "timelimit": "00:15:00", "start": "2026-11-21T09:00:00",
+            "end": "2026-11-21T09:03:12", "nodelist": "nid001234", "account": "als", "qos": "realtime",
+            "partition": "regular_milan_ss11", "user": "alsdev", **extra}
+
+
+class FakeSFAPI:
+    """Token endpoint + the SFAPI routes sfapi_client uses. ``states[jobid]`` is the sequence of sacct states
+    successive polls see (None = not in accounting yet); the last one repeats."""
+
+    def __init__(self, public_key):
+        self.public_key = public_key
+        self.states: dict[str, list] = {}
+        self.tokens: list[str] = []
+        self.valid_tokens: set[str] = set()
+        self.submitted: list[str] = []
+        self.cancelled: list[str] = []
+        self.squeue: list[dict] = []
+        self.next_jobid = 4242001
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, code, body):
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _authorized(self) -> bool:
+                token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                if token not in fake.valid_tokens:
+                    self._send(401, {"detail": "Token expired or invalid"})
+                    return False
+                return True
+
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+                form = parse_qs(body)
+                if self.path == "/token":
+                    from authlib.jose import jwt
+
+                    claims = jwt.decode(form["client_assertion"][0], fake.public_key)  # verifies the signature
+                    assert claims["iss"] == CLIENT_ID and form["grant_type"] == ["client_credentials"]
+                    token = f"tok-{len(fake.tokens) + 1}"
+                    fake.tokens.append(token)
+                    fake.valid_tokens.add(token)
+                    return self._send(200, {"access_token": token, "token_type": "Bearer", "expires_in": 600})
+                if not self._authorized():
+                    return None
+                if self.path == "/api/compute/jobs/perlmutter":
+                    jobid = str(fake.next_jobid)
+                    fake.next_jobid += 1
+                    fake.submitted.append(form["job"][0])
+                    fake.states.setdefault(jobid, [None, "PENDING", "RUNNING", "COMPLETED"])
+                    fake.task_jobs = getattr(fake, "task_jobs", {})
+                    fake.task_jobs[f"task-{jobid}"] = jobid
+                    return self._send(200, {"task_id": f"task-{jobid}", "status": "OK", "error": None})
+                return self._send(404, {"detail": "no route"})
+
+            def do_GET(self):  # noqa: N802
+                if not self._authorized():
+                    return None
+                url = urlparse(self.path)
+                query = parse_qs(url.query)
+                if url.path == "/api/status/perlmutter":
+                    return self._send(200, {"name": "perlmutter", "full_name": "Perlmutter", "status": "active",
+                                            "system_type": "compute", "notes": [], "description": "System"})
+                if url.path == "/api/account/":
+                    return self._send(200, {"uid": 1001, "name": "alsdev"})
+                if url.path.startswith("/api/tasks/"):
+                    task_id = url.path.rsplit("/", 1)[1]
+                    result = json.dumps({"status": "ok", "jobid": fake.task_jobs[task_id], "error": None})
+                    return self._send(200, {"id": task_id, "status": "completed", "result": result})
+                if url.path == "/api/compute/jobs/perlmutter":
+                    kwargs = dict(kv.split("=", 1) for kv in query.get("kwargs", []))
+                    if query.get("sacct") == ["true"]:
+                        jobid = kwargs["jobid"]
+                        seq = fake.states.get(jobid, [None])
+                        state = seq.pop(0) if len(seq) > 1 else seq[0]
+                        output = [] if state is None else [sacct_record(jobid, state)]
+                        return self._send(200, {"status": "OK", "output": output, "error": None})
+                    return self._send(200, {"status": "OK", "output": fake.squeue, "error": None})
+                return self._send(404, {"detail": "no route"})
+
+            def do_DELETE(self):  # noqa: N802
+                if not self._authorized():
+                    return None
+                jobid = self.path.rsplit("/", 1)[1]
+                fake.cancelled.append(jobid)
+                fake.states[jobid] = ["CANCELLED by 1001"]
+                return self._send(200, {"status": "OK", "output": [], "error": None})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def expire_tokens(self):
+        self.valid_tokens.clear()
+
+
+@pytest.fixture(scope="module")
+def rsa_key():
+    from authlib.jose import JsonWebKey
+
+    return JsonWebKey.generate_key("RSA", 2048, is_private=True)
+
+
+@pytest.fixture
+def sfapi(monkeypatch, rsa_key):
+    key = rsa_key
+    fake = FakeSFAPI(key.get_public_key())
+    monkeypatch.setenv("AIRFLOW_CONN_SFAPI_TEST", json.dumps({
+        "conn_type": "sfapi", "login": CLIENT_ID, "password": json.dumps(key.as_dict(is_private=True)),
+        "host": f"{fake.url}/api", "extra": {"token_url": f"{fake.url}/token"}}))
+    yield fake
+    fake.server.shutdown()
+
+
+def ctx(task_id="submit"):
+    return {"ti": SimpleNamespace(dag_id="bl832", run_id="manual__1", task_id=task_id, map_index=-1)}
+
+
+def run_trigger(trigger) -> dict:
+    async def first():
+        async for ev in trigger.run():
+            return ev.payload
+    return asyncio.run(first())
+
+
+def trigger_for(jobid, **kw):
+    args = {"jobid": jobid, "conn_id": "sfapi_test", "deadline": time.time() + 30, "poll_interval": 0.01}
+    return SFAPIJobTrigger(**{**args, **kw})
+
+
+@pytest.mark.parametrize(("state", "outcome"), [("COMPLETED", "success"), ("FAILED", "failed"),
+                                                ("TIMEOUT", "failed"), ("CANCELLED", "failed"),
+                                                ("CANCELLED by 1001", "failed"), ("NODE_FAIL", "failed"),
+                                                ("OUT_OF_MEMORY", "failed"), ("PREEMPTED", "failed"),
+                                                ("RUNNING", "pending"), ("PENDING", "pending"),
+                                                ("COMPLETING", "pending"), (None, "pending")])
+def test_job_outcome_table(state, outcome):
+    assert job_outcome(state) == outcome
+
+
+def test_submit_renders_template_and_sensor_waits_until_completed(sfapi):
+    op = SFAPISubmitJobOperator(task_id="submit", template="healthcheck.slurm.j2", conn_id="sfapi_test",
+                                job_params={"walltime": "0:05:00"})
+    jobid = op.execute(ctx())
+    script = sfapi.submitted[0]
+    assert script.startswith("#!/bin/bash") and "#SBATCH --time=0:05:00" in script
+    assert "#SBATCH --job-name=submit-af" in script
+    # not in accounting yet -> PENDING -> RUNNING -> COMPLETED
+    event = run_trigger(trigger_for(jobid))
+    assert event["status"] == "success" and event["job"]["state"] == "COMPLETED"
+    sensor = SFAPIJobSensor(task_id="wait", jobid=jobid, conn_id="sfapi_test", deferrable=True)
+    assert sensor.execute_complete(ctx("wait"), event)["exitcode"] == "0:0"
+
+
+@pytest.mark.parametrize("state", ["FAILED", "TIMEOUT", "CANCELLED", "NODE_FAIL", "OUT_OF_MEMORY"])
+def test_every_failure_state_fails_with_accounting_info(sfapi, state):
+    sfapi.states["777"] = ["RUNNING", state]
+    event = run_trigger(trigger_for("777"))
+    assert event["status"] == "failed"
+    sensor = SFAPIJobSensor(task_id="wait", jobid="777", conn_id="sfapi_test", deferrable=True)
+    with pytest.raises(AirflowException, match=rf"Slurm job 777 .*state={state}.*exitcode=1:0.*elapsed=00:03:12"):
+        sensor.execute_complete(ctx("wait"), event)
+    assert sfapi.cancelled == []
+
+
+def test_job_never_known_fails_after_grace(sfapi):
+    sfapi.states["888"] = [None]
+    event = run_trigger(trigger_for("888", not_found_grace=0.05))
+    assert event["status"] == "failed" and "unknown to accounting" in event["message"]
+
+
+def test_deadline_cancels_the_job(sfapi):
+    sfapi.states["999"] = ["RUNNING"]
+    event = run_trigger(trigger_for("999", deadline=time.time() + 0.05))
+    assert event["status"] == "timeout" and "cancelled" in event["message"]
+    assert sfapi.cancelled == ["999"]
+
+
+def test_on_kill_of_deferred_task_cancels_the_job(sfapi):
+    sfapi.states["555"] = ["RUNNING"]
+    asyncio.run(trigger_for("555").on_kill())
+    assert sfapi.cancelled == ["555"]
+
+
+def test_token_expiry_mid_wait_is_survived(sfapi):
+    sfapi.states["321"] = ["RUNNING", "RUNNING", "COMPLETED"]
+    hook = SFAPIHook("sfapi_test")
+    assert hook.job_info("321")["state"] == "RUNNING"
+    sfapi.expire_tokens()  # the server stops honouring the token before its stated expiry
+    assert hook.job_info("321")["state"] == "RUNNING"
+    assert hook.job_info("321")["state"] == "COMPLETED"
+    assert sfapi.tokens == ["tok-1", "tok-2"]
+
+
+def test_sync_sensor_succeeds_and_times_out_with_cancel(sfapi):
+    sfapi.states["111"] = ["RUNNING", "COMPLETED"]
+    sensor = SFAPIJobSensor(task_id="wait", jobid="111", conn_id="sfapi_test", deferrable=False, poke_interval=0.01,
+                            timeout=30)
+    assert sensor.execute(ctx("wait"))["state"] == "COMPLETED"
+
+    from airflow.sdk.exceptions import AirflowSensorTimeout
+
+    sfapi.states["222"] = ["RUNNING"]
+    sensor = SFAPIJobSensor(task_id="wait2", jobid="222", conn_id="sfapi_test", deferrable=False, poke_interval=0.01,
+                            timeout=0.05)
+    with pytest.raises(AirflowSensorTimeout):
+        sensor.execute(ctx("wait2"))
+    assert sfapi.cancelled == ["222"]
+
+
+def test_deferrable_sensor_defers_with_serializable_trigger(sfapi):
+    sensor = SFAPIJobSensor(task_id="wait", jobid="123", conn_id="sfapi_test", deferrable=True, timeout=600)
+    with pytest.raises(TaskDeferred) as info:
+        sensor.execute(ctx("wait"))
+    classpath, kwargs = info.value.trigger.serialize()
+    assert classpath == "facility_data.triggers.sfapi.SFAPIJobTrigger"
+    assert set(kwargs) == {"jobid", "machine", "conn_id", "deadline", "poll_interval", "not_found_grace",
+                           "first_seen"}
+    json.dumps(kwargs)
+
+
+def test_trigger_serialize_round_trip_is_pinned():
+    trigger = SFAPIJobTrigger(jobid="42", machine="perlmutter", conn_id="c", deadline=1.5, poll_interval=2,
+                              not_found_grace=3, first_seen=0.5)
+    expected = ("facility_data.triggers.sfapi.SFAPIJobTrigger",
+                {"jobid": "42", "machine": "perlmutter", "conn_id": "c", "deadline": 1.5, "poll_interval": 2.0,
+                 "not_found_grace": 3.0, "first_seen": 0.5})
+    assert trigger.serialize() == expected
+    assert SFAPIJobTrigger(**expected[1]).serialize() == expected
+
+
+def test_retried_submit_adopts_the_queued_job(sfapi):
+    op = SFAPISubmitJobOperator(task_id="submit", template="healthcheck.slurm.j2", conn_id="sfapi_test")
+    jobid = op.execute(ctx())
+    name = sfapi.submitted[0].split("--job-name=")[1].split("\n")[0]
+    sfapi.squeue = [{"jobid": jobid, "name": name, "state": "RUNNING", "user": "alsdev"}]
+    assert op.execute(ctx()) == jobid
+    assert len(sfapi.submitted) == 1
+
+
+def test_missing_template_parameter_fails_before_any_request(sfapi):
+    from facility_data.config import ConfigError
+
+    op = SFAPISubmitJobOperator(task_id="submit", template="tomo_recon.slurm.j2", conn_id="sfapi_test",
+                                job_params={"raw_file": "/x.h5"})
+    with pytest.raises(ConfigError, match="undefined"):
+        op.execute(ctx())
+    assert sfapi.tokens == [] and sfapi.submitted == []
+
+
+def test_connection_test_does_not_leak_the_key(sfapi):
+    ok, message = SFAPIHook("sfapi_test").test_connection()
+    assert ok and "alsdev" in message and "PRIVATE" not in message
