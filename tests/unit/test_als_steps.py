@@ -1,0 +1,127 @@
+"""The beamline DAG steps as plain functions: new-scan validation, copy verification, recon requests, ledger."""
+
+from __future__ import annotations
+
+import pytest
+
+from facility_data.als.beamline import load_beamline
+from facility_data.als.ledger import Ledger
+from facility_data.als.steps import (
+    ConfError,
+    CopyMismatch,
+    nersc_copy_decision,
+    recon_requests,
+    record_copy,
+    validate_new_scan,
+)
+from facility_data.safety import SafetyError
+from facility_data.transfer import load_endpoints
+
+FOLDER, NAME = "ALS-11111_user", "20240101_120000_a.h5"
+WATCHED = f"/global/raw/{FOLDER}/{NAME}"
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path):
+    monkeypatch.setenv("FACILITY_SITE", str(tmp_path))
+    eps = load_endpoints()
+    spot = eps["spot832"].local_path(f"raw/{FOLDER}/{NAME}")
+    spot.parent.mkdir(parents=True)
+    spot.write_bytes(b"scan bytes")
+    return load_beamline("bl832"), eps, Ledger(tmp_path / "ledger.sqlite"), tmp_path
+
+
+def test_valid_conf_gives_a_scan_record_with_every_location(env):
+    bl, eps, ledger, _ = env
+    rec = validate_new_scan(bl, eps, ledger, {"file_path": WATCHED, "is_export_control": False})
+    assert rec["relative"] == f"raw/{FOLDER}/{NAME}" and rec["send_to_nersc"] is True
+    assert rec["paths"]["spot"] == {"endpoint": "spot832", "raw": f"raw/{FOLDER}/{NAME}"}
+    assert rec["paths"]["data"] == {"endpoint": "data832_raw", "raw": f"{FOLDER}/{NAME}"}
+    assert rec["paths"]["data_scratch"]["zarr"] == f"{FOLDER}/rec20240101_120000_a.zarr"
+    assert ledger.export_controlled("bl832", rec["relative"]) is False
+
+
+@pytest.mark.parametrize(
+    ("conf", "message"),
+    [
+        ({}, "file_path is required"),
+        ({"file_path": WATCHED, "is_export_control": "no"}, "is_export_control must be true or false, got str"),
+        ({"file_path": WATCHED, "send_to_nersc": 1}, "send_to_nersc must be true or false, got int"),
+        ({"file_path": 7}, "must be a string, got int"),
+        ({"file_path": WATCHED, "surprise": True}, "unknown conf keys"),
+        ({"file_path": f"/global/raw/{FOLDER}/../{FOLDER}/{NAME}"}, "traversal"),
+        ({"file_path": f"/global/raw/{FOLDER}/20240101_120000_b.h5"}, "does not exist"),
+        ({"file_path": f"/data/raw/{FOLDER}/{NAME}"}, "not under the beamline's raw root"),
+    ],
+)
+def test_bad_conf_is_refused_before_any_write(env, conf, message):
+    bl, eps, ledger, _ = env
+    with pytest.raises(ConfError, match=message):
+        validate_new_scan(bl, eps, ledger, conf)
+    assert ledger.events("bl832") == []
+
+
+def test_a_directory_is_not_a_scan(env):
+    bl, eps, ledger, _ = env
+    eps["spot832"].local_path(f"raw/{FOLDER}/20240101_120000_d.h5").mkdir()
+    with pytest.raises(ConfError, match="does not exist"):
+        validate_new_scan(bl, eps, ledger, {"file_path": f"/global/raw/{FOLDER}/20240101_120000_d.h5"})
+
+
+def test_record_copy_refuses_a_copy_that_differs(env):
+    bl, eps, ledger, _ = env
+    rec = validate_new_scan(bl, eps, ledger, {"file_path": WATCHED})
+    data = eps["data832_raw"].local_path(f"{FOLDER}/{NAME}")
+    data.parent.mkdir(parents=True)
+    data.write_bytes(b"scan bytez")
+    with pytest.raises(CopyMismatch, match="checksum at data differs"):
+        record_copy(bl, eps, ledger, rec, source="spot", destination="data")
+    data.write_bytes(b"scan")
+    with pytest.raises(CopyMismatch, match="holds 4 B"):
+        record_copy(bl, eps, ledger, rec, source="spot", destination="data")
+    assert ledger.copy("bl832", "data", f"{FOLDER}/{NAME}") is None
+    data.write_bytes(b"scan bytes")
+    out = record_copy(bl, eps, ledger, rec, source="spot", destination="data")
+    assert out["size"] == 10 and ledger.copy("bl832", "data", f"{FOLDER}/{NAME}").checksum == out["checksum"]
+
+
+def test_nersc_copy_decision(env):
+    bl, eps, ledger, _ = env
+    rec = validate_new_scan(bl, eps, ledger, {"file_path": WATCHED})
+    assert nersc_copy_decision(bl, eps, rec)[0] is True
+    assert nersc_copy_decision(bl, eps, {**rec, "send_to_nersc": False}) == (
+        False, f"send_to_nersc is false for {rec['relative']}")
+    go, reason = nersc_copy_decision(bl, eps, {**rec, "export_controlled": True, "send_to_nersc": True})
+    assert go is False and "export-controlled" in reason
+
+
+def test_recon_requests(env):
+    bl, eps, ledger, _ = env
+    on = {"local": True, "nersc": True, "alcf": True}
+    extra = {"file_path": WATCHED, "export_controlled": False}
+    assert [r["relative"] for r in recon_requests(bl, eps, ledger, "alcf", event_extras=[extra, extra], conf=None,
+                                                  decision_override=on)] == [f"raw/{FOLDER}/{NAME}"] * 2
+    assert recon_requests(bl, eps, ledger, "alcf", event_extras=[extra], conf=None, decision_override=None) == []
+    with pytest.raises(SafetyError, match="REFUSED nersc"):
+        recon_requests(bl, eps, ledger, "nersc", event_extras=[{**extra, "export_controlled": True}], conf=None,
+                       decision_override=on)
+    # an event without the flag is treated as export-controlled (fail closed)
+    with pytest.raises(SafetyError):
+        recon_requests(bl, eps, ledger, "alcf", event_extras=[{"file_path": WATCHED}], conf=None, decision_override=on)
+    # local stays at ALS: allowed even when export-controlled
+    assert recon_requests(bl, eps, ledger, "local", event_extras=[], conf={"file_path": WATCHED,
+                          "is_export_control": True}, decision_override=on)[0]["export_controlled"] is True
+    with pytest.raises(ConfError, match="no triggering asset event"):
+        recon_requests(bl, eps, ledger, "local", event_extras=[], conf={"file_path": None}, decision_override=on)
+    with pytest.raises(ConfError, match="traversal"):
+        recon_requests(bl, eps, ledger, "local", event_extras=[{"file_path": "/global/raw/../x.h5"}], conf=None,
+                       decision_override=on)
+
+
+def test_ledger_never_relaxes_export_control(tmp_path):
+    ledger = Ledger(tmp_path / "l.sqlite")
+    scan = "raw/P-1_u/20240101_000000_a.h5"
+    assert ledger.export_controlled("bl832", scan) is None
+    assert ledger.record_scan("bl832", scan, export_controlled=True, file_path="x") is True
+    assert ledger.record_scan("bl832", scan, export_controlled=False, file_path="x") is True
+    assert ledger.export_controlled("bl832", scan) is True
