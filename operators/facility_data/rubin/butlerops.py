@@ -71,6 +71,7 @@ def zip_index(butler, refs: list, objects: list[StoredObject]) -> bytes:
             else:
                 simple = info.to_simple()
                 simple.file_size = sizes[name]
+                simple.path = name  # ingest_zip rewrites it to <zip>#zip-path=<member>; no embargo path leaks
                 artifact_map[name] = ArtifactIndexInfo.from_single(simple, ref.id)
     index = ZipIndex(refs=SerializedDatasetRefContainerV1.from_refs(refs), artifact_map=artifact_map)
     # sorted keys: the same exposure always gives the same index bytes, so a rebuilt zip is identical

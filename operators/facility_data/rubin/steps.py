@@ -354,11 +354,13 @@ class ExposureStatus:
         return asdict(self)
 
 
-def exposure_status(ctx: Context, exp: ExposureRef, *, deep: bool = False) -> ExposureStatus:
+def exposure_status(ctx: Context, exp: ExposureRef, *, deep: bool = False,
+                    only: list[str] | None = None) -> ExposureStatus:
     """Read-only: for every step, whether its effect is verified in its sink, and the first step that is not.
 
     ``deep`` also compares every zip member with its embargo object and the Rucio hashes with the zip (reads
-    everything); the default compares names, sizes and registrations only.
+    everything); the default compares names, sizes and registrations only. ``only`` restricts the check to
+    some steps (e.g. the local sinks).
     """
     checks: dict[str, Callable[[], tuple[bool, dict]]] = {
         GATE: lambda: check_gate(ctx, exp, deep),
@@ -369,6 +371,8 @@ def exposure_status(ctx: Context, exp: ExposureRef, *, deep: bool = False) -> Ex
     }
     states, details, first = {}, {}, None
     for name, check in checks.items():
+        if only is not None and name not in only:
+            continue
         try:
             ok, detail = check()
             state = "done" if ok else ("incomplete" if name == GATE else "missing")

@@ -114,15 +114,36 @@ def _box(ra0: float, ra1: float, dec0: float, dec1: float):
     return ConvexPolygon([UnitVector3d(LonLat.fromDegrees(r, d)) for r, d in corners])
 
 
+_templates: dict[int, Path] = {}
+
+
 def ensure_repo(root: Path, detectors: list[Detector]):
-    """Create (once) a SQLite repo with the static records: instrument, detectors, filter, visit systems, skymap."""
-    from lsst.daf.butler import Butler, DatasetType
+    """Create (once) a SQLite repo with the static records: instrument, detectors, filter, visit systems, skymap.
+
+    New repos are copies of a per-process template (creating a registry costs ~100 SQLite commits)."""
+    import shutil
+    import tempfile
+
+    from lsst.daf.butler import Butler
 
     root = Path(root)
     if not (root / "butler.yaml").exists():
-        root.mkdir(parents=True, exist_ok=True)
-        Butler.makeRepo(str(root))
+        template = _templates.get(len(detectors))
+        if template is None or not (template / "butler.yaml").exists():
+            template = Path(tempfile.mkdtemp(prefix="rubin-repo-template-")) / "repo"
+            template.mkdir()
+            Butler.makeRepo(str(template))
+            _static_records(Butler.from_config(str(template), writeable=True), detectors)
+            _templates[len(detectors)] = template
+        shutil.copytree(template, root, dirs_exist_ok=True)
     butler = Butler.from_config(str(root), writeable=True)
+    _static_records(butler, detectors)
+    return butler
+
+
+def _static_records(butler, detectors: list[Detector]) -> None:
+    from lsst.daf.butler import DatasetType
+
     reg = butler.registry
     reg.syncDimensionData("instrument", {"name": INSTRUMENT, "visit_max": 6050123199999, "visit_system": 2,
                                          "exposure_max": 6050123199999, "detector_max": 1000,
@@ -141,7 +162,6 @@ def ensure_repo(root: Path, detectors: list[Detector]):
     for name in ("raw", "guider_raw"):
         butler.registry.registerDatasetType(DatasetType(name, dims, "StructuredDataDict",
                                                         universe=butler.dimensions))
-    return butler
 
 
 def exposure_id(day_obs: int, seq: int) -> int:
@@ -166,7 +186,7 @@ def build_night(site_root: str | Path, *, day_obs: int, n_exposures: int = 20, d
     a calib is a bias that cannot see the sky. ``start`` is the first exposure's begin (UTC); by default 02:00 UTC the
     day after ``day_obs``.
     """
-    from lsst.daf.butler import DatasetRef, FileDataset, Timespan
+    from lsst.daf.butler import DatasetIdGenEnum, DatasetRef, FileDataset, Timespan
 
     site_root = Path(site_root)
     layout = detector_layout(detectors)
@@ -238,7 +258,8 @@ def build_night(site_root: str | Path, *, day_obs: int, n_exposures: int = 20, d
             night.bytes += len(data) + len(sidecar)
             t = "guider_raw" if d.purpose == "GUIDER" else "raw"
             ref = DatasetRef(types[t], {"instrument": INSTRUMENT, "exposure": exp_id, "detector": d.id},
-                             run=f"{INSTRUMENT}/raw/{'guider' if t == 'guider_raw' else 'all'}")
+                             run=f"{INSTRUMENT}/raw/{'guider' if t == 'guider_raw' else 'all'}",
+                             id_generation_mode=DatasetIdGenEnum.DATAID_TYPE_RUN)  # as raw ingest does
             by_type[t].append(FileDataset(path=store.uri(key), refs=[ref], formatter=FORMATTER))
         night.files += 1
         for datasets in by_type.values():

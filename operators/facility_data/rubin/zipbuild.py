@@ -114,10 +114,12 @@ def install_bytes(dest: Path, data: bytes) -> bool:
         tmp.unlink(missing_ok=True)
 
 
-def metadata_index(sidecars: dict[str, bytes]) -> bytes:
-    """``{"__COMMON__": {...}, "<member>.fits": {...}}`` from the JSON sidecars (keyed by their FITS member)."""
+def metadata_index(sidecars: dict[str, bytes], fits_names: set[str] | None = None) -> bytes:
+    """``{"__COMMON__": {...}, "<member>.fits": {...}}`` from the JSON sidecars of FITS members (others ignored)."""
     per_file = {}
     for name, data in sorted(sidecars.items()):
+        if fits_names is not None and name.removesuffix(".json") + ".fits" not in fits_names:
+            continue
         try:
             content = json.loads(data)
         except ValueError:
@@ -175,7 +177,7 @@ def build_zip(store: EmbargoStore, objects: Iterable[StoredObject], butler_index
                     if keep:
                         sidecars[obj.name] = b"".join(parts)
                 zf.writestr(_member_info(BUTLER_INDEX, len(butler_index)), butler_index)
-                meta = metadata_index(sidecars)
+                meta = metadata_index(sidecars, {n for n in names if n.endswith(".fits")})
                 zf.writestr(_member_info(METADATA_INDEX, len(meta)), meta)
             raw.flush()
             os.fsync(raw.fileno())

@@ -1,0 +1,207 @@
+"""Per-exposure steps against real SQLite Butler repos and a local embargo store (Rucio: tests/integration)."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+import zipfile
+from datetime import timedelta
+
+import pytest
+
+from facility_data.rubin import steps, windows
+from facility_data.rubin.synthetic import build_night, detector_layout, ensure_repo, unique_day_obs
+from facility_data.rubin.zipbuild import InconsistentArtifact
+
+warnings.filterwarnings("ignore", module="erfa")
+
+
+@pytest.fixture
+def night(tmp_path):
+    return build_night(tmp_path, day_obs=unique_day_obs(), n_exposures=4, detectors=12, destinations=2,
+                       incomplete=(2,), without_guider=(3,), calibs=(4,))
+
+
+def exposures(night):
+    policy = night.policy()
+    ctx = steps.Context(policy)
+    req = windows.parse_manual(policy, {"instrument": "LSSTCam", "day_obs": str(night.day_obs)})
+    refs, problems = windows.select_manual(ctx.source, policy, req, night.ends[night.obs_ids[-1]] + timedelta(days=5))
+    assert problems == []
+    return {r.obs_id: r for r in refs}
+
+
+def local_steps(policy):
+    return [s for s in steps.step_names(policy) if s != steps.RUCIO]
+
+
+def run_local(ctx, exp):
+    return [steps.run_step(ctx, exp, name) for name in local_steps(ctx.policy)]
+
+
+def sink_state(night, policy, exp):
+    """Everything the local steps leave behind for one exposure, for end-state comparison."""
+    from lsst.daf.butler import Butler
+
+    p = steps.paths(policy, exp)
+    state = {"zip": hashlib.md5(p.zip.read_bytes()).hexdigest(), "yaml": p.yaml.read_bytes()}
+    for repo in night.destination_repos:
+        b = Butler.from_config(str(repo))
+        refs = b.query_datasets("raw", collections="LSSTCam/raw/all", instrument="LSSTCam", exposure=exp.exposure,
+                                explain=False)
+        state[str(repo)] = sorted(str(r.id) for r in refs)
+        state[f"{repo}:visits"] = len(b.query_dimension_records("visit", instrument="LSSTCam",
+                                                                 visit=exp.exposure, explain=False))
+    return state
+
+
+def test_local_steps_fill_every_sink(night, tmp_path):
+    from lsst.daf.butler import Butler
+
+    policy = night.policy()
+    ctx = steps.Context(policy)
+    exps = exposures(night)
+    complete = [o for o in night.obs_ids if o not in night.incomplete]
+    for obs_id in complete:
+        outcomes = run_local(ctx, exps[obs_id])
+        assert [o.state for o in outcomes] == ["verified", "done", "done", "done", "done"]
+    for obs_id in complete:
+        exp = exps[obs_id]
+        p = steps.paths(policy, exp)
+        objs = ctx.store.list_folder("LSSTCam", night.day_obs, obs_id)
+        with zipfile.ZipFile(p.zip) as zf:  # every object of the folder, byte-identical
+            assert {o.name for o in objs} | {"_butler_zip_index.json", "_metadata_index.json"} == set(zf.namelist())
+            for o in objs:
+                assert zf.read(o.name) == ctx.store.read(o.key)
+        for repo in night.destination_repos:  # readable, identical to the embargo object
+            b = Butler.from_config(str(repo))
+            refs = b.query_datasets("raw", collections="LSSTCam/raw/all", instrument="LSSTCam",
+                                    exposure=exp.exposure, with_dimension_records=True, explain=False)
+            assert len(refs) == len(ctx.refs(exp)) - sum(r.datasetType.name == "guider_raw" for r in ctx.refs(exp))
+            for ref in refs[:3]:
+                got = b.get(ref)
+                key = f"LSSTCam/{night.day_obs}/{obs_id}/{obs_id}_{ref.dataId.records['detector'].full_name}.fits"
+                assert got["md5"] == hashlib.md5(ctx.store.read(key)).hexdigest()
+            uri = b.getURI(refs[0])
+            assert str(p.zip) in str(uri)  # direct: the destination points into our zip
+    # the exposure without guider data has no guider member and still passed the gate
+    no_guider = next(iter(night.without_guider))
+    with zipfile.ZipFile(steps.paths(policy, exps[no_guider]).zip) as zf:
+        assert not [n for n in zf.namelist() if "_SG" in n]
+
+
+def test_dimensions_yaml_imports_into_a_fresh_repo(night, tmp_path):
+    from lsst.daf.butler import Butler
+
+    policy = night.policy()
+    ctx = steps.Context(policy)
+    exp = exposures(night)[night.obs_ids[0]]
+    steps.run_step(ctx, exp, steps.DIMENSIONS)
+    fresh = ensure_repo(tmp_path / "remote-site", detector_layout(12))
+    fresh.import_(filename=str(steps.paths(policy, exp).yaml))
+    fresh = Butler.from_config(str(tmp_path / "remote-site"))
+    for element in ("exposure", "visit", "visit_definition", "visit_system_membership", "visit_detector_region"):
+        assert fresh.query_dimension_records(element, instrument="LSSTCam", exposure=exp.exposure, explain=False) \
+            if element == "exposure" else fresh.query_dimension_records(element, instrument="LSSTCam",
+                                                                        visit=exp.exposure, explain=False), element
+
+
+def test_incomplete_exposure_is_refused_and_reported(night):
+    policy = night.policy()
+    ctx = steps.Context(policy)
+    exp = exposures(night)[next(iter(night.incomplete))]
+    with pytest.raises(steps.IncompleteExposure, match="R01_S"):
+        steps.run_step(ctx, exp, steps.GATE)
+    status = steps.exposure_status(steps.Context(policy), exp, only=local_steps(policy))
+    assert status.steps[steps.GATE] == "incomplete" and status.first_missing == steps.GATE
+    assert not steps.paths(policy, exp).zip.exists()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run, the end state every crash-and-rerun must reach."""
+    ref = build_night(tmp_path_factory.mktemp("reference"), day_obs=unique_day_obs(), n_exposures=1, detectors=6,
+                      destinations=2)
+    exp = next(iter(exposures(ref).values()))
+    run_local(steps.Context(ref.policy()), exp)
+    return ref, exp
+
+
+@pytest.mark.parametrize("crash_after", ["gate", "zip", "dimensions", "butler:1", "butler:2-dims-only"])
+def test_crash_after_each_local_step_then_rerun_gives_the_same_end_state(tmp_path, reference, crash_after):
+    reference, ref_exp = reference
+    crashed = build_night(tmp_path / "crash", day_obs=reference.day_obs, n_exposures=1, detectors=6,
+                          destinations=2)
+    exp = next(iter(exposures(crashed).values()))
+
+    policy = crashed.policy()
+    ctx = steps.Context(policy)
+    names = local_steps(policy)
+    if crash_after == "butler:2-dims-only":
+        for name in names[:4]:
+            steps.run_step(ctx, exp, name)
+        # crash inside the second ingest: records transferred, zip not ingested
+        dest = ctx.butler(policy.destinations[1], writeable=True)
+        dest.transfer_dimension_records_from(ctx.source, [r.dataId for r in ctx.refs(exp)])
+    else:
+        upto = {"gate": 1, "zip": 2, "dimensions": 3, "butler:1": 4}[crash_after]
+        for name in names[:upto]:
+            steps.run_step(ctx, exp, name)
+    before = steps.exposure_status(steps.Context(policy), exp, only=local_steps(policy))
+    assert before.first_missing is not None
+    outcomes = run_local(steps.Context(policy), exp)  # the rerun, in a fresh context (a new process)
+    assert all(o.state in ("verified", "done") for o in outcomes)
+    assert [o.step for o in outcomes if o.state == "done"] == names[names.index(before.first_missing):]
+    a, b = sink_state(reference, reference.policy(), ref_exp), sink_state(crashed, policy, exp)
+    assert a["zip"] == b["zip"] and a["yaml"] == b["yaml"]
+    for ra, rb in zip(reference.destination_repos, crashed.destination_repos, strict=True):
+        assert a[str(ra)] == b[str(rb)] and a[f"{ra}:visits"] == b[f"{rb}:visits"] == 1
+
+
+def test_status_is_read_only_and_names_the_first_missing_step(night):
+    policy = night.policy()
+    exp = exposures(night)[night.obs_ids[0]]
+    status = steps.exposure_status(steps.Context(policy), exp, only=local_steps(policy))
+    assert status.steps[steps.GATE] == "done" and status.first_missing == steps.ZIP
+    assert not steps.paths(policy, exp).zip.parent.exists()
+    ctx = steps.Context(policy)
+    steps.run_step(ctx, exp, steps.ZIP)
+    status = steps.exposure_status(steps.Context(policy), exp, only=local_steps(policy))
+    assert status.steps[steps.ZIP] == "done" and status.first_missing == steps.DIMENSIONS
+    assert not steps.paths(policy, exp).yaml.exists()
+
+
+def test_dry_run_changes_nothing(night):
+    from lsst.daf.butler import Butler
+
+    policy = night.policy()
+    exp = exposures(night)[night.obs_ids[0]]
+    outcomes = run_local(steps.Context(policy, dry_run=True), exp)
+    assert [o.state for o in outcomes] == ["verified"] + ["would-act"] * 4
+    assert not steps.paths(policy, exp).zip.parent.exists()
+    for repo in night.destination_repos:
+        assert not Butler.from_config(str(repo)).query_datasets("raw", collections="*", find_first=False,
+                                                                explain=False)
+
+
+def test_inconsistent_artifacts_are_reported_not_overwritten(night):
+    policy = night.policy()
+    exp = exposures(night)[night.obs_ids[0]]
+    run_local(steps.Context(policy), exp)
+    p = steps.paths(policy, exp)
+    p.yaml.write_bytes(p.yaml.read_bytes().replace(b"synthetic", b"tampered!"))
+    tampered = p.yaml.read_bytes()
+    with pytest.raises(InconsistentArtifact, match="differs"):
+        steps.run_step(steps.Context(policy), exp, steps.DIMENSIONS)
+    assert p.yaml.read_bytes() == tampered
+    key = f"LSSTCam/{night.day_obs}/{exp.obs_id}/{exp.obs_id}_R01_S00.fits"
+    store = steps.Context(policy).store
+    data = bytearray(store.read(key))
+    data[-1] ^= 0xFF
+    store.put(key, bytes(data))
+    zip_before = p.zip.read_bytes()
+    with pytest.raises(InconsistentArtifact, match="differs from embargo object"):
+        steps.run_step(steps.Context(policy), exp, steps.ZIP)
+    assert p.zip.read_bytes() == zip_before
+    status = steps.exposure_status(steps.Context(policy), exp, deep=True, only=local_steps(policy))
+    assert status.steps[steps.ZIP] == "inconsistent" and status.first_missing == steps.ZIP
