@@ -122,7 +122,7 @@ class FakeSFAPI:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
 
     def expire_tokens(self):
         self.valid_tokens.clear()
@@ -285,3 +285,18 @@ def test_missing_template_parameter_fails_before_any_request(sfapi):
 def test_connection_test_does_not_leak_the_key(sfapi):
     ok, message = SFAPIHook("sfapi_test").test_connection()
     assert ok and "alsdev" in message and "PRIVATE" not in message
+
+
+def test_nersc_controller_runs_job_to_completed_and_fails_on_oom(sfapi):
+    from facility_data.hpc import HPC, JobFailed, get_controller, render_job
+
+    nersc = get_controller(HPC.NERSC, conn_id="sfapi_test", poll_interval=0.01)
+    result = nersc.run_job(render_job("healthcheck.slurm.j2", job_name="hc"), job_name="hc", deadline_seconds=30)
+    assert result.state == "COMPLETED" and result.info["nodelist"] == "nid001234"
+    sfapi.states[str(sfapi.next_jobid)] = ["RUNNING", "OUT_OF_MEMORY"]
+    with pytest.raises(JobFailed, match="state=OUT_OF_MEMORY"):
+        nersc.run_job(render_job("healthcheck.slurm.j2", job_name="hc"), job_name="hc", deadline_seconds=30)
+    sfapi.states[str(sfapi.next_jobid)] = ["RUNNING"]
+    with pytest.raises(JobFailed, match="cancelled"):
+        nersc.run_job(render_job("healthcheck.slurm.j2", job_name="hc"), job_name="hc", deadline_seconds=0.05)
+    assert sfapi.cancelled == [str(sfapi.next_jobid - 1)]
