@@ -26,7 +26,7 @@ HEAVY = ["globus_sdk", "globus_compute_sdk", "sfapi_client", "rucio", "lsst", "b
 def dagbag():
     from airflow.dag_processing.dagbag import DagBag
 
-    return DagBag(dag_folder=str(REPO / "dags"), include_examples=False)
+    return DagBag(dag_folder=str(REPO / "dags"))
 
 
 def test_dag_files_import_without_errors(dagbag):
@@ -61,7 +61,7 @@ def test_dag_ids_are_unique_across_files():
     seen: dict[str, str] = {}
     duplicates = []
     for f in DAG_FILES:
-        for dag_id in DagBag(dag_folder=str(f), include_examples=False).dag_ids:
+        for dag_id in DagBag(dag_folder=str(f)).dag_ids:
             if dag_id in seen:
                 duplicates.append(f"{dag_id} in {seen[dag_id]} and {f.name}")
             seen[dag_id] = f.name
