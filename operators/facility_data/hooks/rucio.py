@@ -55,8 +55,9 @@ class RucioHook(BaseHook):
                 "timeout": int(extra.get("timeout", 120))}
 
     @staticmethod
-    def token_dir(host: str, account: str, vo: str | None) -> Path:
-        key = hashlib.sha256(f"{host}|{account}|{vo}".encode()).hexdigest()[:16]
+    def token_dir(host: str, account: str, vo: str | None, creds: dict) -> Path:
+        # the credentials are part of the key: a token obtained with old credentials is never reused
+        key = hashlib.sha256(f"{host}|{account}|{vo}|{sorted(creds.items())}".encode()).hexdigest()[:16]
         path = Path(tempfile.gettempdir()) / f"facility-rucio-{os.getuid()}" / key
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         return path
@@ -66,9 +67,15 @@ class RucioHook(BaseHook):
             from rucio.client import Client
 
             kwargs = self.client_kwargs()
-            prefix = str(self.token_dir(kwargs["rucio_host"], kwargs["account"], kwargs["vo"]) / ".rucio_")
-            # TOKEN_PATH_PREFIX is where the client caches its token; a subclass keeps ours per server/account
-            client_cls = type("FacilityRucioClient", (Client,), {"TOKEN_PATH_PREFIX": prefix})
+            token_dir = str(self.token_dir(kwargs["rucio_host"], kwargs["account"], kwargs["vo"], kwargs["creds"]))
+
+            def _get_auth_tokens(client):
+                # rucio-clients 41: (auth_token_file_path, token_exp_epoch_file, token_file, token_path). The
+                # default reads auth_token_file_path from whatever rucio.cfg is around; ours is per connection.
+                return (None, f"{token_dir}/{client.TOKEN_EXP_PREFIX}{client.account}",
+                        f"{token_dir}/{client.TOKEN_PREFIX}{client.account}", token_dir)
+
+            client_cls = type("FacilityRucioClient", (Client,), {"_get_auth_tokens": _get_auth_tokens})
             self._client = client_cls(**kwargs)
         return self._client
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -186,6 +188,36 @@ def build_night(site_root: str | Path, *, day_obs: int, n_exposures: int = 20, d
     a calib is a bias that cannot see the sky. ``start`` is the first exposure's begin (UTC); by default 02:00 UTC the
     day after ``day_obs``.
     """
+
+    with _resources_env(store):
+        return _build_night(site_root, day_obs, n_exposures, detectors, file_size, start, store, destinations,
+                            incomplete, without_guider, calibs, cadence_s, exposure_s, first_seq)
+
+
+@contextmanager
+def _resources_env(store):
+    """For an S3 store, lsst-resources (the Butler's ingest checks) needs the store's endpoint and credentials,
+    which it only reads from the environment; set them for the duration of the build."""
+    if store is None or isinstance(store, LocalStore):
+        yield
+        return
+    creds = store.client._request_signer._credentials
+    env = {"S3_ENDPOINT_URL": store.client.meta.endpoint_url, "AWS_ACCESS_KEY_ID": creds.access_key,
+           "AWS_SECRET_ACCESS_KEY": creds.secret_key}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _build_night(site_root, day_obs, n_exposures, detectors, file_size, start, store, destinations, incomplete,
+                 without_guider, calibs, cadence_s, exposure_s, first_seq) -> Night:
     from lsst.daf.butler import DatasetIdGenEnum, DatasetRef, FileDataset, Timespan
 
     site_root = Path(site_root)
