@@ -1,0 +1,151 @@
+"""rubin_unembargo_reconcile: find every exposure past release that is not fully unembargoed, repair it, report it.
+
+Hourly (no catchup) it checks the last ``lookback_nights`` nights; a manual run names a day_obs range. For each night
+the exposures come from the embargo side (source Butler + embargo store) and are checked against every sink (zip,
+dimensions yaml, each destination Butler, Rucio replicas/attachments/closed Obs/archive metadata), then classified:
+done, not started, partial (stopped after a step), incomplete at source, inconsistent, pruned, error. With
+``repair`` each not-started/partial exposure is resumed from its first missing step by the same idempotent steps as
+``rubin_unembargo_raw`` (one mapped task per exposure). Inconsistent artifacts are never overwritten: they are
+reported and alerted, as is anything else that cannot be repaired. Each run writes an HTML report per night and a
+PNG chart under the site's reports directory (paths in the ``finish`` task log) and records the counts per night as
+an event on the ``rubin_unembargo_reconcile`` asset. ``prune_embargo`` (off by default; dry_run reports only)
+deletes an exposure's embargo copy only when the data-safety policy accepts a deep verification of every sink.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from airflow.sdk import DAG, Asset, Param, get_current_context, task
+
+from facility_data.dag_defaults import default_args
+
+#: at most this many exposures are repaired at once within one run (each repair may rebuild a ~4 GB zip)
+REPAIR_PARALLELISM = 4
+#: a run maps over at most this many repairs (Airflow's max_map_length is 1024); the rest wait for the next run
+MAX_REPAIRS = 1000
+RECONCILED = Asset(name="rubin_unembargo_reconcile", uri="x-rubin://unembargo/reconcile", group="rubin")
+
+with DAG(
+    dag_id="rubin_unembargo_reconcile",
+    description="Check every sink of the Rubin raw unembargo per night, repair what a crash left, report",
+    schedule=timedelta(hours=1),
+    start_date=datetime(2025, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    is_paused_upon_creation=True,
+    default_args=default_args(retries=2),
+    tags=["rubin", "embargo", "usdf", "reconcile"],
+    params={
+        "instrument": Param("LSSTCam", type="string", pattern=r"^[A-Za-z][A-Za-z0-9_]*$",
+                            description="Instrument (a policy instrument)"),
+        "day_obs_first": Param(None, type=["null", "string"], pattern=r"^[0-9]{8}$",
+                               description="First night (YYYYMMDD); empty = the last lookback_nights nights"),
+        "day_obs_last": Param(None, type=["null", "string"], pattern=r"^[0-9]{8}$",
+                              description="Last night (YYYYMMDD), the same as day_obs_first for one night"),
+        "lookback_nights": Param(7, type="integer", minimum=1, maximum=62,
+                                 description="Nights checked when no range is given (scheduled runs)"),
+        "repair": Param(True, type="boolean", description="Resume incomplete exposures from their first missing step"),
+        "dry_run": Param(False, type="boolean", description="Check and report what would be repaired; change nothing"),
+        "deep": Param(False, type="boolean",
+                      description="Also re-read and re-hash every artifact against the source (slow)"),
+        "prune_embargo": Param("off", type="string", enum=["off", "dry_run", "delete"],
+                               description="Embargo pruning guard: off, dry_run (report decisions), delete"),
+    },
+    render_template_as_native_obj=True,
+    doc_md=__doc__,
+) as dag:
+
+    @task
+    def plan(**context) -> dict:
+        """Validate the Params against the policy before anything else (bad Params: clear error, nothing done)."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from facility_data.rubin.policy import load_policy
+        from facility_data.rubin.reconcile import BadParams, parse_request
+
+        params = dict(context["params"])
+        try:
+            request = parse_request(params, load_policy(), now=context["dag_run"].run_after,
+                                    lookback_days=int(params.get("lookback_nights") or 7))
+        except BadParams as exc:
+            raise AirflowFailException(f"bad Params, nothing done: {exc}") from exc
+        return {**request.to_dict(), "now": context["dag_run"].run_after.isoformat()}
+
+    @task
+    def check(request: dict) -> list[dict]:
+        """Classify every exposure of the requested nights (read-only); returns what to repair (mapped over)."""
+        import logging
+
+        from facility_data.rubin import reconcile, steps
+        from facility_data.rubin.policy import load_policy
+
+        log = logging.getLogger("rubin_unembargo_reconcile")
+        req = reconcile.Request.from_dict({k: v for k, v in request.items() if k != "now"})
+        ctx = steps.Context(load_policy(), dry_run=True)  # checking never writes
+        now = datetime.fromisoformat(request["now"])
+        nights = [reconcile.check_night(ctx, req.instrument, d, now=now, deep=req.deep) for d in req.nights]
+        todo = reconcile.repair_list(nights) if req.repair else []
+        for item in todo:
+            log.info("to repair: %s (%s, first missing step %s)", item["obs_id"], item["state"],
+                     item["first_missing"])
+        if len(todo) > MAX_REPAIRS:
+            log.warning("%d exposures to repair; this run takes %d, the next run the rest", len(todo), MAX_REPAIRS)
+        return [{"obs_id": i["obs_id"], "check": i} for i in todo[:MAX_REPAIRS]]
+
+    @task(map_index_template="{{ obs_id }}", max_active_tis_per_dagrun=REPAIR_PARALLELISM, retries=3)
+    def repair(item: dict, request: dict) -> dict:
+        """Resume one exposure from its first missing step (isolated: its failure does not touch the others)."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from facility_data.rubin import reconcile, steps
+        from facility_data.rubin.policy import load_policy
+        from facility_data.rubin.zipbuild import InconsistentArtifact
+
+        get_current_context()["obs_id"] = item["obs_id"]
+        ctx = steps.Context(load_policy(), dry_run=request["dry_run"])
+        try:
+            return reconcile.repair_exposure(ctx, item["check"])
+        except InconsistentArtifact as exc:  # retrying cannot fix it; never overwritten
+            raise AirflowFailException(f"INCONSISTENT, not overwritten: {exc}") from exc
+
+    @task(trigger_rule="all_done", outlets=[RECONCILED])
+    def finish(request: dict, todo: list[dict], repaired, **context) -> dict:
+        """Re-check the nights (state after repairs), prune if asked, write the reports, record the counts."""
+        import logging
+
+        from facility_data.rubin import reconcile, steps
+        from facility_data.rubin.policy import load_policy
+
+        log = logging.getLogger("rubin_unembargo_reconcile")
+        req = reconcile.Request.from_dict({k: v for k, v in request.items() if k != "now"})
+        done = [r for r in (repaired or []) if r]
+        failed = [{"obs_id": t["obs_id"], "error": "repair task failed (see its log)"}
+                  for t in todo if t["obs_id"] not in {r["obs_id"] for r in done}]
+        ctx = steps.Context(load_policy(), dry_run=req.dry_run)
+        now = datetime.fromisoformat(request["now"])
+        nights = [reconcile.check_night(ctx, req.instrument, d, now=now, deep=req.deep) for d in req.nights]
+        result = reconcile.finish(ctx, req, nights, done, failed)
+        log.info("%s", reconcile.summary(result))
+        for path in result["reports"]:
+            log.info("REPORT %s", path)
+        context["outlet_events"][RECONCILED].extra = {
+            "instrument": req.instrument, "counts": result["counts"], "repaired": len(done), "failed": len(failed),
+            "unrepairable": len(result["unrepairable"]), "dry_run": req.dry_run}
+        return result
+
+    @task
+    def alert(result: dict) -> None:
+        """Fail (and so alert, through the DAG's failure callback) on anything this run could not repair."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        bad = result["unrepairable"] + result["failed"] + [p for p in result["prune"] if p.get("error")]
+        if bad:
+            lines = [f"{b['obs_id']}: {b.get('state', 'repair failed')}: "
+                     f"{'; '.join(b.get('problems', [])) or b.get('error', '')}" for b in bad[:20]]
+            raise AirflowFailException(f"{len(bad)} exposure(s) need an operator:\n" + "\n".join(lines))
+
+    request = plan()
+    todo = check(request)
+    repaired = repair.partial(request=request).expand(item=todo)
+    alert(finish(request, todo, repaired))
