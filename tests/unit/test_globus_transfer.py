@@ -297,3 +297,26 @@ def test_hook_connection_test_reports_without_leaking_secret(globus):
 
     ok, message = GlobusHook("globus_test").test_connection()
     assert ok and "client-secret" not in message
+
+
+def test_unexpected_api_error_ends_the_wait_with_an_error_event(globus):
+    task_id = "44444444-4444-4444-8444-444444444444"
+    responses.add(responses.GET, f"{TRANSFER}/task/{task_id}", status=404,
+                  json={"code": "TaskNotFound", "message": f"Task {task_id} not found", "request_id": "r"})
+    event = run_trigger(GlobusTaskTrigger(task_id=task_id, conn_id="globus_test", deadline=time.time() + 30,
+                                          poll_interval=0))
+    assert event["status"] == "error" and "TaskNotFound" in event["message"]
+
+
+def test_not_deferrable_deadline_cancels_and_fails(globus):
+    from facility_data.hooks.globus import GlobusHook
+    from facility_data.transfer import TransferTimeout
+    from facility_data.transfer.globus import GlobusTransfer
+
+    task_id = "55555555-5555-4555-8555-555555555555"
+    cancel_ok(task_id)
+    task_status(task_id, task_doc(task_id, "ACTIVE", "Queued"))
+    backend = GlobusTransfer(GlobusHook("globus_test").get_transfer_client(), poll_interval=0.01)
+    with pytest.raises(TransferTimeout, match="cancelled"):
+        backend.wait(task_id, deadline_seconds=0.05)
+    assert cancelled(task_id)
