@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -199,6 +200,8 @@ def section(title: str, fn: Callable, results: list) -> object:
 
 
 def main() -> int:
+    # stop what we started even when interrupted (`timeout`, CI cancel): SIGTERM unwinds through `finally`
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     n_exposures = int(os.environ.get("DEMO_EXPOSURES", "20"))
     detectors = int(os.environ.get("DEMO_DETECTORS", "205"))
     t0 = time.monotonic()
