@@ -196,7 +196,8 @@ def build(root: Path, prefix: Path, day_obs: int, n: int, n_det: int, rucio) -> 
     for i in range(0, len(files), 500):
         rucio.add_replicas(r.rse, files[i:i + 500])
     rucio.add_datasets([{"scope": r.scope, "name": ds, "statuses": {"monotonic": True}} for ds in sorted(datasets_)])
-    items = [{"scope": r.scope, "name": ds, "dids": dids} for ds, dids in attach.items()]
+    items = [{"scope": r.scope, "name": ds, "dids": dids[i:i + 500]}  # the server takes <= 1000 dids per item
+             for ds, dids in attach.items() for i in range(0, len(dids), 500)]
     for i in range(0, len(items), 200):
         rucio.attach_dids_to_dids(items[i:i + 200])
     for obs in obs_names:

@@ -69,15 +69,18 @@ def chart_png(nights: list[NightResult], path: Path) -> Path:
     labels = [str(n.day_obs) for n in nights]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(nights) + 2), 3.2), dpi=100)
     bottom = [0] * len(nights)
+    drawn = False
     for state in (*STATES, "still_embargoed"):
         values = [n.counts[state] for n in nights]
         if any(values):
             ax.bar(labels, values, bottom=bottom, label=state, color=_COLOURS.get(state))
             bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+            drawn = True
     ax.set_ylabel("exposures")
     ax.set_title(f"Unembargo state per night ({nights[0].instrument})" if nights else "no nights")
     ax.tick_params(axis="x", labelrotation=45)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    if drawn:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -1,0 +1,119 @@
+"""rubin_unembargo_reconcile under dag.test(): repairs what a crash left, reports, alerts, refuses bad Params."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+
+from facility_data.rubin import steps, windows
+from facility_data.rubin.synthetic import build_night, unique_day_obs, write_policy
+
+warnings.filterwarnings("ignore", module="erfa")
+REPO = Path(__file__).resolve().parents[2]
+ASSET_URI = "x-rubin://unembargo/reconcile"
+
+
+@pytest.fixture(scope="module")
+def dag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags" / "rubin_unembargo_reconcile.py"))
+    assert not bag.import_errors, bag.import_errors
+    d = bag.dags["rubin_unembargo_reconcile"]
+    for t in d.tasks:  # failures here are permanent by construction: do not wait for retries
+        t.retries = 0
+    return d
+
+
+@pytest.fixture
+def configured(site, tmp_path, monkeypatch):
+    night = build_night(tmp_path / "night", day_obs=unique_day_obs(), n_exposures=4, detectors=4, incomplete=(4,))
+    policy = night.policy(destination_prefix=site.root / "main" / f"reconcile-dag-{night.day_obs}")
+    monkeypatch.setenv("AIRFLOW_CONN_RUCIO_DEFAULT", json.dumps({
+        "conn_type": "rucio", "host": site.rucio_url, "login": site.rucio_account, "password": site.rucio_password}))
+    monkeypatch.setenv("FACILITY_RUBIN_POLICY", str(write_policy(policy, tmp_path / "policy.yaml")))
+    monkeypatch.setenv("FACILITY_SITE", str(tmp_path / "site"))
+    (tmp_path / "site").mkdir()
+    return night, policy, tmp_path / "site"
+
+
+def _states(dr):
+    return {(ti.task_id, ti.map_index): ti.state for ti in dr.get_task_instances()}
+
+
+def _xcom(dr, task_id):
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as s:
+        row = s.query(XComModel).filter_by(dag_id=dr.dag_id, run_id=dr.run_id, task_id=task_id,
+                                           key="return_value").one()
+        return row.value if not isinstance(row.value, str) else json.loads(row.value)
+
+
+def test_reconcile_run_repairs_reports_and_alerts(dag, airflow_db, configured, site):
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    night, policy, site_dir = configured
+    ctx = steps.Context(policy, rucio=site.rucio_client())
+    req = windows.ManualRequest("LSSTCam", night.day_obs, (), False)
+    exps = {e.obs_id: e for e in windows.select_manual(ctx.source, policy, req, max(night.ends.values()) +
+                                                       __import__("datetime").timedelta(hours=90))[0]}
+    done, partial, fresh, incomplete = night.obs_ids
+    steps.run_exposure(ctx, exps[done])
+    for name in steps.step_names(policy)[:3]:  # crashed after the yaml: no Butler ingest, no Rucio
+        steps.run_step(ctx, exps[partial], name)
+
+    conf = {"instrument": "LSSTCam", "day_obs_first": str(night.day_obs), "day_obs_last": str(night.day_obs)}
+    dr = dag.test(run_conf=conf)
+    states = _states(dr)
+    assert states[("plan", -1)] == states[("check", -1)] == states[("finish", -1)] == "success"
+    assert sorted(m for (t, m), s in states.items() if t == "repair" and s == "success") == [0, 1]
+    assert states[("alert", -1)] == "failed"  # the incomplete exposure cannot be repaired: an operator must know
+    result = _xcom(dr, "finish")
+    counts = result["counts"][str(night.day_obs)]
+    assert counts["done"] == 3 and counts["incomplete_at_source"] == 1 and counts["total"] == 4
+    assert sorted(r["obs_id"] for r in result["repaired"]) == [partial, fresh]
+    assert {r["obs_id"]: r["from"] for r in result["repaired"]} == {partial: f"butler:{policy.destinations[0].label}",
+                                                                    fresh: "zip"}
+    for obs_id in (partial, fresh):
+        assert steps.exposure_status(steps.Context(policy, rucio=site.rucio_client()), exps[obs_id]).complete
+    reports = [Path(p) for p in result["reports"]]
+    assert all(p.exists() and str(p).startswith(str(site_dir / "reports")) for p in reports)
+    assert incomplete in next(p for p in reports if p.suffix == ".html").read_text()
+    alerts = [json.loads(line) for line in (site_dir / "alerts.jsonl").read_text().splitlines()]
+    assert any(a["task_id"] == "alert" and incomplete in a["error"] for a in alerts)
+    with create_session() as s:
+        events = (s.query(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                  .filter(AssetModel.uri == ASSET_URI).order_by(AssetEvent.id).all())
+        extra = dict(events[-1].extra)
+    assert extra["counts"][str(night.day_obs)]["done"] == 3 and extra["repaired"] == 2
+
+
+@pytest.mark.parametrize("conf, message", [
+    ({"instrument": "NoCam"}, "unknown instrument"),
+    ({"day_obs_first": "20250302", "day_obs_last": "20250301"}, "before"),
+])
+def test_bad_params_fail_before_any_side_effect(dag, airflow_db, configured, conf, message, caplog):
+    night, policy, site_dir = configured
+    # every Param named: dag.test() keeps Param values of earlier runs of the same DAG object
+    base = {"instrument": "LSSTCam", "day_obs_first": None, "day_obs_last": None}
+    dr = dag.test(run_conf={**base, **conf})
+    states = _states(dr)
+    assert states[("plan", -1)] == "failed"
+    assert states[("check", -1)] == "upstream_failed"
+    assert message in caplog.text
+    assert not Path(policy.destination_prefix).exists() and not (site_dir / "reports").exists()
+
+
+def test_schema_invalid_params_are_refused(dag, airflow_db, configured):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    _, policy, _ = configured
+    with pytest.raises(ParamValidationError):
+        dag.test(run_conf={"day_obs_first": "2025-03-01", "day_obs_last": "20250301"})
+    assert not Path(policy.destination_prefix).exists()
