@@ -2,7 +2,7 @@
 
 Builds a tree of mixed file sizes (many small files, some medium, a few large) in a temporary site, copies it once
 with ``cp -r`` and once with LocalTransfer (hash while copying, read-back verification, atomic install), in the
-same run (best of two interleaved rounds each), and prints one JSON line:
+same run (best of three interleaved rounds each), and prints one JSON line:
 {"bench": "local_transfer", "files", "bytes", "seconds", "cp_seconds", "vs_cp"}   (vs_cp = cp_seconds / seconds)
 
 Usage: .venv/bin/python bench/local_transfer.py [--scale 1.0]
@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -56,9 +57,9 @@ def main() -> None:
         # Same bytes, same page-cache state: warm the source once, then time both copies.
         subprocess.run(["cat", *[str(p) for p in tree.rglob("*") if p.is_file()]], stdout=subprocess.DEVNULL,
                        check=True)
-        # Best of two rounds each, interleaved, so write-back of one copy does not bias the other.
+        # Best of three rounds each, interleaved, so write-back or a busy neighbour does not bias one side.
         cp_times, our_times = [], []
-        for _ in range(2):
+        for _ in range(3):
             cp_dst = site / "cp_copy"
             t0 = time.perf_counter()
             subprocess.run(["cp", "-r", str(tree), str(cp_dst)], check=True)
@@ -73,6 +74,7 @@ def main() -> None:
             shutil.rmtree(dst.local_path("tree"))
         seconds, cp_seconds = min(our_times), min(cp_times)
 
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", file=sys.stderr)
     print(json.dumps({"bench": "local_transfer", "files": files, "bytes": nbytes, "seconds": round(seconds, 3),
                       "cp_seconds": round(cp_seconds, 3), "vs_cp": round(cp_seconds / seconds, 3)}))
 
