@@ -73,7 +73,7 @@ with DAG(
         return {**request.to_dict(), "now": context["dag_run"].run_after.isoformat()}
 
     @task
-    def check(request: dict) -> list[dict]:
+    def check(request: dict, **context) -> list[dict]:
         """Classify every exposure of the requested nights (read-only); returns what to repair (mapped over)."""
         import logging
 
@@ -85,6 +85,7 @@ with DAG(
         ctx = steps.Context(load_policy(), dry_run=True)  # checking never writes
         now = datetime.fromisoformat(request["now"])
         nights = [reconcile.check_night(ctx, req.instrument, d, now=now, deep=req.deep) for d in req.nights]
+        context["ti"].xcom_push(key="found", value=reconcile.counts_per_night(nights))
         todo = reconcile.repair_list(nights) if req.repair else []
         for item in todo:
             log.info("to repair: %s (%s, first missing step %s)", item["obs_id"], item["state"],
@@ -125,7 +126,8 @@ with DAG(
         ctx = steps.Context(load_policy(), dry_run=req.dry_run)
         now = datetime.fromisoformat(request["now"])
         nights = [reconcile.check_night(ctx, req.instrument, d, now=now, deep=req.deep) for d in req.nights]
-        result = reconcile.finish(ctx, req, nights, done, failed)
+        found = context["ti"].xcom_pull(task_ids="check", key="found")
+        result = reconcile.finish(ctx, req, nights, done, failed, found=found)
         log.info("%s", reconcile.summary(result))
         for path in result["reports"]:
             log.info("REPORT %s", path)

@@ -301,3 +301,30 @@ def test_prune_guard_needs_deep_verification_of_every_sink(site, tmp_path):
     assert {e.obs_id: e.state for e in after.exposures} == {done.obs_id: reconcile.PRUNED,
                                                             partial.obs_id: reconcile.PARTIAL}
     assert steps.paths(policy, done).zip.exists()
+
+
+def test_demo_breakage_is_found_at_the_right_step_and_repaired(site, tmp_path):
+    from facility_data.rubin import demo_breakage
+    from facility_data.rubin.synthetic import write_policy
+
+    night = build_night(tmp_path, day_obs=unique_day_obs(), n_exposures=4, detectors=3)
+    policy = night.policy(destination_prefix=site.root / "main" / f"demo-{night.day_obs}")
+    path = write_policy(policy, tmp_path / "policy.yaml")
+    now = max(night.ends.values()) + timedelta(hours=100)
+    ctx = steps.Context(policy, rucio=site.rucio_client())
+    for exp in _exposures(policy, ctx, night, now).values():
+        steps.run_exposure(ctx, exp)
+    did = demo_breakage.break_exposures(site.root, path, night.day_obs, now=now)
+    assert len(did) == 3 and [d.split(":")[0] for d in did] == night.obs_ids[:3]
+    found = reconcile.check_night(steps.Context(policy, rucio=site.rucio_client()), INSTRUMENT, night.day_obs,
+                                  now=now)
+    assert [(e.state, e.first_missing) for e in found.exposures] == [
+        (reconcile.PARTIAL, steps.RUCIO), (reconcile.PARTIAL, steps.butler_step(policy.destinations[0])),
+        (reconcile.PARTIAL, steps.DIMENSIONS), (reconcile.DONE, None)]
+    request = reconcile.Request(INSTRUMENT, (night.day_obs,), True, False, False, "off")
+    result = reconcile.run(steps.Context(policy, rucio=site.rucio_client()), request, now=now,
+                           reports_dir=tmp_path / "r")
+    assert result["found"][str(night.day_obs)]["partial"] == 3
+    assert result["counts"][str(night.day_obs)]["done"] == 4
+    text = demo_breakage.summary(result)
+    assert "found done 1, partial 3" in text and text.count("repaired MC_O_") == 3

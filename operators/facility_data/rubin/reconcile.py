@@ -635,9 +635,14 @@ def summary(result: dict) -> str:
     """Text summary of a reconcile run's result (the DAG's XCom/asset extra, or :func:`run`'s return value)."""
     lines = [f"reconcile {result.get('instrument', '')} nights {result.get('first')}..{result.get('last')} "
              f"(mode {result.get('mode')}, repair {result.get('repair')}, dry_run {result.get('dry_run')})"]
+    def parts(c: dict) -> str:
+        return ", ".join(f"{k} {v}" for k, v in c.items() if v and k != "total") or "none"
+
     for day, c in sorted((result.get("counts") or {}).items()):
-        parts = ", ".join(f"{k} {v}" for k, v in c.items() if v and k != "total")
-        lines.append(f"  {day}: {c.get('total', 0)} exposures past release: {parts or 'none'}")
+        before = (result.get("found") or {}).get(day)
+        if before and before != c:
+            lines.append(f"  {day}: found {parts(before)}")
+        lines.append(f"  {day}: {c.get('total', 0)} exposures past release, now: {parts(c)}")
     for r in result.get("repaired") or []:
         lines.append(f"  repaired {r['obs_id']} from step {r['from']}: {r['state']}")
     for f in result.get("failed") or []:
@@ -658,6 +663,7 @@ def run(ctx: steps.Context, request: Request, *, now: datetime, reports_dir: str
     from facility_data.rubin import report
 
     nights = [check_night(ctx, request.instrument, d, now=now, deep=request.deep) for d in request.nights]
+    found = counts_per_night(nights)
     repaired, failed = [], []
     if request.repair:
         for item in repair_list(nights):
@@ -669,12 +675,14 @@ def run(ctx: steps.Context, request: Request, *, now: datetime, reports_dir: str
         if repaired and not request.dry_run:
             ctx = steps.Context(ctx.policy, store=ctx._store, rucio=ctx._rucio, butler_factory=ctx._butler_factory)
             nights = [check_night(ctx, request.instrument, d, now=now, deep=request.deep) for d in request.nights]
-    return finish(ctx, request, nights, repaired, failed, reports_dir=reports_dir, report_module=report)
+    return finish(ctx, request, nights, repaired, failed, found=found, reports_dir=reports_dir,
+                  report_module=report)
 
 
 def finish(ctx: steps.Context, request: Request, nights: list[NightResult], repaired: list[dict],
-           failed: list[dict], *, reports_dir=None, report_module=None) -> dict:
-    """Prune (if asked), write the reports, and assemble the result dict."""
+           failed: list[dict], *, found: dict | None = None, reports_dir=None, report_module=None) -> dict:
+    """Prune (if asked), write the reports, and assemble the result dict (``found``: counts before repair,
+    ``counts``: after)."""
     if report_module is None:
         from facility_data.rubin import report as report_module
     pruned = []
@@ -686,7 +694,7 @@ def finish(ctx: steps.Context, request: Request, nights: list[NightResult], repa
                                                  delete=request.prune_embargo == "delete" and not request.dry_run))
     result = {"instrument": request.instrument, "first": request.nights[0], "last": request.nights[-1],
               "mode": "deep" if request.deep else "fast", "repair": request.repair, "dry_run": request.dry_run,
-              "counts": counts_per_night(nights), "repaired": repaired, "failed": failed,
+              "found": found or {}, "counts": counts_per_night(nights), "repaired": repaired, "failed": failed,
               "unrepairable": unrepairable(nights), "prune": pruned}
     result["reports"] = [str(p) for p in report_module.write_reports(nights, result, reports_dir=reports_dir)]
     return result

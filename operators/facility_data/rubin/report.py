@@ -39,7 +39,8 @@ def night_html(night: NightResult, result: dict, chart: Path | None) -> str:
     rep_rows = "".join(f"<li>{esc(r['obs_id'])}: {esc(r['state'])} from step {esc(str(r['from']))}</li>"
                        for r in repaired)
     embargoed = "".join(f"<li>{esc(p['obs_id'])}: {esc(p['reason'])}</li>" for p in night.embargoed[:50])
-    counts = "".join(f"<tr><td>{esc(k)}</td><td>{v}</td></tr>" for k, v in c.items())
+    found = (result.get("found") or {}).get(str(night.day_obs), {})
+    counts = "".join(f"<tr><td>{esc(k)}</td><td>{found.get(k, '')}</td><td>{v}</td></tr>" for k, v in c.items())
     img = f"<img src='{esc(chart.name)}' alt='states per night'>" if chart else ""
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>Rubin reconcile {night.instrument} {night.day_obs}</title>
@@ -48,7 +49,7 @@ def night_html(night: NightResult, result: dict, chart: Path | None) -> str:
 <h1>Rubin unembargo reconciliation: {esc(night.instrument)} day_obs {night.day_obs}</h1>
 <p>Checked {esc(night.checked_at)} ({esc(night.mode)} check, {night.seconds:.1f} s); repair {result.get('repair')},
 dry run {result.get('dry_run')}. States reflect the sinks <em>after</em> this run's repairs.</p>
-<h2>Counts</h2><table>{counts}</table>
+<h2>Counts</h2><table><tr><th>state</th><th>found</th><th>after this run</th></tr>{counts}</table>
 {img}
 <h2>Exposures not done ({c['total'] - c['done'] - c['pruned']})</h2>
 <table><tr><th>obs_id</th><th>state</th><th>stopped after</th><th>first missing step</th><th>problems</th></tr>
@@ -59,26 +60,33 @@ dry run {result.get('dry_run')}. States reflect the sinks <em>after</em> this ru
 """
 
 
-def chart_png(nights: list[NightResult], path: Path) -> Path:
-    """A stacked bar chart of exposure states per night."""
+def chart_png(nights: list[NightResult], path: Path, found: dict | None = None) -> Path:
+    """A stacked bar chart of exposure states per night: as found (left bar, when given) and after the run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     labels = [str(n.day_obs) for n in nights]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(nights) + 2), 3.2), dpi=100)
-    bottom = [0] * len(nights)
-    drawn = False
-    for state in (*STATES, "still_embargoed"):
-        values = [n.counts[state] for n in nights]
-        if any(values):
-            ax.bar(labels, values, bottom=bottom, label=state, color=_COLOURS.get(state))
-            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-            drawn = True
+    found = found or {}
+    bars = [("after", [n.counts for n in nights], 0.0)]
+    if found:
+        bars = [("found", [found.get(str(n.day_obs), {}) for n in nights], -0.2), ("after", bars[0][1], 0.2)]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(nights) + 2.5), 3.4), dpi=100)
+    xs = list(range(len(nights)))
+    drawn = set()
+    for _, counts, shift in bars:
+        bottom = [0] * len(nights)
+        for state in (*STATES, "still_embargoed"):
+            values = [c.get(state, 0) for c in counts]
+            if any(values):
+                ax.bar([x + shift for x in xs], values, width=0.38 if found else 0.6, bottom=bottom,
+                       label=None if state in drawn else state, color=_COLOURS.get(state))
+                bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+                drawn.add(state)
+    ax.set_xticks(xs, [f"{d}\n(found | after)" if found else d for d in labels])
     ax.set_ylabel("exposures")
     ax.set_title(f"Unembargo state per night ({nights[0].instrument})" if nights else "no nights")
-    ax.tick_params(axis="x", labelrotation=45)
     if drawn:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
@@ -94,7 +102,8 @@ def write_reports(nights: list[NightResult], result: dict, *, reports_dir: str |
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     root = reports_root(reports_dir) / nights[0].instrument
     root.mkdir(parents=True, exist_ok=True)
-    chart = chart_png(nights, root / f"states_{nights[0].day_obs}-{nights[-1].day_obs}_{stamp}.png")
+    chart = chart_png(nights, root / f"states_{nights[0].day_obs}-{nights[-1].day_obs}_{stamp}.png",
+                      result.get("found"))
     log.info("reconcile chart: %s", chart)
     written = [chart]
     for night in nights:
