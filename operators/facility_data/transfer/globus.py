@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 # nice_status values of an ACTIVE task that will not heal by waiting: the task is cancelled and fails.
 FATAL_NICE_STATUS = frozenset({"FILE_NOT_FOUND", "PERMISSION_DENIED", "NOT_A_DIRECTORY", "IS_A_DIRECTORY",
                                "QUOTA_EXCEEDED", "FILE_SIZE_CHANGED", "VERIFY_CHECKSUM"})
-_LABEL_OK = re.compile(r"[^A-Za-z0-9 _,.\-]")
+_LABEL_OK = re.compile(r"[^A-Za-z0-9 _.\-]")  # no commas: they separate task_list filter values
 
 
 def task_label(label: str | None, identity: str) -> str:
