@@ -74,3 +74,20 @@ def test_olcf_is_not_supported_and_unknown_is_refused():
         get_controller(HPC.OLCF)
     with pytest.raises(ValueError, match="unknown HPC 'summit'"):
         get_controller("summit")
+
+
+def test_hpc_job_operator_runs_locally_and_fails_with_job_output(tmp_path):
+    from types import SimpleNamespace
+
+    from airflow.sdk.exceptions import AirflowException
+
+    from facility_data.operators.hpc import HPCJobOperator
+
+    context = {"ti": SimpleNamespace(dag_id="d", run_id="r", task_id="recon", map_index=-1)}
+    ok = HPCJobOperator(task_id="recon", template="healthcheck.slurm.j2",
+                        controller_kwargs={"workdir": str(tmp_path)}).execute(context)
+    assert ok["hpc"] == "local" and ok["state"] == "COMPLETED" and ok["exitcode"] == 0
+    bad = HPCJobOperator(task_id="recon2", template="batch.slurm.j2", job_params={"command": "echo no GPU >&2; exit 2"},
+                         controller_kwargs={"workdir": str(tmp_path)})
+    with pytest.raises(AirflowException, match=r"(?s)exit code 2.*no GPU"):
+        bad.execute(context)
