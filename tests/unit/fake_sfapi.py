@@ -58,8 +58,12 @@ class FakeSFAPI:
                 if self.path == "/token":
                     from authlib.jose import jwt
 
-                    claims = jwt.decode(form["client_assertion"][0], fake.public_key)  # verifies the signature
-                    assert claims["iss"] == CLIENT_ID and form["grant_type"] == ["client_credentials"]
+                    try:  # verifies the client assertion's signature with the registered public key
+                        claims = jwt.decode(form["client_assertion"][0], fake.public_key)
+                    except Exception:
+                        return self._send(401, {"error": "invalid_client"})
+                    if claims["iss"] != CLIENT_ID or form["grant_type"] != ["client_credentials"]:
+                        return self._send(401, {"error": "invalid_client"})
                     token = f"tok-{len(fake.tokens) + 1}"
                     fake.tokens.append(token)
                     fake.valid_tokens.add(token)

@@ -320,3 +320,10 @@ def test_not_deferrable_deadline_cancels_and_fails(globus):
     with pytest.raises(TransferTimeout, match="cancelled"):
         backend.wait(task_id, deadline_seconds=0.05)
     assert cancelled(task_id)
+
+
+def test_task_label_is_deterministic_legal_and_distinct():
+    a = task_label("BL 8.3.2: scan/0001, ok?", "dag/run1/copy/-1")
+    assert a == task_label("BL 8.3.2: scan/0001, ok?", "dag/run1/copy/-1")
+    assert a != task_label("BL 8.3.2: scan/0001, ok?", "dag/run2/copy/-1")
+    assert a.startswith("BL 8.3.2_ scan_0001_ ok_ af-") and len(a) <= 128

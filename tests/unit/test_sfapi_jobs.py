@@ -188,3 +188,12 @@ def test_nersc_controller_runs_job_to_completed_and_fails_on_oom(sfapi):
     with pytest.raises(JobFailed, match="cancelled"):
         nersc.run_job(render_job("healthcheck.slurm.j2", job_name="hc"), job_name="hc", deadline_seconds=0.05)
     assert sfapi.cancelled == [str(sfapi.next_jobid - 1)]
+
+
+def test_rejected_credentials_fail_the_connection_test_without_leaking_the_key(sfapi, monkeypatch):
+    from authlib.jose import JsonWebKey
+
+    other = JsonWebKey.generate_key("RSA", 2048, is_private=True)  # not the key the server trusts
+    monkeypatch.setenv("AIRFLOW_CONN_SFAPI_BAD", sfapi.connection_json(other.as_dict(is_private=True)))
+    ok, message = SFAPIHook("sfapi_bad").test_connection()
+    assert not ok and "invalid_client" in message and other.as_dict(is_private=True)["d"] not in message
