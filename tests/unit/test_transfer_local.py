@@ -197,3 +197,11 @@ def test_bad_endpoint_config_names_file_and_key(tmp_path):
     bad.write_text("endpoints:\n  x: {kind: globus, site: als}\n")
     with pytest.raises(ConfigError, match=r"endpoints\.yaml.*endpoints\.x.*uuid"):
         load_endpoints(bad)
+
+
+def test_symlink_as_last_component_cannot_leak_outside_data(eps, tmp_path):
+    (tmp_path / "secret.h5").write_bytes(b"not yours")
+    eps["spot"].local_root.mkdir(parents=True)
+    (eps["spot"].local_root / "scan.h5").symlink_to(tmp_path / "secret.h5")
+    with pytest.raises(PathError, match="outside endpoint"):
+        LocalTransfer().transfer(eps["spot"], "scan.h5", eps["data"], "scan.h5")

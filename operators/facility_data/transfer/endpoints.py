@@ -56,10 +56,10 @@ class Endpoint(BaseModel):
         if rel.parts in ((), (".",)):
             return root  # the endpoint root itself (its parent is outside by definition)
         full = root.joinpath(*rel.parts)
-        # A symlink inside the tree must not lead outside it.
-        resolved_parent = full.parent.resolve()
-        if resolved_parent != root.resolve() and root.resolve() not in resolved_parent.parents:
-            raise PathError(f"{relpath!r} resolves outside endpoint {self.name} ({resolved_parent})")
+        # A symlink inside the tree (including the last component) must not lead outside it.
+        resolved, real_root = full.resolve(), root.resolve()
+        if resolved != real_root and real_root not in resolved.parents:
+            raise PathError(f"{relpath!r} resolves outside endpoint {self.name} ({resolved})")
         return full
 
     def local_directory(self) -> Path:
