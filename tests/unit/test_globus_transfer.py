@@ -127,6 +127,10 @@ def test_pending_then_succeeded_returns_stats(globus):
     assert doc["DATA"][0]["source_path"] == "/data/raw/p1/scan.h5"
     assert doc["DATA"][0]["destination_path"] == "/global/cfs/als/raw/p1/scan.h5"
     assert doc["DATA"][0]["recursive"] is True
+    from datetime import UTC, datetime
+
+    globus_deadline = datetime.fromisoformat(doc["deadline"])
+    assert 5.9 * 3600 < (globus_deadline - datetime.now(UTC)).total_seconds() <= 6 * 3600  # Globus stops it too
     assert doc["label"] == task_label("bl832 scan.h5", "dag/manual__1/copy/-1")
     event = run_trigger(deferred.trigger)
     assert event["status"] == "success"

@@ -131,7 +131,8 @@ class GlobusTransferOperator(_GlobusTaskOperator):
         task_id, _ = backend.submit_transfer(src, self.source_path, dst, self.destination_path,
                                              label=task_label(self.globus_label, _identity(context)), recursive=recursive,
                                              export_controlled=export_controlled,
-                                             verify_checksum=self.verify_checksum)
+                                             verify_checksum=self.verify_checksum,
+                                             deadline_seconds=self.deadline.total_seconds())
         return self._wait_globus(backend, task_id)
 
     def _result(self, event: dict, seconds: float) -> dict:

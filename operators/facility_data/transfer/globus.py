@@ -13,6 +13,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from facility_data.transfer.base import (
@@ -122,8 +123,9 @@ class GlobusTransfer(TransferBackend):
 
     def submit_transfer(self, src: Endpoint, src_path: str, dst: Endpoint, dst_path: str, *, label: str,
                         recursive: bool = False, export_controlled: bool = False,
-                        verify_checksum: bool = True) -> tuple[str, bool]:
-        """Submit (or adopt) a transfer task; returns (task_id, adopted)."""
+                        verify_checksum: bool = True, deadline_seconds: float | None = None) -> tuple[str, bool]:
+        """Submit (or adopt) a transfer task; returns (task_id, adopted). ``deadline_seconds`` is also given to
+        Globus, so the service itself stops the task if nobody is left to cancel it."""
         import globus_sdk
 
         check_transfer_allowed(src, src_path, dst, dst_path, export_controlled=export_controlled)
@@ -133,9 +135,12 @@ class GlobusTransfer(TransferBackend):
             log.info("adopting Globus task %s (%s) already submitted with label %r", existing["task_id"],
                      existing.get("status"), label)
             return str(existing["task_id"]), True
+        extra = {}
+        if deadline_seconds is not None:
+            extra["deadline"] = datetime.now(UTC) + timedelta(seconds=deadline_seconds)
         tdata = globus_sdk.TransferData(src.uuid, dst.uuid, label=label, sync_level="checksum",
                                         verify_checksum=verify_checksum, notify_on_succeeded=False,
-                                        notify_on_failed=False, notify_on_inactive=False)
+                                        notify_on_failed=False, notify_on_inactive=False, **extra)
         tdata.add_item(src.remote_path(src_path), dst.remote_path(dst_path), recursive=recursive)
         task_id = str(self.client.submit_transfer(tdata)["task_id"])
         log.info("submitted Globus transfer %s: %s:%s -> %s:%s (label %r)", task_id, src.name, src_path,
@@ -199,7 +204,8 @@ class GlobusTransfer(TransferBackend):
         start = time.monotonic()
         label = label or task_label(None, f"{src.name}:{src_path}->{dst.name}:{dst_path}")
         task_id, _ = self.submit_transfer(src, src_path, dst, dst_path, label=label, recursive=recursive,
-                                          export_controlled=export_controlled, verify_checksum=verify_checksum)
+                                          export_controlled=export_controlled, verify_checksum=verify_checksum,
+                                          deadline_seconds=deadline_seconds)
         state = self.wait(task_id, deadline_seconds=deadline_seconds)
         return transfer_stats(state, time.monotonic() - start)
 
