@@ -116,13 +116,14 @@ def test_export_controlled_data_does_not_leave_als(eps):
     assert eps["spot"].local_path("raw/scan.h5").read_bytes() == b"ec"
 
 
-def test_corrupted_copy_is_detected_and_discarded(eps, monkeypatch):
+@pytest.mark.parametrize("algorithm", ["crc32c", "sha256"])
+def test_corrupted_copy_is_detected_and_discarded(eps, monkeypatch, algorithm):
     write(eps["spot"], "scan.h5", os.urandom(100_000))
     eps["data"].local_root.mkdir(parents=True)
     real_copy = local_mod._copy_hashing
 
-    def corrupting_copy(src, tmp):
-        digest = real_copy(src, tmp)
+    def corrupting_copy(src, tmp, algorithm):
+        digest = real_copy(src, tmp, algorithm)
         with open(tmp, "r+b") as fh:  # a bit flips on the way to disk
             fh.seek(500)
             byte = fh.read(1)
@@ -131,8 +132,8 @@ def test_corrupted_copy_is_detected_and_discarded(eps, monkeypatch):
         return digest
 
     monkeypatch.setattr(local_mod, "_copy_hashing", corrupting_copy)
-    with pytest.raises(TransferError, match="checksum mismatch"):
-        LocalTransfer().transfer(eps["spot"], "scan.h5", eps["data"], "scan.h5")
+    with pytest.raises(TransferError, match=f"checksum mismatch.*source {algorithm}:"):
+        LocalTransfer(algorithm).transfer(eps["spot"], "scan.h5", eps["data"], "scan.h5")
     assert not eps["data"].local_path("scan.h5").exists()
     assert no_partials(eps["data"].local_root) == []
 
@@ -145,7 +146,7 @@ def test_partial_copy_never_appears_at_destination(eps, monkeypatch):
     class Interrupted(Exception):
         pass
 
-    def dying_copy(src, tmp):
+    def dying_copy(src, tmp, algorithm):
         with open(src, "rb") as fin, open(tmp, "xb") as fout:
             fout.write(fin.read(1 << 20))
         seen_at_dest.append(old.read_bytes())
