@@ -1,7 +1,8 @@
 """Benchmark: local endpoint-to-endpoint transfer with checksum verification vs `cp -r` of the same tree.
 
 Builds a tree of mixed file sizes (many small files, some medium, a few large) in a temporary site, copies it once
-with ``cp -r`` and once with LocalTransfer (hash while copying, read-back verification, atomic install), in the
+with ``cp -r`` and once with LocalTransfer as the operators use it (kernel copy, CRC32C of source and copy compared,
+atomic install), in the
 same run (best of three interleaved rounds each), and prints one JSON line:
 {"bench": "local_transfer", "files", "bytes", "seconds", "cp_seconds", "vs_cp"}   (vs_cp = cp_seconds / seconds)
 
