@@ -2,8 +2,7 @@
 
 Builds a tree of mixed file sizes (many small files, some medium, a few large) in a temporary site, copies it once
 with ``cp -r`` and once with LocalTransfer as the operators use it (kernel copy, CRC32C of source and copy compared,
-atomic install), in the
-same run (best of three interleaved rounds each), and prints one JSON line:
+atomic install), in the same run (best of three interleaved rounds each), and prints one JSON line:
 {"bench": "local_transfer", "files", "bytes", "seconds", "cp_seconds", "vs_cp"}   (vs_cp = cp_seconds / seconds)
 
 Usage: .venv/bin/python bench/local_transfer.py [--scale 1.0]
