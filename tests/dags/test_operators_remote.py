@@ -131,3 +131,11 @@ def test_globus_transfer_and_delete_deferred(dagbag, monkeypatch, canned, tmp_pa
     posted = [c.request.url.rsplit("/", 1)[1] for c in responses.calls
               if c.request.method == "POST" and "transfer.api" in c.request.url]
     assert posted == ["transfer", "delete"]  # one submission each, in order
+
+
+def test_hpc_job_operator_runs_the_rendered_template_locally(dagbag):
+    run = dagbag.get_dag("test_operators_hpc").test()
+    assert run.state == "success", states(run)
+    result = run.get_task_instance("local_job").xcom_pull(task_ids="local_job")
+    assert result["hpc"] == "local" and result["exitcode"] == 0
+    assert "reconstructing scan1.h5" in Path(result["log"]).read_text()  # job_params were templated

@@ -12,6 +12,7 @@ from airflow.sdk import dag
 from facility_data.dag_defaults import default_args
 from facility_data.operators.globus import GlobusDeleteOperator, GlobusTransferOperator
 from facility_data.operators.globus_compute import GlobusComputeOperator
+from facility_data.operators.hpc import HPCJobOperator
 from facility_data.operators.sfapi import SFAPISubmitJobOperator
 from facility_data.sensors.sfapi import SFAPIJobSensor
 
@@ -48,6 +49,13 @@ def globus_check():
     copy >> delete
 
 
+@dag(dag_id="test_operators_hpc", schedule=None, **COMMON)
+def hpc_check():
+    HPCJobOperator(task_id="local_job", template="batch.slurm.j2", hpc="local",
+                   job_params={"command": "echo reconstructing {{ params.scan }}"}, params={"scan": "scan1.h5"})
+
+
 sfapi_check()
 compute_check()
 globus_check()
+hpc_check()
