@@ -207,7 +207,7 @@ def build(root: Path, prefix: Path, day_obs: int, n: int, n_det: int, rucio) -> 
     for i in range(0, len(meta), 500):
         rucio.set_dids_metadata_bulk(meta[i:i + 500])
     _phase(f"rucio bulk registration ({len(files)} replicas, {len(datasets_)} datasets)", t)
-    return {"policy": policy, "objects": objects}
+    return {"objects": objects}
 
 
 def main() -> None:
@@ -217,23 +217,36 @@ def main() -> None:
 
     n = int(os.environ.get("BENCH_RECONCILE_EXPOSURES", "1000"))
     n_det = int(os.environ.get("BENCH_RECONCILE_DETECTORS", "205"))
+    keep = os.environ.get("BENCH_RECONCILE_KEEP")  # keep the night (and reuse a kept one) to profile the check
     site = Site.from_env()
     started = site.up(services=("postgres", "rucio"))
-    day_obs = unique_day_obs(1971, 1989)
+    kept = site.root / "bench" / "reconcile-kept.json"
+    if keep and kept.exists():
+        state = json.loads(kept.read_text())
+        day_obs, n, n_det, setup = state["day_obs"], state["exposures"], state["detectors"], state["setup"]
+    else:
+        day_obs, setup = unique_day_obs(1971, 1989), None
     root = site.root / "bench" / f"reconcile-{day_obs}"
     prefix = site.root / "main" / f"bench-reconcile-{day_obs}"  # under the RSE's prefix
     t0 = time.monotonic()
     try:
-        built = build(root, prefix, day_obs, n, n_det, site.rucio_client())
-        setup = time.monotonic() - t0
-        policy = built["policy"]
+        if setup is None:
+            built = build(root, prefix, day_obs, n, n_det, site.rucio_client())
+            setup = time.monotonic() - t0
+            objects = built["objects"]
+            if keep:
+                kept.write_text(json.dumps({"day_obs": day_obs, "exposures": n, "detectors": n_det,
+                                            "setup": setup, "objects": objects}))
+        else:
+            objects = json.loads(kept.read_text())["objects"]
+        policy = _policy(root, prefix, day_obs)
         ctx = steps.Context(policy, rucio=site.rucio_client())
         now = datetime.now(UTC)
         t = time.monotonic()
         night = reconcile.check_night(ctx, "LSSTCam", day_obs, now=now)
         seconds = time.monotonic() - t
         counts = night.counts
-        out = {"bench": "reconcile", "exposures": counts["total"], "objects": built["objects"],
+        out = {"bench": "reconcile", "exposures": counts["total"], "objects": objects,
                "seconds": round(seconds, 2), "mode": "fast", "done": counts["done"],
                "setup_seconds": round(setup, 1), "detectors": n_det,
                "destination_fill": "ingest_zip" if INGEST_ZIP else "bulk direct ingest"}
@@ -241,10 +254,20 @@ def main() -> None:
             out["error"] = f"expected {n} done exposures, got {counts}"
         print(json.dumps(out), flush=True)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
-        shutil.rmtree(prefix, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(prefix, ignore_errors=True)
         if started:
             site.down()
+
+
+def _policy(root: Path, prefix: Path, day_obs: int):
+    from facility_data.rubin.storage import LocalStore
+    from facility_data.rubin.synthetic import INSTRUMENT, Night
+
+    night = Night(day_obs, INSTRUMENT, root / "butler" / "embargo", [root / "butler" / "main"],
+                  LocalStore(root / "embargo"), prefix)
+    return night.policy(destination_prefix=prefix)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,8 @@ def _fingerprint(site, policy, exp) -> dict:
     for f in (p.zip, p.yaml):
         name = f"{INSTRUMENT}/{exp.day_obs}/{f.name}"
         did = client.get_did(scope, name)
-        parents = sorted(norm(x["name"]) for x in client.list_parent_dids(scope, name))
+        # (which tracts depends on the pointing; attachment to each is part of the steps' own check)
+        parents = sorted({norm(x["name"]) for x in client.list_parent_dids(scope, name)})
         out[norm(f.name)] = {"parents": parents, "meta": client.get_metadata(scope, name, plugin="JSON"),
                              "md5_matches": did["md5"] == (zip_md5 if f == p.zip else
                                                            hashlib.md5(p.yaml.read_bytes()).hexdigest())}

@@ -59,6 +59,7 @@ PRUNE_MODES = ("off", "dry_run", "delete")
 MAX_NIGHTS = 62
 _DAY = re.compile(r"^\d{8}$")
 _CHUNK = 500  # DIDs per bulk Rucio call
+_SELECT_CHUNK = 250  # exposures per selection query
 
 
 class BadParams(ValueError):
@@ -356,7 +357,7 @@ def check_night(ctx: steps.Context, instrument: str, day_obs: int, *, now: datet
     t0 = time.monotonic()
     policy = ctx.policy
     names = steps.step_names(policy)
-    exps, problems = select_manual(ctx.source, policy, ManualRequest(instrument, day_obs, (), False), now)
+    exps, problems = _select_night(ctx, instrument, day_obs, now)
     embargoed = [p for p in problems if "embargoed" in p["reason"]]
     norow = [p for p in problems if p not in embargoed]
     objects = list_day_objects(ctx.store, instrument, day_obs)
@@ -378,6 +379,23 @@ def check_night(ctx: steps.Context, instrument: str, day_obs: int, *, now: datet
     log.info("night %s %s (%s check, %.1f s): %s", instrument, day_obs, night.mode, night.seconds,
              {k: v for k, v in night.counts.items() if v})
     return night
+
+
+def _select_night(ctx: steps.Context, instrument: str, day_obs: int, now: datetime):
+    """The night's exposures past release (and the others, with why), by the unembargo's own manual selection.
+
+    Asked in chunks of obs_ids: windows.select_manual matches policy rows with one ``exposure.id IN (...)`` clause,
+    which SQLite refuses beyond ~1000 terms (a full LSSTCam night)."""
+    recs = ctx.source.query_dimension_records("exposure", instrument=instrument, where="exposure.day_obs = :day",
+                                              bind={"day": day_obs}, explain=False)
+    obs_ids = sorted(r.obs_id for r in recs)
+    exps, problems = [], []
+    for i in range(0, len(obs_ids), _SELECT_CHUNK):
+        e, p = select_manual(ctx.source, ctx.policy,
+                             ManualRequest(instrument, day_obs, tuple(obs_ids[i:i + _SELECT_CHUNK]), False), now)
+        exps += e
+        problems += p
+    return exps, problems
 
 
 def _deep_check(ctx: steps.Context, exp: ExposureRef, objects: list, names: list[str]) -> ExposureCheck:
