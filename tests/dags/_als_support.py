@@ -10,15 +10,19 @@ REPO = Path(__file__).resolve().parents[2]
 FOLDER = "ALS-11111_synthetic"
 SIZE, SLICES, ANGLES = 48, 4, 61
 
-_BAG: DagBag | None = None
-
-
 def dag(dag_id: str):
-    global _BAG
-    if _BAG is None:
-        _BAG = DagBag(dag_folder=str(REPO / "dags" / "als_beamlines.py"))
-        assert not _BAG.import_errors, _BAG.import_errors
-    return _BAG.get_dag(dag_id)
+    """A freshly parsed DAG (dag.test() resolves Params in place, so a reused DAG object would carry the previous
+    run's conf), with retries off: failures in these tests are permanent by construction."""
+    bag = DagBag(dag_folder=str(REPO / "dags" / "als_beamlines.py"))
+    assert not bag.import_errors, bag.import_errors
+    d = bag.get_dag(dag_id)
+    for t in d.tasks:
+        t.retries = 0
+    return d
+
+
+def dag_ids() -> set[str]:
+    return set(DagBag(dag_folder=str(REPO / "dags" / "als_beamlines.py")).dag_ids)
 
 
 def endpoint_dir(site: Path, endpoint: str) -> Path:
@@ -55,13 +59,6 @@ def asset_events(uri: str) -> list[dict]:
         rows = (s.query(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
                 .filter(AssetModel.uri == uri).order_by(AssetEvent.id).all())
         return [dict(r.extra or {}) for r in rows]
-
-
-def no_retries(*dag_ids: str) -> None:
-    """Failures in these tests are permanent by construction: do not wait for retries."""
-    for dag_id in dag_ids:
-        for t in dag(dag_id).tasks:
-            t.retries = 0
 
 
 def ledger(site: Path):

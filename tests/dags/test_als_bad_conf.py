@@ -13,7 +13,6 @@ def site(airflow_db, tmp_path, monkeypatch):
     root = tmp_path / "site"
     root.mkdir()
     monkeypatch.setenv("FACILITY_SITE", str(root))
-    s.no_retries("bl832_new_file")
     return root
 
 

@@ -24,7 +24,6 @@ def site(airflow_db, tmp_path, monkeypatch):
     root.mkdir()
     monkeypatch.setenv("FACILITY_SITE", str(root))
     monkeypatch.delenv("AIRFLOW_VAR_BL832_DECISION_SETTINGS", raising=False)
-    s.no_retries("bl832_new_file", "bl832_recon_local", "bl832_prune")
     return root
 
 

@@ -21,7 +21,6 @@ def site(airflow_db, tmp_path, monkeypatch):
     # every target switched on: export control must win over the configuration
     monkeypatch.setenv("AIRFLOW_VAR_BL832_DECISION_SETTINGS",
                        json.dumps({"local": True, "nersc": True, "alcf": True}))
-    s.no_retries("bl832_new_file", "bl832_recon_nersc", "bl832_recon_alcf")
     return root
 
 

@@ -20,7 +20,6 @@ def site(airflow_db, tmp_path, monkeypatch):
     root.mkdir()
     monkeypatch.setenv("FACILITY_SITE", str(root))
     monkeypatch.setenv("AIRFLOW_VAR_BL832_DECISION_SETTINGS", json.dumps({"nersc": True, "alcf": True}))
-    s.no_retries("bl832_recon_nersc", "bl832_recon_alcf")
     return root
 
 
