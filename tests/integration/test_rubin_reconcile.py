@@ -329,3 +329,25 @@ def test_demo_breakage_is_found_at_the_right_step_and_repaired(site, tmp_path):
     assert result["counts"][str(night.day_obs)]["done"] == 4
     text = demo_breakage.summary(result)
     assert "found done 1, partial 3" in text and text.count("repaired MC_O_") == 3
+
+
+def test_night_listing_from_s3_matches_per_folder_listing(site):
+    import uuid
+
+    import boto3
+
+    from facility_data.rubin.storage import S3Store
+
+    client = boto3.client("s3", endpoint_url=site.s3_url, aws_access_key_id="testing",
+                          aws_secret_access_key="testing", region_name="us-east-1")
+    bucket = f"reconcile-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    store = S3Store(client, bucket, "rubin-summit")
+    day = unique_day_obs()
+    for seq in (1, 2):
+        for name in ("a.fits", "a.json", "x_expectedSensors.json"):
+            store.put(f"{INSTRUMENT}/{day}/MC_O_{day}_{seq:06d}/{name}", b"y" * (seq * 10 + len(name)))
+    store.put(f"{INSTRUMENT}/{day + 1}/MC_O_{day + 1}_000001/a.fits", b"other night")
+    listed = reconcile.list_day_objects(store, INSTRUMENT, day)
+    assert listed == {o: store.list_folder(INSTRUMENT, day, o) for o in store.list_day(INSTRUMENT, day)}
+    assert sorted(listed) == [f"MC_O_{day}_000001", f"MC_O_{day}_000002"] and all(len(v) == 3 for v in listed.values())
