@@ -125,3 +125,25 @@ def test_ledger_never_relaxes_export_control(tmp_path):
     assert ledger.record_scan("bl832", scan, export_controlled=True, file_path="x") is True
     assert ledger.record_scan("bl832", scan, export_controlled=False, file_path="x") is True
     assert ledger.export_controlled("bl832", scan) is True
+
+
+def test_event_extras_reads_airflow_triggering_asset_events():
+    from datetime import UTC, datetime, timedelta
+
+    from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
+    from airflow.sdk.execution_time.context import TriggeringAssetEventsAccessor
+
+    from facility_data.als.steps import event_extras
+
+    now = datetime.now(UTC)
+
+    def event(name, age):
+        return AssetEventDagRunReferenceResult(
+            asset={"name": "bl832_recon_local_request", "uri": "x-als://bl832/recon/local", "extra": {}},
+            extra={"file_path": f"/global/raw/{FOLDER}/{name}", "export_controlled": False},
+            source_task_id="announce_local", source_dag_id="bl832_new_file", source_run_id="r",
+            source_map_index=-1, source_aliases=[], timestamp=now - timedelta(seconds=age))
+
+    accessor = TriggeringAssetEventsAccessor.build([event("b.h5", 1), event("a.h5", 5)])
+    assert [e["file_path"].rsplit("/", 1)[1] for e in event_extras(accessor)] == ["a.h5", "b.h5"]
+    assert event_extras(None) == [] and event_extras({}) == []

@@ -114,6 +114,7 @@ the decision settings (Variable `{bl.decision_variable}`, defaults in `include/b
         schedule=None,
         start_date=START,
         catchup=False,
+        is_paused_upon_creation=False,  # the watcher's trigger must never land on a paused DAG
         default_args=default_args(),
         tags=["als", bl.id, "transfer", "scicat"],
         doc_md=doc,
@@ -292,10 +293,9 @@ def _collect_task(bl: Beamline, target: str, asset: Asset):
         from facility_data.als.steps import recon_requests
 
         ctx = _context()
-        extras: list[dict] = []
-        events = ctx.get("triggering_asset_events") or {}
-        for evs in events.values():
-            extras.extend(dict(e.extra or {}) for e in evs)
+        from facility_data.als.steps import event_extras
+
+        extras = event_extras(ctx.get("triggering_asset_events"))
         conf = dict(ctx["params"])
         endpoints, ledger = _env(bl)
         with _permanent():
@@ -334,6 +334,7 @@ def _publish_task(bl: Beamline, role: str = "data_scratch"):
 def build_recon_local_dag(bl: Beamline) -> DAG:
     asset = recon_asset(bl, "local")
     with DAG(dag_id=f"{bl.id}_recon_local", schedule=[asset], start_date=START, catchup=False,
+             is_paused_upon_creation=False,  # a paused asset-triggered DAG misses events (Airflow #49857)
              description=f"BL {bl.beamline}: reconstruct on this machine (FBP -> TIFF stack -> OME-Zarr)",
              default_args=default_args(), tags=["als", bl.id, "reconstruction", "local"],
              params=_recon_params(bl), doc_md=f"Asset-triggered by `{bl.id}_new_file` (asset `{asset.uri}`).") as dag:
@@ -432,6 +433,7 @@ def build_recon_nersc_dag(bl: Beamline) -> DAG:
     deadline = timedelta(minutes=bl.transfer_deadline_minutes)
     extra = ("nersc_scratch",) if "nersc_scratch" in bl.locations else ()
     with DAG(dag_id=f"{bl.id}_recon_nersc", schedule=[asset], start_date=START, catchup=False,
+             is_paused_upon_creation=False,  # a paused asset-triggered DAG misses events (Airflow #49857)
              description=f"BL {bl.beamline}: reconstruct at NERSC (SFAPI/Slurm) and copy results back",
              default_args=default_args(), tags=["als", bl.id, "reconstruction", "nersc"],
              params=_recon_params(bl), doc_md=f"Asset-triggered by `{bl.id}_new_file` (asset `{asset.uri}`).") as dag:
@@ -497,6 +499,7 @@ def build_recon_alcf_dag(bl: Beamline) -> DAG:
     asset = recon_asset(bl, "alcf")
     deadline = timedelta(minutes=bl.transfer_deadline_minutes)
     with DAG(dag_id=f"{bl.id}_recon_alcf", schedule=[asset], start_date=START, catchup=False,
+             is_paused_upon_creation=False,  # a paused asset-triggered DAG misses events (Airflow #49857)
              description=f"BL {bl.beamline}: reconstruct at ALCF (Globus Compute) and copy results back",
              default_args=default_args(), tags=["als", bl.id, "reconstruction", "alcf"],
              params=_recon_params(bl), doc_md=f"Asset-triggered by `{bl.id}_new_file` (asset `{asset.uri}`).") as dag:

@@ -141,6 +141,15 @@ def nersc_copy_decision(bl: Beamline, endpoints: dict[str, Endpoint], scan: dict
 
 
 # ---- reconstruction requests --------------------------------------------------------------------------------
+def event_extras(triggering_asset_events) -> list[dict]:
+    """The extras of every triggering asset event (a run may collect several scans' events), oldest first."""
+    if not triggering_asset_events:
+        return []
+    events = [e for evs in triggering_asset_events.values() for e in evs]
+    events.sort(key=lambda e: e.timestamp)
+    return [dict(e.extra or {}) for e in events]
+
+
 def recon_requests(bl: Beamline, endpoints: dict[str, Endpoint], ledger: Ledger, target: str, *,
                    event_extras: list[dict], conf: dict | None, decision_override) -> list[dict]:
     """The scans a ``<bl>_recon_<target>`` run must process, after every check, before any side effect.
