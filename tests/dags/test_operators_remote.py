@@ -42,12 +42,12 @@ def states(run) -> dict:
 
 
 def test_sfapi_submit_and_deferred_sensor(dagbag, monkeypatch):
-    from authlib.jose import JsonWebKey
+    from joserfc.jwk import RSAKey
 
-    key = JsonWebKey.generate_key("RSA", 2048, is_private=True)
-    fake = FakeSFAPI(key.get_public_key())
+    key = RSAKey.generate_key(2048)
+    fake = FakeSFAPI(RSAKey.import_key(key.as_dict(private=False)))
     try:
-        monkeypatch.setenv("AIRFLOW_CONN_SFAPI_DAGTEST", fake.connection_json(key.as_dict(is_private=True)))
+        monkeypatch.setenv("AIRFLOW_CONN_SFAPI_DAGTEST", fake.connection_json(key.as_dict(private=True)))
         run = dagbag.get_dag("test_operators_sfapi").test()
         assert run.state == "success", states(run)
         job = run.get_task_instance("wait").xcom_pull(task_ids="wait")
@@ -58,13 +58,13 @@ def test_sfapi_submit_and_deferred_sensor(dagbag, monkeypatch):
 
 
 def test_sfapi_failed_job_fails_the_sensor(dagbag, monkeypatch):
-    from authlib.jose import JsonWebKey
+    from joserfc.jwk import RSAKey
 
-    key = JsonWebKey.generate_key("RSA", 2048, is_private=True)
-    fake = FakeSFAPI(key.get_public_key())
+    key = RSAKey.generate_key(2048)
+    fake = FakeSFAPI(RSAKey.import_key(key.as_dict(private=False)))
     fake.states["4242001"] = ["RUNNING", "NODE_FAIL"]
     try:
-        monkeypatch.setenv("AIRFLOW_CONN_SFAPI_DAGTEST", fake.connection_json(key.as_dict(is_private=True)))
+        monkeypatch.setenv("AIRFLOW_CONN_SFAPI_DAGTEST", fake.connection_json(key.as_dict(private=True)))
         dag = dagbag.get_dag("test_operators_sfapi")
         for t in dag.tasks:
             monkeypatch.setattr(t, "retries", 0)

@@ -56,10 +56,10 @@ class FakeSFAPI:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
                 form = parse_qs(body)
                 if self.path == "/token":
-                    from authlib.jose import jwt
+                    from joserfc import jwt
 
                     try:  # verifies the client assertion's signature with the registered public key
-                        claims = jwt.decode(form["client_assertion"][0], fake.public_key)
+                        claims = jwt.decode(form["client_assertion"][0], fake.public_key).claims
                     except Exception:
                         return self._send(401, {"error": "invalid_client"})
                     if claims["iss"] != CLIENT_ID or form["grant_type"] != ["client_credentials"]:

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 from airflow.sdk.exceptions import AirflowException, TaskDeferred
 from fake_sfapi import FakeSFAPI  # tests/unit is on sys.path while pytest imports this module
+from joserfc.jwk import RSAKey
 
 from facility_data.hooks.sfapi import SFAPIHook, job_outcome
 from facility_data.operators.sfapi import SFAPISubmitJobOperator
@@ -20,16 +21,14 @@ from facility_data.triggers.sfapi import SFAPIJobTrigger
 
 @pytest.fixture(scope="module")
 def rsa_key():
-    from authlib.jose import JsonWebKey
-
-    return JsonWebKey.generate_key("RSA", 2048, is_private=True)
+    return RSAKey.generate_key(2048)
 
 
 @pytest.fixture
 def sfapi(monkeypatch, rsa_key):
     key = rsa_key
-    fake = FakeSFAPI(key.get_public_key())
-    monkeypatch.setenv("AIRFLOW_CONN_SFAPI_TEST", fake.connection_json(key.as_dict(is_private=True)))
+    fake = FakeSFAPI(RSAKey.import_key(key.as_dict(private=False)))
+    monkeypatch.setenv("AIRFLOW_CONN_SFAPI_TEST", fake.connection_json(key.as_dict(private=True)))
     yield fake
     fake.server.shutdown()
 
@@ -191,9 +190,7 @@ def test_nersc_controller_runs_job_to_completed_and_fails_on_oom(sfapi):
 
 
 def test_rejected_credentials_fail_the_connection_test_without_leaking_the_key(sfapi, monkeypatch):
-    from authlib.jose import JsonWebKey
-
-    other = JsonWebKey.generate_key("RSA", 2048, is_private=True)  # not the key the server trusts
-    monkeypatch.setenv("AIRFLOW_CONN_SFAPI_BAD", sfapi.connection_json(other.as_dict(is_private=True)))
+    other = RSAKey.generate_key(2048)  # not the key the server trusts
+    monkeypatch.setenv("AIRFLOW_CONN_SFAPI_BAD", sfapi.connection_json(other.as_dict(private=True)))
     ok, message = SFAPIHook("sfapi_bad").test_connection()
-    assert not ok and "invalid_client" in message and other.as_dict(is_private=True)["d"] not in message
+    assert not ok and "invalid_client" in message and other.as_dict(private=True)["d"] not in message
