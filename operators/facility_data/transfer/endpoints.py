@@ -28,7 +28,8 @@ class Endpoint(BaseModel):
     site: str = Field(description="facility the storage is at, e.g. als, nersc, alcf (export control uses it)")
     uuid: str | None = Field(default=None, description="Globus collection UUID (kind: globus)")
     root_path: str = Field(default="/", description="root of this endpoint on its collection / local root")
-    local_root: Path | None = Field(default=None, description="POSIX directory of a local endpoint (kind: local)")
+    local_root: Path | None = Field(default=None, description="POSIX directory of a local endpoint (kind: local), "
+                                    "or where a Globus collection is mounted on the workers (optional)")
     description: str = ""
 
     @model_validator(mode="after")
@@ -48,9 +49,10 @@ class Endpoint(BaseModel):
         return str(full)
 
     def local_path(self, relpath: str | PurePosixPath) -> Path:
-        """The POSIX path of ``relpath`` on a local endpoint, checked to stay inside the endpoint root."""
-        if self.kind != "local" or self.local_root is None:
-            raise PathError(f"endpoint {self.name} is a {self.kind} endpoint, it has no local path")
+        """The POSIX path of ``relpath`` under ``local_root`` (a local endpoint, or a Globus collection mounted on
+        this worker), checked to stay inside the endpoint root."""
+        if self.local_root is None:
+            raise PathError(f"endpoint {self.name} ({self.kind}) has no local_root on this machine")
         rel = safe_relpath(relpath, allow_root=True)
         root = self.local_directory()
         if rel.parts in ((), (".",)):
