@@ -32,6 +32,7 @@ class LocalProcessExecutor(ProcessPoolExecutor):
         super().__init__(max_workers=max_workers)
 
     def terminate(self) -> None:
+        # Python < 3.14 has no public way to stop a running ProcessPoolExecutor job: kill its worker processes.
         for proc in list((getattr(self, "_processes", None) or {}).values()):
             if proc.is_alive():
                 proc.terminate()
