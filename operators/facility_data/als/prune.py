@@ -208,9 +208,9 @@ class Sweep:
 def write_report(report: PruneReport, directory: Path) -> PruneReport:
     """Write ``prune-<time>[-dry-run].json`` and ``.txt`` into ``directory``; returns the report with their paths."""
     directory.mkdir(parents=True, exist_ok=True)
-    stamp = report.started.replace(":", "").replace("-", "").split(".")[0].replace("+0000", "")
+    stamp = datetime.fromisoformat(report.started).strftime("%Y%m%dT%H%M%S.%fZ")  # audits are never overwritten
     base = directory / f"prune-{stamp}{'-dry-run' if report.dry_run else ''}"
-    report.json_path, report.text_path = str(base.with_suffix(".json")), str(base.with_suffix(".txt"))
+    report.json_path, report.text_path = f"{base}.json", f"{base}.txt"
     Path(report.json_path).write_text(json.dumps(report.as_dict(), indent=2, sort_keys=True) + "\n")
     Path(report.text_path).write_text(report.text())
     return report
