@@ -44,7 +44,7 @@ demo: venv
 airflow: venv site-up
 	$(PY) -m facility_data.localsite.cli airflow
 
-bench: venv
+bench: venv site-up
 	@for b in bench/*.py; do $(PY) $$b || exit 1; done
 
 clean: site-down
