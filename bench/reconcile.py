@@ -123,17 +123,18 @@ def build(root: Path, prefix: Path, day_obs: int, n: int, n_det: int, rucio) -> 
     refs_by_exp = defaultdict(list)
     for dt, coll in policy.collections(INSTRUMENT).items():
         for r in source.query_datasets(dt, collections=coll, instrument=INSTRUMENT, where="exposure.day_obs = :d",
-                                       bind={"d": day_obs}, with_dimension_records=True, explain=False):
+                                       bind={"d": day_obs}, with_dimension_records=True, explain=False,
+                                       limit=None):
             refs_by_exp[int(r.dataId["exposure"])].append(r)
     q = source.query_dimension_records
     by_exp_records = {e: defaultdict(list) for e in refs_by_exp}
     for element in ("exposure", "visit_definition"):
         for rec in q(element, instrument=INSTRUMENT, where="exposure.day_obs = :d", bind={"d": day_obs},
-                     explain=False):
+                     explain=False, limit=None):
             by_exp_records[int(rec.id if element == "exposure" else rec.exposure)][element].append(rec)
     for element in ("visit", "visit_system_membership"):
         for rec in q(element, instrument=INSTRUMENT, where="visit.day_obs = :d", bind={"d": day_obs},
-                     explain=False):
+                     explain=False, limit=None):
             by_exp_records[int(rec.id if element == "visit" else rec.visit)][element].append(rec)
     day_rec = q("day_obs", instrument=INSTRUMENT, day_obs=day_obs, explain=False)
     groups = {r.name: r for r in q("group", instrument=INSTRUMENT, explain=False)}
@@ -178,7 +179,8 @@ def build(root: Path, prefix: Path, day_obs: int, n: int, n_det: int, rucio) -> 
 
     tracts: dict[int, set] = defaultdict(set)
     for d in source.query_data_ids(["visit", "tract"], data_id={"instrument": INSTRUMENT, "skymap": policy.rucio.skymap},
-                                   where="visit.day_obs = :d", bind={"d": day_obs}, explain=False):
+                                   where="visit.day_obs = :d", bind={"d": day_obs}, explain=False,
+                                   limit=None):
         tracts[int(d["visit"])].add(int(d["tract"]))
     r = policy.rucio
     files, datasets_, attach, obs_names = [], set(), defaultdict(list), []

@@ -221,26 +221,22 @@ def _dest_files(policy: EmbargoPolicy, instrument: str, day_obs: int) -> dict[st
         return {e.name: e.stat().st_size for e in entries if e.is_file() and not e.name.startswith(".")}
 
 
-def _query_refs(butler, policy: EmbargoPolicy, instrument: str, day_obs: int) -> list:
-    """Every raw (and guider) dataset of the night in ``butler``; missing collections/types mean none."""
+def _query_ids(butler, policy: EmbargoPolicy, instrument: str, day_obs: int) -> dict[int, dict[str, int]]:
+    """Exposure -> {dataset id: detector} of every raw (and guider) dataset of the night in ``butler``, in one
+    query per dataset type returning plain rows (no DatasetRef built); a missing collection/type means none."""
     from lsst.daf.butler import MissingCollectionError, MissingDatasetTypeError
 
-    refs = []
+    out: dict[int, dict[str, int]] = defaultdict(dict)
     for dataset_type, collection in policy.collections(instrument).items():
         try:
-            refs += butler.query_datasets(dataset_type, collections=collection, instrument=instrument,
-                                          where="exposure.day_obs = :day", bind={"day": day_obs},
-                                          explain=False)
+            with butler.query() as q:
+                q = q.join_dataset_search(dataset_type, collections=[collection]).where(
+                    "exposure.day_obs = :day", bind={"day": day_obs}, instrument=instrument)
+                for row in q.general(["exposure", "detector"], f"{dataset_type}.dataset_id", find_first=False):
+                    out[int(row["exposure"])][str(row[f"{dataset_type}.dataset_id"])] = int(row["detector"])
         except (MissingDatasetTypeError, MissingCollectionError):
             continue
-    return refs
-
-
-def _by_exposure(refs) -> dict[int, list]:
-    out: dict[int, list] = defaultdict(list)
-    for r in refs:
-        out[int(r.dataId["exposure"])].append(r)
-    return out
+    return dict(out)
 
 
 def _tracts_by_visit(source, policy: EmbargoPolicy, instrument: str, day_obs: int) -> dict[int, set[int]]:
@@ -249,7 +245,8 @@ def _tracts_by_visit(source, policy: EmbargoPolicy, instrument: str, day_obs: in
     try:
         ids = source.query_data_ids(["visit", "tract"], data_id={"instrument": instrument,
                                                                   "skymap": policy.rucio.skymap},
-                                    where="visit.day_obs = :day", bind={"day": day_obs}, explain=False)
+                                    where="visit.day_obs = :day", bind={"day": day_obs}, explain=False,
+                                    limit=None)
     except LookupError:  # no such skymap in the repo: every exposure is NoTract
         return out
     for d in ids:
@@ -261,7 +258,7 @@ def _visits_by_exposure(source, instrument: str, day_obs: int) -> dict[int, list
     out: dict[int, list[int]] = defaultdict(list)
     for rec in source.query_dimension_records("visit_definition", instrument=instrument,
                                               where="exposure.day_obs = :day", bind={"day": day_obs},
-                                              explain=False):
+                                              explain=False, limit=None):
         out[int(rec.exposure)].append(int(rec.visit))
     return out
 
@@ -269,16 +266,17 @@ def _visits_by_exposure(source, instrument: str, day_obs: int) -> dict[int, list
 @dataclass
 class _DestState:
     ids: set[str]
-    stored: set[str]
     visits: set[int]
 
 
 def _dest_state(butler, policy: EmbargoPolicy, instrument: str, day_obs: int) -> _DestState:
-    refs = _query_refs(butler, policy, instrument, day_obs)
-    known = butler._datastore.knows_these(refs) if refs else {}  # datastore records, one bulk lookup
+    """Dataset ids and visit records of the night in a destination Butler. Registry presence stands for the
+    ingest: ingest_zip writes registry and datastore records in one transaction (the deep check reads artifacts)."""
+    ids = {i for per_exp in _query_ids(butler, policy, instrument, day_obs).values() for i in per_exp}
     visits = {int(r.id) for r in butler.query_dimension_records(
-        "visit", instrument=instrument, where="visit.day_obs = :day", bind={"day": day_obs}, explain=False)}
-    return _DestState({str(r.id) for r in refs}, {str(r.id) for r, ok in known.items() if ok}, visits)
+        "visit", instrument=instrument, where="visit.day_obs = :day", bind={"day": day_obs}, explain=False,
+        limit=None)}
+    return _DestState(ids, visits)
 
 
 def _chunks(items: list, n: int = _CHUNK):
@@ -311,9 +309,9 @@ def _rucio_state(client, policy: EmbargoPolicy, instrument: str, day_obs: int, f
         for f in client.bulk_list_files([{"scope": scope, "name": n} for n in chunk]):
             parents[f["name"]].add(f["parent_name"])
     replicas: dict[str, dict] = {}
-    for chunk in _chunks(files):
-        for r in client.list_replicas([{"scope": scope, "name": n} for n in chunk],
-                                      rse_expression=policy.rucio.rse, ignore_availability=True):
+    for chunk in _chunks(files, 100):  # the server's cost per call grows faster than linearly
+        for r in client.list_replicas([{"scope": scope, "name": n} for n in chunk], rse_expression=policy.rucio.rse,
+                                      ignore_availability=True, resolve_archives=False):
             replicas[r["name"]] = r
     file_meta: dict[str, dict] = {}
     for chunk in _chunks([n for n in files if n in replicas or n in parents]):
@@ -387,7 +385,7 @@ def _select_night(ctx: steps.Context, instrument: str, day_obs: int, now: dateti
     Asked in chunks of obs_ids: windows.select_manual matches policy rows with one ``exposure.id IN (...)`` clause,
     which SQLite refuses beyond ~1000 terms (a full LSSTCam night)."""
     recs = ctx.source.query_dimension_records("exposure", instrument=instrument, where="exposure.day_obs = :day",
-                                              bind={"day": day_obs}, explain=False)
+                                              bind={"day": day_obs}, explain=False, limit=None)
     obs_ids = sorted(r.obs_id for r in recs)
     exps, problems = [], []
     for i in range(0, len(obs_ids), _SELECT_CHUNK):
@@ -423,51 +421,55 @@ def _deep_check(ctx: steps.Context, exp: ExposureRef, objects: list, names: list
 
 def _fast_checks(ctx: steps.Context, instrument: str, day_obs: int, exps: list[ExposureRef],
                  objects: dict[str, list[StoredObject]], names: list[str]) -> list[ExposureCheck]:
+    from concurrent.futures import ThreadPoolExecutor
+
     policy = ctx.policy
     source = ctx.source
-    src_refs = _by_exposure(_query_refs(source, policy, instrument, day_obs))
-    detectors = {int(r.id): r.full_name for r in source.query_dimension_records("detector", instrument=instrument,
-                                                                                 explain=False)}
-    visits = _visits_by_exposure(source, instrument, day_obs)
-    tracts = _tracts_by_visit(source, policy, instrument, day_obs)
-    dest_files = _dest_files(policy, instrument, day_obs)
-    dests = {}
-    for d in policy.destinations:
-        try:
-            dests[steps.butler_step(d)] = _dest_state(ctx.butler(d), policy, instrument, day_obs)
-        except Exception as exc:  # noqa: BLE001
-            dests[steps.butler_step(d)] = exc
     base = f"{instrument}/{day_obs}"
     rucio_files = [f"{base}/{e.obs_id}{suffix}" for e in exps for suffix in (".zip", "_dimensions.yaml")]
-    try:
-        rucio = _rucio_state(ctx.rucio, policy, instrument, day_obs, rucio_files)
-    except Exception as exc:  # noqa: BLE001
-        rucio = exc
+    # Rucio answers from another server: ask it while this process reads the Butlers
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(_rucio_state, ctx.rucio, policy, instrument, day_obs, rucio_files)
+        src_ids = _query_ids(source, policy, instrument, day_obs)
+        detectors = {int(r.id): r.full_name for r in source.query_dimension_records(
+            "detector", instrument=instrument, explain=False, limit=None)}
+        visits = _visits_by_exposure(source, instrument, day_obs)
+        tracts = _tracts_by_visit(source, policy, instrument, day_obs)
+        dest_files = _dest_files(policy, instrument, day_obs)
+        dests: dict[str, _DestState | Exception] = {}
+        for d in policy.destinations:
+            try:
+                dests[steps.butler_step(d)] = _dest_state(ctx.butler(d), policy, instrument, day_obs)
+            except Exception as exc:  # noqa: BLE001 - reported per exposure as an error state
+                dests[steps.butler_step(d)] = exc
+        try:
+            rucio: _RucioState | Exception = pending.result()
+        except Exception as exc:  # noqa: BLE001
+            rucio = exc
     out = []
     for exp in exps:
         check = ExposureCheck(exp.obs_id, DONE, exposure=exp.to_dict())
         objs = objects.get(exp.obs_id, [])
-        refs = src_refs.get(exp.exposure, [])
+        ids = src_ids.get(exp.exposure, {})
         zip_name, yaml_name = f"{exp.obs_id}.zip", f"{exp.obs_id}_dimensions.yaml"
-        if not objs and not refs and zip_name in dest_files:
+        if not objs and not ids and zip_name in dest_files:
             check.state, check.problems = PRUNED, ["embargo copy pruned; zip kept"]
             out.append(check)
             continue
-        check.sinks[steps.GATE] = _gate(ctx, exp, objs, refs, detectors, check.problems)
+        check.sinks[steps.GATE] = _gate(ctx, exp, objs, ids, detectors, check.problems)
         check.sinks[steps.ZIP] = _zip(policy, exp, objs, dest_files, check.problems)
         check.sinks[steps.DIMENSIONS] = "ok" if dest_files.get(yaml_name) else "missing"
-        ids = {str(r.id) for r in refs}
         exp_visits = visits.get(exp.exposure, [])
         for label, state in dests.items():
             if isinstance(state, Exception):
                 check.sinks[label] = "error"
                 check.problems.append(f"{label}: {type(state).__name__}: {state}")
                 continue
-            lacking = len(ids - state.ids) + len(ids - state.stored)
+            lacking = len(set(ids) - state.ids)
             no_visit = [v for v in exp_visits if v not in state.visits]
             check.sinks[label] = "ok" if ids and not lacking and not no_visit else "missing"
             if check.sinks[label] != "ok":
-                check.problems.append(f"{label}: {len(ids & state.stored)}/{len(ids)} datasets stored, "
+                check.problems.append(f"{label}: {len(ids) - lacking}/{len(ids)} datasets registered, "
                                       f"visit records missing: {no_visit}")
         if isinstance(rucio, Exception):
             check.sinks[steps.RUCIO] = "error"
@@ -479,10 +481,10 @@ def _fast_checks(ctx: steps.Context, instrument: str, day_obs: int, exps: list[E
     return out
 
 
-def _gate(ctx, exp: ExposureRef, objs: list[StoredObject], refs: list, detectors: dict[int, str],
+def _gate(ctx, exp: ExposureRef, objs: list[StoredObject], ids: dict[str, int], detectors: dict[int, str],
           problems: list[str]) -> str:
     """The completeness gate of steps.check_gate, on the night's bulk listings."""
-    if not refs:
+    if not ids:
         problems.append("gate: no raw datasets in the source Butler")
         return "missing"
     name = f"{exp.obs_id}_expectedSensors.json"
@@ -495,7 +497,7 @@ def _gate(ctx, exp: ExposureRef, objs: list[StoredObject], refs: list, detectors
         return "error"
     wanted = {d for d, kind in expected.get("expectedSensors", {}).items()
               if kind in ("SCIENCE", "WAVEFRONT", "GUIDER")}
-    missing = sorted(wanted - {detectors.get(int(r.dataId["detector"])) for r in refs})
+    missing = sorted(wanted - {detectors.get(det) for det in ids.values()})
     if missing:
         problems.append(f"gate: {len(missing)} expected sensor(s) missing: {missing[:10]}")
         return "missing"
