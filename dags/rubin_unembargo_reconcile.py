@@ -115,14 +115,18 @@ with DAG(
         """Re-check the nights (state after repairs), prune if asked, write the reports, record the counts."""
         import logging
 
+        from airflow.sdk.exceptions import AirflowSkipException
+
         from facility_data.rubin import reconcile, steps
         from facility_data.rubin.policy import load_policy
 
+        if not request:  # plan refused the Params (and alerted): nothing was checked, nothing to report
+            raise AirflowSkipException("no valid request: see the plan task")
         log = logging.getLogger("rubin_unembargo_reconcile")
         req = reconcile.Request.from_dict({k: v for k, v in request.items() if k != "now"})
         done = [r for r in (repaired or []) if r]
         failed = [{"obs_id": t["obs_id"], "error": "repair task failed (see its log)"}
-                  for t in todo if t["obs_id"] not in {r["obs_id"] for r in done}]
+                  for t in (todo or []) if t["obs_id"] not in {r["obs_id"] for r in done}]
         ctx = steps.Context(load_policy(), dry_run=req.dry_run)
         now = datetime.fromisoformat(request["now"])
         nights = [reconcile.check_night(ctx, req.instrument, d, now=now, deep=req.deep) for d in req.nights]

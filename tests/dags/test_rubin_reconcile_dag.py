@@ -105,7 +105,7 @@ def test_bad_params_fail_before_any_side_effect(dag, airflow_db, configured, con
     dr = dag.test(run_conf={**base, **conf})
     states = _states(dr)
     assert states[("plan", -1)] == "failed"
-    assert states[("check", -1)] == "upstream_failed"
+    assert states[("check", -1)] == "upstream_failed" and states[("finish", -1)] == "skipped"
     assert message in caplog.text
     assert not Path(policy.destination_prefix).exists() and not (site_dir / "reports").exists()
 
