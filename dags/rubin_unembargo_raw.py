@@ -98,19 +98,26 @@ with DAG(
         registered = RucioRegisterOperator(task_id="rucio", exposure=exposure, zip_result=zipped.output,
                                            max_active_tis_per_dagrun=PER_RUN_PARALLELISM)
         gate(exposure) >> zipped >> dimensions(exposure) >> butler_ingest(exposure) >> registered
-        return registered
 
     @task(trigger_rule="all_done")
-    def summary(results, skipped: list[dict]) -> dict:
-        """What this run did (counts); exposures not processed are listed again."""
+    def summary(results, skipped: list[dict] | None, selected: list[dict] | None) -> dict:
+        """What this run did; fails the run if select failed or any selected exposure did not complete."""
         import logging
+
+        from airflow.sdk.exceptions import AirflowFailException
 
         from facility_data.rubin.runs import summarize
 
-        out = summarize(list(results), skipped)
+        out = summarize(results, skipped, selected)
         logging.getLogger("rubin_unembargo_raw").info("summary: %s", out)
+        if out["select_failed"]:
+            raise AirflowFailException("select failed: nothing was unembargoed by this run")
+        if out["not_completed"]:
+            raise AirflowFailException(f"{len(out['not_completed'])} exposure(s) not completed (see their "
+                                       f"tasks; rerun or reconciliation resumes them): {out['not_completed']}")
         return out
 
     selected = select()
-    registered = unembargo.expand(exposure=selected)
-    summary(registered, report_not_processed(selected["skipped"]))
+    per_exposure = unembargo.expand(exposure=selected)
+    rucio_results = dag.get_task("exposure.rucio").output  # one result per exposure, gathered (reduce)
+    per_exposure >> summary(rucio_results, report_not_processed(selected["skipped"]), selected)

@@ -96,22 +96,31 @@ def run_named_step(name: str, exposure: dict, *, dry_run: bool, policy_path: str
         outs = [steps.run_step(ctx, exp, steps.butler_step(d)).to_dict() for d in ctx.policy.destinations]
         for o in outs:
             log.info("%s %s: %s %s", exp.obs_id, o["step"], o["state"], o["detail"])
-        return {"step": "butler", "destinations": outs}
-    out = steps.run_step(ctx, exp, name, **kwargs).to_dict()
+        return {"step": "butler", "destinations": outs, "obs_id": exp.obs_id}
+    out = {**steps.run_step(ctx, exp, name, **kwargs).to_dict(), "obs_id": exp.obs_id}
     log.info("%s %s: %s %s", exp.obs_id, name, out["state"], out["detail"])
     return out
 
 
-def summarize(results: list[dict | None], skipped: list[dict]) -> dict:
-    """Counts of what the run did, for the log and XCom."""
-    summary = {"exposures": 0, "acted": 0, "already_done": 0, "dry_run": 0, "not_processed": len(skipped),
-               "failed_or_skipped": 0}
-    for r in results:
-        if not r:
-            summary["failed_or_skipped"] += 1
-            continue
-        summary["exposures"] += 1
-        state = r.get("state")
-        key = {"done": "acted", "verified": "already_done", "would-act": "dry_run"}.get(state, "failed_or_skipped")
-        summary[key] += 1
+def summarize(results, skipped: list[dict] | None, selected: list[dict] | None) -> dict:
+    """What the run did, for the log and XCom. ``results``: the Rucio step's result per exposure (missing for an
+    exposure whose unit failed or was skipped); ``selected``: what select chose (None if select failed).
+    ``ok`` is False when select failed or any selected exposure did not complete its last step."""
+    if results is None:
+        results = []
+    elif isinstance(results, dict):  # a single mapped instance comes back unwrapped
+        results = [results]
+    results = [r for r in list(results) if r]
+    states = {r.get("obs_id"): r.get("state") for r in results}
+    wanted = [e["obs_id"] for e in selected or []]
+    summary = {
+        "selected": len(wanted),
+        "acted": sum(1 for s in states.values() if s == "done"),
+        "already_done": sum(1 for s in states.values() if s == "verified"),
+        "dry_run": sum(1 for s in states.values() if s == "would-act"),
+        "not_completed": [o for o in wanted if o not in states],
+        "not_processed": [s["obs_id"] for s in skipped or []],
+        "select_failed": selected is None,
+    }
+    summary["ok"] = not summary["select_failed"] and not summary["not_completed"]
     return summary

@@ -56,7 +56,8 @@ def end_interval(start: datetime, end: datetime, row: PolicyRow, settle_minutes:
 def _aware(dt: datetime) -> datetime:
     if dt.tzinfo is None:
         raise ValueError(f"naive datetime {dt!r}: windows are in UTC and must carry a timezone")
-    return dt.astimezone(UTC)
+    u = dt.astimezone(UTC)  # a plain datetime: pendulum's (Airflow's) do not compare with astropy's
+    return datetime(u.year, u.month, u.day, u.hour, u.minute, u.second, u.microsecond, tzinfo=UTC)
 
 
 def _tai(dt: datetime):
