@@ -1,7 +1,8 @@
 """Human-readable reconcile reports: one HTML page per night plus a PNG chart of states per night.
 
-Written under ``<site>/reports/rubin_reconcile/<instrument>/`` (or a directory the caller names); every path written
-is logged so an operator can open it from the task log.
+Written under ``<site>/reports/rubin_reconcile/<instrument>/`` (or ``$FACILITY_REPORTS``, or a directory the caller
+names); every path written is logged so an operator can open it from the task log, and the facility_reports UI
+plugin (Browse > Facility reports) serves them.
 """
 
 from __future__ import annotations
@@ -20,11 +21,16 @@ _COLOURS = {"done": "#2e7d32", "not_started": "#90a4ae", "partial": "#f9a825", "
 
 
 def reports_root(reports_dir: str | Path | None = None) -> Path:
+    """``reports_dir``, else ``$FACILITY_REPORTS/rubin_reconcile``, else ``$FACILITY_SITE/reports/rubin_reconcile``
+    (what the facility_reports UI plugin serves)."""
     if reports_dir is not None:
         return Path(reports_dir)
+    import os
+
     from facility_data.config import site_root
 
-    return site_root() / "reports" / "rubin_reconcile"
+    base = os.environ.get("FACILITY_REPORTS")
+    return (Path(base) if base else site_root() / "reports") / "rubin_reconcile"
 
 
 def night_html(night: NightResult, result: dict, chart: Path | None) -> str:
