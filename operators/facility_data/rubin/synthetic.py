@@ -83,6 +83,17 @@ class Night:
     files: int = 0
     bytes: int = 0
 
+    def release_range(self, *, embargo_hours: float = 80.0, settle_minutes: float = 5.0,
+                      step_minutes: int = 15) -> tuple[datetime, datetime]:
+        """[first, last) window edges (aligned to the 15-minute schedule) holding every on-sky exposure's release:
+        a backfill over this range unembargoes the night (calibs are released right after they end)."""
+        lag = timedelta(hours=embargo_hours, minutes=settle_minutes)
+        first = min(self.ends.values()) + lag
+        last = max(self.ends.values()) + lag
+        first = first.replace(minute=first.minute - first.minute % step_minutes, second=0, microsecond=0)
+        last = last.replace(minute=last.minute - last.minute % step_minutes, second=0, microsecond=0)
+        return first, last + timedelta(minutes=step_minutes)
+
     def policy(self, *, rucio_rse: str = "SLAC_RAW_DISK", rucio_scope: str = "raw", embargo_hours: float = 80.0,
                settle_minutes: float = 5.0, storage: Storage | None = None, rucio_conn_id: str = "rucio_default",
                destination_prefix: str | Path | None = None) -> EmbargoPolicy:
