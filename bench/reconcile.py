@@ -6,7 +6,9 @@ Prints one JSON line ``{"bench": "reconcile", "exposures", "objects", "seconds",
 records, one ingest call, Rucio bulk calls) and timed separately (``setup_seconds``, on stderr per phase). The zips,
 yaml files, destination ingest (``ingest_zip``) and Rucio registrations are real; the Rucio registration is written in
 bulk calls rather than by the per-exposure step (which takes ~1 s per exposure). Sizes: BENCH_RECONCILE_EXPOSURES
-(default 1000), BENCH_RECONCILE_DETECTORS (default 205).
+(default 1000), BENCH_RECONCILE_DETECTORS (default 205); BENCH_RECONCILE_INGEST=zip fills the destination Butler
+with ingest_zip per exposure; BENCH_RECONCILE_DEEP=1 times the deep check; BENCH_RECONCILE_KEEP=1 keeps (and
+reuses) the night.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ warnings.filterwarnings("ignore")
 #: ingest each zip into the destination Butler (as the unembargo step does, ~0.25 s per exposure) instead of one bulk
 #: direct ingest of the same datasets
 INGEST_ZIP = os.environ.get("BENCH_RECONCILE_INGEST", "bulk") == "zip"
+#: time the deep check (the steps' own verification of every artifact) instead of the fast one
+DEEP = os.environ.get("BENCH_RECONCILE_DEEP") == "1"
 
 
 def _phase(name: str, t0: float) -> float:
@@ -246,11 +250,11 @@ def main() -> None:
         import lsst.daf.butler  # noqa: F401 - a Python import is process start-up, not part of the check
         now = datetime.now(UTC)
         t = time.monotonic()
-        night = reconcile.check_night(ctx, "LSSTCam", day_obs, now=now)
+        night = reconcile.check_night(ctx, "LSSTCam", day_obs, now=now, deep=DEEP)
         seconds = time.monotonic() - t
         counts = night.counts
         out = {"bench": "reconcile", "exposures": counts["total"], "objects": objects,
-               "seconds": round(seconds, 2), "mode": "fast", "done": counts["done"],
+               "seconds": round(seconds, 2), "mode": "deep" if DEEP else "fast", "done": counts["done"],
                "setup_seconds": round(setup, 1), "detectors": n_det,
                "destination_fill": "ingest_zip" if INGEST_ZIP else "bulk direct ingest"}
         if counts["done"] != n:
