@@ -1,6 +1,7 @@
 """rubin_unembargo_reconcile: find every exposure past release that is not fully unembargoed, repair it, report it.
 
-Hourly (no catchup) it checks the last ``lookback_nights`` nights; a manual run names a day_obs range. For each night
+Hourly (no catchup) it checks every night that may hold an exposure released in the last ``lookback_nights`` days
+(under the longest embargo of the instrument too); a manual run names a day_obs range. For each night
 the exposures come from the embargo side (source Butler + embargo store) and are checked against every sink (zip,
 dimensions yaml, each destination Butler, Rucio replicas/attachments/closed Obs/archive metadata), then classified:
 done, not started, partial (stopped after a step), incomplete at source, inconsistent, pruned, error. With
@@ -40,11 +41,12 @@ with DAG(
         "instrument": Param("LSSTCam", type="string", pattern=r"^[A-Za-z][A-Za-z0-9_]*$",
                             description="Instrument (a policy instrument)"),
         "day_obs_first": Param(None, type=["null", "string"], pattern=r"^[0-9]{8}$",
-                               description="First night (YYYYMMDD); empty = the last lookback_nights nights"),
+                               description="First night (YYYYMMDD); empty = nights released in the last "
+                                           "lookback_nights days"),
         "day_obs_last": Param(None, type=["null", "string"], pattern=r"^[0-9]{8}$",
                               description="Last night (YYYYMMDD), the same as day_obs_first for one night"),
         "lookback_nights": Param(7, type="integer", minimum=1, maximum=62,
-                                 description="Nights checked when no range is given (scheduled runs)"),
+                                 description="Days of releases checked when no range is given (scheduled runs)"),
         "repair": Param(True, type="boolean", description="Resume incomplete exposures from their first missing step"),
         "dry_run": Param(False, type="boolean", description="Check and report what would be repaired; change nothing"),
         "deep": Param(False, type="boolean",

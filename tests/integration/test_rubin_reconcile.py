@@ -265,7 +265,8 @@ def test_catch_up_by_night_ignores_embargo_length_and_respects_release(site, tmp
     ctx = steps.Context(policy, rucio=site.rucio_client(), dry_run=True)
     end = max(night.ends.values())
     soon = reconcile.check_night(ctx, INSTRUMENT, night.day_obs, now=end + timedelta(hours=25))
-    assert [e.obs_id for e in soon.exposures] == sorted(night.calibs)  # 0 h calib released, 720 h ones not
+    # the 0 h calib is released (and checked on its own: datasets and folder of that exposure only), 720 h ones not
+    assert [(e.obs_id, e.state) for e in soon.exposures] == [(c, reconcile.NOT_STARTED) for c in sorted(night.calibs)]
     assert soon.counts["still_embargoed"] == 2
     later = reconcile.check_night(ctx, INSTRUMENT, night.day_obs, now=end + timedelta(hours=721))
     assert later.counts["total"] == 3 and later.counts["not_started"] == 3

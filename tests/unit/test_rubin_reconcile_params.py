@@ -32,6 +32,9 @@ def test_a_range_selects_every_night_in_it(policy):
 def test_without_a_range_the_last_nights_up_to_today_are_checked(policy):
     req = parse_request({"instrument": "LATISS"}, policy, now=NOW, lookback_days=3)
     assert req.nights == (20250308, 20250309, 20250310)
+    # under a 720 h embargo the scheduled run reaches back to the nights released in the last 3 days
+    long = parse_request({"instrument": "LSSTCam"}, policy, now=NOW, lookback_days=3)
+    assert (long.nights[0], long.nights[-1], len(long.nights)) == (20250206, 20250310, 33)
     # before 12:00 UTC it is still the previous observing day
     assert day_obs_of(datetime(2025, 3, 10, 11, 59, tzinfo=UTC)) == 20250309
 

@@ -102,23 +102,28 @@ def day_obs_of(t: datetime) -> int:
 def parse_request(params: dict, policy: EmbargoPolicy, *, now: datetime, lookback_days: int = 7) -> Request:
     """Validate Params against the policy (clear BadParams, no side effect).
 
-    ``day_obs_first``/``day_obs_last`` select nights by day_obs (both or neither); without them the last
-    ``lookback_days`` nights up to today's day_obs are checked (the scheduled run)."""
+    ``day_obs_first``/``day_obs_last`` select nights by day_obs (both or neither); without them (the scheduled
+    run) every night that may hold an exposure released in the last ``lookback_days`` days is checked: from
+    ``lookback_days`` nights before the night of (now - the longest embargo of the instrument) up to today's."""
     params = dict(params or {})
     instrument = params.get("instrument") or (policy.instruments[0] if len(policy.instruments) == 1 else None)
     if not isinstance(instrument, str) or instrument not in policy.instruments:
         raise BadParams(f"unknown instrument {instrument!r}: the policy knows {policy.instruments}")
     first, last = params.get("day_obs_first"), params.get("day_obs_last")
-    if first in ("", None) and last in ("", None):
-        today = datetime.strptime(str(day_obs_of(now)), "%Y%m%d").date()
-        a, b = today - timedelta(days=lookback_days - 1), today
+    default_range = first in ("", None) and last in ("", None)
+    if default_range:
+        # every night with an exposure released in the last lookback_days, under the longest embargo too
+        longest = max(r.embargo_hours for r in policy.rows_for(instrument)) + policy.settle_minutes / 60
+        day = lambda t: datetime.strptime(str(day_obs_of(t)), "%Y%m%d").date()  # noqa: E731
+        a = day(now - timedelta(hours=longest)) - timedelta(days=lookback_days - 1)
+        b = day(now)
     elif first in ("", None) or last in ("", None):
         raise BadParams("give both day_obs_first and day_obs_last (the same value for one night), or neither")
     else:
         a, b = _day(first, "day_obs_first"), _day(last, "day_obs_last")
     if b < a:
         raise BadParams(f"day_obs_last {b:%Y%m%d} is before day_obs_first {a:%Y%m%d}")
-    if (b - a).days + 1 > MAX_NIGHTS:
+    if not default_range and (b - a).days + 1 > MAX_NIGHTS:
         raise BadParams(f"at most {MAX_NIGHTS} nights per run, asked for {(b - a).days + 1}")
     flags = {}
     for name, default in (("repair", True), ("dry_run", False), ("deep", False)):
@@ -186,9 +191,13 @@ class NightResult:
 
 
 # ------------------------------------------------------------------------------------------------ listings
-def list_day_objects(store, instrument: str, day_obs: int) -> dict[str, list[StoredObject]]:
-    """Every object of the night in the embargo store, by exposure folder, in one listing."""
+def list_day_objects(store, instrument: str, day_obs: int,
+                     folders: list[str] | None = None) -> dict[str, list[StoredObject]]:
+    """Every object of the night in the embargo store, by exposure folder, in one listing (only ``folders``, one
+    listing each, when given: a night whose exposures are mostly still embargoed)."""
     out: dict[str, list[StoredObject]] = defaultdict(list)
+    if folders is not None:
+        return {f: objs for f in folders if (objs := store.list_folder(instrument, day_obs, f))}
     if isinstance(store, LocalStore):
         day = Path(store.root) / instrument / str(day_obs)
         if not day.is_dir():
@@ -221,21 +230,28 @@ def _dest_files(policy: EmbargoPolicy, instrument: str, day_obs: int) -> dict[st
         return {e.name: e.stat().st_size for e in entries if e.is_file() and not e.name.startswith(".")}
 
 
-def _query_ids(butler, policy: EmbargoPolicy, instrument: str, day_obs: int) -> dict[int, dict[str, int]]:
+def _query_ids(butler, policy: EmbargoPolicy, instrument: str, day_obs: int,
+               exposures: list[int] | None = None) -> dict[int, dict[str, int]]:
     """Exposure -> {dataset id: detector} of every raw (and guider) dataset of the night in ``butler``, in one
-    query per dataset type returning plain rows (no DatasetRef built); a missing collection/type means none."""
+    query per dataset type returning plain rows (no DatasetRef built); a missing collection/type means none.
+    With ``exposures``, only those (in chunks: SQLite limits the size of an IN clause)."""
     from lsst.daf.butler import MissingCollectionError, MissingDatasetTypeError
 
+    wheres = ["exposure.day_obs = :day"] if exposures is None else [
+        "exposure.day_obs = :day AND exposure.id IN (" + ",".join(str(int(e)) for e in chunk) + ")"
+        for chunk in _chunks(sorted(exposures), _SELECT_CHUNK)]
     out: dict[int, dict[str, int]] = defaultdict(dict)
     for dataset_type, collection in policy.collections(instrument).items():
-        try:
-            with butler.query() as q:
-                q = q.join_dataset_search(dataset_type, collections=[collection]).where(
-                    "exposure.day_obs = :day", bind={"day": day_obs}, instrument=instrument)
-                for row in q.general(["exposure", "detector"], f"{dataset_type}.dataset_id", find_first=False):
-                    out[int(row["exposure"])][str(row[f"{dataset_type}.dataset_id"])] = int(row["detector"])
-        except (MissingDatasetTypeError, MissingCollectionError):
-            continue
+        for where in wheres:
+            try:
+                with butler.query() as q:
+                    q = q.join_dataset_search(dataset_type, collections=[collection]).where(
+                        where, bind={"day": day_obs}, instrument=instrument)
+                    for row in q.general(["exposure", "detector"], f"{dataset_type}.dataset_id",
+                                         find_first=False):
+                        out[int(row["exposure"])][str(row[f"{dataset_type}.dataset_id"])] = int(row["detector"])
+            except (MissingDatasetTypeError, MissingCollectionError):
+                break
     return dict(out)
 
 
@@ -269,10 +285,11 @@ class _DestState:
     visits: set[int]
 
 
-def _dest_state(butler, policy: EmbargoPolicy, instrument: str, day_obs: int) -> _DestState:
+def _dest_state(butler, policy: EmbargoPolicy, instrument: str, day_obs: int,
+                exposures: list[int] | None = None) -> _DestState:
     """Dataset ids and visit records of the night in a destination Butler. Registry presence stands for the
     ingest: ingest_zip writes registry and datastore records in one transaction (the deep check reads artifacts)."""
-    ids = {i for per_exp in _query_ids(butler, policy, instrument, day_obs).values() for i in per_exp}
+    ids = {i for per_exp in _query_ids(butler, policy, instrument, day_obs, exposures).values() for i in per_exp}
     visits = {int(r.id) for r in butler.query_dimension_records(
         "visit", instrument=instrument, where="visit.day_obs = :day", bind={"day": day_obs}, explain=False,
         limit=None)}
@@ -358,10 +375,15 @@ def check_night(ctx: steps.Context, instrument: str, day_obs: int, *, now: datet
     exps, problems = _select_night(ctx, instrument, day_obs, now)
     embargoed = [p for p in problems if "embargoed" in p["reason"]]
     norow = [p for p in problems if p not in embargoed]
-    objects = list_day_objects(ctx.store, instrument, day_obs)
     known = {e.obs_id for e in exps} | {p["obs_id"] for p in problems}
+    if problems:  # part of the night is not handled: list only the released folders (and every folder's name)
+        objects = list_day_objects(ctx.store, instrument, day_obs, folders=[e.obs_id for e in exps])
+        folders = set(ctx.store.list_day(instrument, day_obs))
+    else:
+        objects = list_day_objects(ctx.store, instrument, day_obs)
+        folders = set(objects)
     results: list[ExposureCheck] = []
-    for obs_id in sorted(set(objects) - known):  # summit wrote objects, the embargo Butler has no exposure
+    for obs_id in sorted(folders - known):  # summit wrote objects, the embargo Butler has no exposure
         results.append(ExposureCheck(obs_id, INCOMPLETE, steps.GATE, sinks={steps.GATE: "missing"},
                                      problems=["objects in the embargo store but no exposure record in the "
                                                "source Butler (ingest not finished?)"], deep=deep))
@@ -370,7 +392,8 @@ def check_night(ctx: steps.Context, instrument: str, day_obs: int, *, now: datet
     if deep:
         results += [_deep_check(ctx, e, objects.get(e.obs_id, []), names) for e in exps]
     elif exps:
-        results += _fast_checks(ctx, instrument, day_obs, exps, objects, names)
+        subset = [e.exposure for e in exps] if problems else None
+        results += _fast_checks(ctx, instrument, day_obs, exps, objects, names, subset)
     results.sort(key=lambda c: c.obs_id)
     night = NightResult(instrument, day_obs, "deep" if deep else "fast", now.astimezone(UTC).isoformat(), results,
                         embargoed, time.monotonic() - t0)
@@ -420,7 +443,8 @@ def _deep_check(ctx: steps.Context, exp: ExposureRef, objects: list, names: list
 
 
 def _fast_checks(ctx: steps.Context, instrument: str, day_obs: int, exps: list[ExposureRef],
-                 objects: dict[str, list[StoredObject]], names: list[str]) -> list[ExposureCheck]:
+                 objects: dict[str, list[StoredObject]], names: list[str],
+                 subset: list[int] | None) -> list[ExposureCheck]:
     from concurrent.futures import ThreadPoolExecutor
 
     policy = ctx.policy
@@ -430,7 +454,7 @@ def _fast_checks(ctx: steps.Context, instrument: str, day_obs: int, exps: list[E
     # Rucio answers from another server: ask it while this process reads the Butlers
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(_rucio_state, ctx.rucio, policy, instrument, day_obs, rucio_files)
-        src_ids = _query_ids(source, policy, instrument, day_obs)
+        src_ids = _query_ids(source, policy, instrument, day_obs, subset)
         detectors = {int(r.id): r.full_name for r in source.query_dimension_records(
             "detector", instrument=instrument, explain=False, limit=None)}
         visits = _visits_by_exposure(source, instrument, day_obs)
@@ -439,7 +463,7 @@ def _fast_checks(ctx: steps.Context, instrument: str, day_obs: int, exps: list[E
         dests: dict[str, _DestState | Exception] = {}
         for d in policy.destinations:
             try:
-                dests[steps.butler_step(d)] = _dest_state(ctx.butler(d), policy, instrument, day_obs)
+                dests[steps.butler_step(d)] = _dest_state(ctx.butler(d), policy, instrument, day_obs, subset)
             except Exception as exc:  # noqa: BLE001 - reported per exposure as an error state
                 dests[steps.butler_step(d)] = exc
         try:
