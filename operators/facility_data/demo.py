@@ -172,11 +172,17 @@ def reconcile_section(site: Site, server: AirflowServer, night) -> str:
 
     broken = demo_breakage.break_exposures(site.root, policy_path(), night.day_obs)
     say("  broke on purpose: " + "; ".join(broken))
-    conf = {"instrument": night.instrument, "first_day_obs": str(night.day_obs), "last_day_obs": str(night.day_obs),
-            "repair": True, "dry_run": False}
+    conf = {"instrument": night.instrument, "day_obs_first": str(night.day_obs),
+            "day_obs_last": str(night.day_obs), "repair": True, "dry_run": False}
     run_id, state = run_and_wait(server, "rubin_unembargo_reconcile", conf)
     lines = [f"rubin_unembargo_reconcile {run_id} (repair): {state}", "broken on purpose: " + "; ".join(broken)]
-    lines.append(demo_breakage.summary(site.root, night.day_obs))
+    try:
+        entry = server.api("GET", f"/dags/rubin_unembargo_reconcile/dagRuns/{run_id}/taskInstances/finish/"
+                                  "xcomEntries/return_value", params={"deserialize": True})
+        value = entry.get("value")
+        lines.append(demo_breakage.summary(json.loads(value) if isinstance(value, str) else value))
+    except Exception as exc:  # the summary is a convenience; the run's state above is the result
+        lines.append(f"(no reconcile summary: {exc})")
     return "\n".join(lines)
 
 
