@@ -205,3 +205,20 @@ def test_inconsistent_artifacts_are_reported_not_overwritten(night):
     assert p.zip.read_bytes() == zip_before
     status = steps.exposure_status(steps.Context(policy), exp, deep=True, only=local_steps(policy))
     assert status.steps[steps.ZIP] == "inconsistent" and status.first_missing == steps.ZIP
+
+
+def test_temp_zip_left_by_a_killed_run_is_cleaned_and_a_live_one_kept(night):
+    import os
+    import time
+
+    policy = night.policy()
+    exp = exposures(night)[night.obs_ids[0]]
+    p = steps.paths(policy, exp).zip
+    p.parent.mkdir(parents=True)
+    stale, live = p.parent / f".{p.name}.dead.tmp", p.parent / f".{p.name}.live.tmp"
+    stale.write_bytes(b"half a zip")
+    live.write_bytes(b"being written")
+    old = time.time() - steps.STALE_TEMP_S - 60
+    os.utime(stale, (old, old))
+    assert steps.run_step(steps.Context(policy), exp, steps.ZIP).state == "done"
+    assert not stale.exists() and live.exists() and p.exists()

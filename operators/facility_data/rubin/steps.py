@@ -184,12 +184,29 @@ def check_zip(ctx: Context, exp: ExposureRef, deep: bool = True) -> tuple[bool, 
     return True, {"path": str(path), "bytes": path.stat().st_size}
 
 
+#: a temporary zip older than this was left by a killed run (a live builder writes a 4 GB zip in minutes)
+STALE_TEMP_S = 6 * 3600
+
+
+def _remove_stale_temps(path: Path) -> None:
+    import time
+
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            if time.time() - tmp.stat().st_mtime > STALE_TEMP_S:
+                tmp.unlink()
+                log.warning("removed %s, left by a run that was killed while building", tmp)
+        except FileNotFoundError:
+            pass
+
+
 def run_zip(ctx: Context, exp: ExposureRef) -> Outcome:
     done, detail = check_zip(ctx, exp)
     if done:
         return Outcome(ZIP, "verified", detail)
     if ctx.dry_run:
         return Outcome(ZIP, "would-act", {"would": f"build {detail['path']} from {len(ctx.objects(exp))} objects"})
+    _remove_stale_temps(paths(ctx.policy, exp).zip)
     index = butlerops.zip_index(ctx.source, ctx.refs(exp), ctx.objects(exp))
     hashes, path = build_zip(ctx.store, ctx.objects(exp), index, paths(ctx.policy, exp).zip)
     if hashes is None:  # lost a race: the winner's zip is verified like any existing one
