@@ -9,14 +9,13 @@ gate -> zip -> dimensions -> butler ingest -> rucio, every step idempotent (chec
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from airflow.sdk import DAG, Param, get_current_context, task, task_group
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
 
 from facility_data.dag_defaults import default_args
 from facility_data.operators.embargo import EmbargoZipOperator
 from facility_data.operators.rucio import RucioRegisterOperator
+from facility_data.rubin.policy import schedule_start
 
 #: at most this many exposures per step run at once within one run (memory/I/O bound; ~4 GB per exposure)
 PER_RUN_PARALLELISM = 4
@@ -25,7 +24,7 @@ with DAG(
     dag_id="rubin_unembargo_raw",
     description="Unembargo Rubin raw exposures: zip, dimensions yaml, Butler ingest, Rucio registration",
     schedule=CronDataIntervalTimetable("*/15 * * * *", timezone="UTC"),
-    start_date=datetime(2025, 1, 1, tzinfo=UTC),
+    start_date=schedule_start(),  # $FACILITY_RUBIN_START: where catchup begins once unpaused
     catchup=True,
     max_active_runs=4,
     is_paused_upon_creation=True,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from datetime import UTC, datetime
 from pathlib import Path
 
 from facility_data.config import expand_env, include_dir
@@ -39,6 +40,11 @@ class Site:
                 ports[name] = free_port()
         self.state.setdefault("pids", {})
         self.state.setdefault("rucio_password", secrets.token_urlsafe(16))
+        # where rubin_unembargo_raw's catchup starts on this site: its creation, so unpausing it creates a handful
+        # of runs rather than one per 15 minutes since the production default (earlier windows: backfill)
+        now = datetime.now(UTC)
+        self.state.setdefault("rubin_start", now.replace(minute=now.minute - now.minute % 15, second=0,
+                                                         microsecond=0).isoformat())
 
     @classmethod
     def from_env(cls) -> Site:
@@ -155,6 +161,7 @@ class Site:
             "S3_URL": self.s3_url,
             "PG_PORT": str(self.state["ports"]["postgres"]),
             "AIRFLOW_PORT": str(self.state["ports"]["airflow"]),
+            "FACILITY_RUBIN_START": self.state["rubin_start"],
         }
 
     def connections(self) -> dict[str, dict]:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from facility_data.config import include_dir, load_model
+from facility_data.config import ConfigError, include_dir, load_model
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
@@ -110,6 +111,23 @@ class EmbargoPolicy(_Strict):
         if self.guider_dataset_type:
             out[self.guider_dataset_type] = self.guider_collection.format(instrument=instrument)
         return out
+
+
+#: the first 15-minute window the scheduler creates when the DAG is unpaused (catchup starts here); windows before
+#: it are reached by backfills. Production: the day the service takes over. The local site sets its creation time.
+DEFAULT_SCHEDULE_START = "2026-11-01T00:00:00+00:00"
+
+
+def schedule_start() -> datetime:
+    """The unembargo DAG's start_date: $FACILITY_RUBIN_START (ISO 8601 with a UTC offset) or the default."""
+    value = os.environ.get("FACILITY_RUBIN_START") or DEFAULT_SCHEDULE_START
+    try:
+        start = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"FACILITY_RUBIN_START={value!r} is not an ISO 8601 date-time") from None
+    if start.tzinfo is None:
+        raise ConfigError(f"FACILITY_RUBIN_START={value!r} needs a UTC offset, e.g. 2026-11-01T00:00:00+00:00")
+    return start
 
 
 def policy_path() -> Path:
