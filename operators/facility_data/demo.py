@@ -158,6 +158,16 @@ def reconcile_section(site: Site, server: AirflowServer, night) -> str:
         raise Skip(f"reconciliation not available: {exc}") from None
     from facility_data.rubin.policy import policy_path
 
+    # Unpausing lets the scheduler start the current hourly check at once; let it finish first, or it would
+    # repair the damage before the demo's own run gets to show it.
+    dag_id = "rubin_unembargo_reconcile"
+    if not server.wait_for_dag(dag_id, timeout=60):
+        raise Skip(f"DAG {dag_id} is not in the bundle yet")
+    server.api("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+    deadline = time.monotonic() + 600
+    time.sleep(10)
+    while time.monotonic() < deadline and any(r["state"] not in ("success", "failed") for r in server.runs(dag_id)):
+        time.sleep(3)
     broken = demo_breakage.break_exposures(site.root, policy_path(), night.day_obs)
     say("  broke on purpose: " + "; ".join(broken))
     conf = {"instrument": night.instrument, "day_obs_first": str(night.day_obs),
@@ -199,6 +209,8 @@ def main() -> int:
     n_exposures = int(os.environ.get("DEMO_EXPOSURES", "20"))
     detectors = int(os.environ.get("DEMO_DETECTORS", "205"))
     t0 = time.monotonic()
+    # the scheduler, api-server and triggerer write concurrently: PostgreSQL, not SQLite, under the demo
+    os.environ.setdefault("FACILITY_AIRFLOW_DB", "postgres")
     site = Site.from_env()
     say(RULE + f"\nfacility-data demo on the local site {site.root}")
     started = site.up()

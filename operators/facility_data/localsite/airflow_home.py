@@ -39,7 +39,6 @@ def airflow_env(site) -> dict[str, str]:
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(site.state["ports"].setdefault("airflow_tlogs", _port())),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         "AIRFLOW__SCHEDULER__DAG_DIR_LIST_INTERVAL": "5",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "8",
         "AIRFLOW__CORE__PARALLELISM": "4",
     }
@@ -126,9 +125,16 @@ class AirflowServer:
         return {"Authorization": f"Bearer {self._token}"}
 
     def api(self, method: str, path: str, **kwargs) -> dict:
+        import time
+
         import requests
 
-        resp = requests.request(method, f"{self.url}/api/v2{path}", headers=self._headers(), timeout=60, **kwargs)
+        for attempt in range(4):  # a busy metadata DB can fail a request transiently (HTTP 5xx)
+            resp = requests.request(method, f"{self.url}/api/v2{path}", headers=self._headers(), timeout=60,
+                                    **kwargs)
+            if resp.status_code < 500:
+                break
+            time.sleep(2 * (attempt + 1))
         if resp.status_code >= 400:
             raise SiteError(f"{method} {path}: HTTP {resp.status_code}: {resp.text[:500]}")
         return resp.json() if resp.content else {}

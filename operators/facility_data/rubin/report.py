@@ -90,9 +90,11 @@ def chart_png(nights: list[NightResult], path: Path, found: dict | None = None) 
                        label=None if state in drawn else state, color=_COLOURS.get(state))
                 bottom = [b + v for b, v in zip(bottom, values, strict=True)]
                 drawn.add(state)
-    ax.set_xticks(xs, [f"{d}\n(found | after)" if found else d for d in labels])
+    # "found | after" once in the title, not under every night (labels overlapped beyond a few nights)
+    ax.set_xticks(xs, labels, rotation=45 if len(labels) > 4 else 0, ha="right" if len(labels) > 4 else "center")
     ax.set_ylabel("exposures")
-    ax.set_title(f"Unembargo state per night ({nights[0].instrument})" if nights else "no nights")
+    title = f"Unembargo state per night ({nights[0].instrument})" if nights else "no nights"
+    ax.set_title(title + ("\nleft bar: as found, right bar: after this run" if found else ""))
     if drawn:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
