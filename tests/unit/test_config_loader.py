@@ -52,3 +52,17 @@ def test_valid_file_loads(tmp_path, monkeypatch):
     path = tmp_path / "ok.yaml"
     path.write_text("name: bl832\ninner: {root: '${ROOT_X}/raw', days: 3}\n")
     assert load_model(path, Doc) == Doc(name="bl832", inner=Inner(root="/r/raw", days=3))
+
+
+def test_temporary_env_restores_exactly_what_was_there(monkeypatch):
+    from facility_data.config import temporary_env
+
+    monkeypatch.setenv("KEEP_X", "old")
+    monkeypatch.delenv("NEW_X", raising=False)
+    with temporary_env({"KEEP_X": "new", "NEW_X": "1"}):
+        import os
+
+        assert os.environ["KEEP_X"] == "new" and os.environ["NEW_X"] == "1"
+    import os
+
+    assert os.environ["KEEP_X"] == "old" and "NEW_X" not in os.environ

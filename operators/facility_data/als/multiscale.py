@@ -29,16 +29,14 @@ import argparse
 import json
 import logging
 import math
-import os
 import re
-import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from facility_data.als.permissions import make_group_writable
+from facility_data.als.permissions import staged_directory
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +129,8 @@ def build_multiscale(tiff_dir: Path | str, zarr_dir: Path | str, pixel_size_um: 
         raise MultiscaleError(f"n_levels must be >= 1, got {levels}")
 
     zarr_dir = Path(zarr_dir)
-    zarr_dir.parent.mkdir(parents=True, exist_ok=True)
-    partial = zarr_dir.with_name(f".{zarr_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
     dtype = first.dtype
-    try:
+    with staged_directory(zarr_dir) as partial:
         root = zarr.open_group(str(partial), mode="w")
         chunks = lambda shp: (1, min(chunk_xy, shp[1]), min(chunk_xy, shp[2]))  # noqa: E731
         arr = root.create_array("0", shape=shape0, chunks=chunks(shape0), dtype=dtype)
@@ -162,14 +157,6 @@ def build_multiscale(tiff_dir: Path | str, zarr_dir: Path | str, pixel_size_um: 
         axes = [{"name": n, "type": "space", "unit": "micrometer"} for n in ("z", "y", "x")]
         write_multiscales_metadata(root, datasets, fmt=CurrentFormat(), axes=axes,
                                    name=Path(tiff_dir).name)
-        make_group_writable(partial)
-        if zarr_dir.exists():
-            log.info("replacing the existing %s", zarr_dir)
-            shutil.rmtree(zarr_dir)
-        partial.rename(zarr_dir)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     log.info("wrote %s: %d levels %s, voxel %.4g um", zarr_dir, levels, shapes, pixel_size_um)
     return MultiscaleResult(str(zarr_dir), shapes, scales, str(dtype))
 

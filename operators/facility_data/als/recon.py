@@ -37,8 +37,6 @@ import argparse
 import json
 import logging
 import math
-import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -47,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facility_data.als.permissions import make_group_writable
+from facility_data.als.permissions import staged_directory
 
 log = logging.getLogger(__name__)
 
@@ -374,11 +372,7 @@ def reconstruct(h5_path: Path | str, out_dir: Path | str, *, center: float | Non
              h5_path, n_rows, n_angles, n_det, center_value, method)
 
     final = tiff_dir_for(h5_path, out_dir)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    partial = final.with_name(f".{final.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
-    try:
+    with staged_directory(final) as partial:
         projector = BackProjector(info.theta, n_det, center_value)
         for start in range(0, n_rows, chunk):
             part = read_scan(h5_path, slices=slice(start, min(start + chunk, n_rows)))
@@ -386,14 +380,6 @@ def reconstruct(h5_path: Path | str, out_dir: Path | str, *, center: float | Non
             images = fbp(proj.transpose(1, 0, 2), info.theta, filter_name=filter_name, projector=projector)
             for k, image in enumerate(images):
                 tifffile.imwrite(partial / f"{final.name}_{start + k:05d}.tiff", image)
-        make_group_writable(partial)
-        if final.exists():
-            log.info("replacing the existing %s", final)
-            shutil.rmtree(final)
-        partial.rename(final)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     seconds = time.perf_counter() - t_start
     log.info("wrote %d slices to %s in %.2f s", n_rows, final, seconds)
     return ReconResult(str(h5_path), str(final), n_rows, (n_rows, n_det, n_det), center_value, method,

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -35,6 +37,22 @@ def include_dir() -> Path:
         if (parent / "include").is_dir() and (parent / "dags").is_dir():
             return parent / "include"
     raise ConfigError("cannot find the bundle's include/ directory: set FACILITY_INCLUDE")
+
+
+@contextmanager
+def temporary_env(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of a block, then restore exactly what was there (for libraries
+    that read settings only from the environment, and for expanding ${VAR} with values not exported globally)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def expand_env(value, *, source: str = "<config>"):

@@ -14,7 +14,7 @@ import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 
-from facility_data.config import expand_env, include_dir
+from facility_data.config import expand_env, include_dir, temporary_env
 from facility_data.localsite.postgres import Postgres
 from facility_data.localsite.procs import SiteError, free_port
 from facility_data.localsite.rucio_server import RucioServer, server_venv
@@ -170,14 +170,6 @@ class Site:
 
         path = include_dir() / "local_site" / "connections.yaml"
         raw = yaml.safe_load(path.read_text()) or {}
-        saved = {k: os.environ.get(k) for k in self.env()}
-        os.environ.update(self.env())
-        try:
+        with temporary_env(self.env()):
             conns = expand_env(raw.get("connections") or {}, source=str(path))
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
         return conns

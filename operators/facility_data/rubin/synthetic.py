@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from facility_data.config import temporary_env
 from facility_data.rubin.policy import ButlerRef, EmbargoPolicy, PolicyRow, RucioTarget, Storage
 from facility_data.rubin.storage import EmbargoStore, LocalStore, folder_key
 
@@ -215,16 +215,8 @@ def _resources_env(store):
     creds = store.client._request_signer._credentials
     env = {"S3_ENDPOINT_URL": store.client.meta.endpoint_url, "AWS_ACCESS_KEY_ID": creds.access_key,
            "AWS_SECRET_ACCESS_KEY": creds.secret_key}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with temporary_env(env):
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _build_night(site_root, day_obs, n_exposures, detectors, file_size, start, store, destinations, incomplete,
