@@ -9,6 +9,7 @@ task (by id, which is what a trigger can hold) into success / failed-with-traceb
 from __future__ import annotations
 
 import logging
+import signal
 import traceback
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -29,14 +30,26 @@ class LocalProcessExecutor(ProcessPoolExecutor):
     """A process pool whose running work can be stopped (``terminate``), the local stand-in for an endpoint."""
 
     def __init__(self, max_workers: int = 1):
-        super().__init__(max_workers=max_workers)
+        super().__init__(max_workers=max_workers, initializer=_default_sigterm)
 
     def terminate(self) -> None:
-        # Python < 3.14 has no public way to stop a running ProcessPoolExecutor job: kill its worker processes.
-        for proc in list((getattr(self, "_processes", None) or {}).values()):
+        # Python < 3.14 has no public way to stop a running ProcessPoolExecutor job: kill its worker processes,
+        # and wait until they are gone (SIGKILL if SIGTERM is not enough), so nothing runs past the deadline.
+        procs = [p for p in list((getattr(self, "_processes", None) or {}).values()) if p.is_alive()]
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.join(timeout=2)
             if proc.is_alive():
-                proc.terminate()
+                proc.kill()
+                proc.join(timeout=2)
         self.shutdown(wait=False, cancel_futures=True)
+
+
+def _default_sigterm() -> None:
+    """Workers are forked from processes (Airflow tasks, pytest) that may handle SIGTERM themselves; a worker must
+    die on it."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def exception_text(exc: BaseException) -> str:

@@ -23,7 +23,10 @@ REPO = Path(__file__).resolve().parents[2]
 def dag():
     from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(dag_folder=str(REPO / "dags" / "rubin_unembargo_raw.py"))
+    # the synthetic nights are in 2025: the schedule must start before them, as a deployment's would
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FACILITY_RUBIN_START", "2024-01-01T00:00:00+00:00")
+        bag = DagBag(dag_folder=str(REPO / "dags" / "rubin_unembargo_raw.py"))
     assert not bag.import_errors, bag.import_errors
     dag = bag.dags["rubin_unembargo_raw"]
     for t in dag.tasks:  # dag.test() waits out retry delays inline; a failure here should show at once
