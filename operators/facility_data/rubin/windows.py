@@ -21,6 +21,19 @@ from facility_data.rubin.policy import EmbargoPolicy, PolicyRow
 OBS_ID = re.compile(r"^[A-Z]{2}_[A-Z]_(\d{8})_(\d{6})$")
 #: widening of the Butler OVERLAPS query (exact filtering on the end time happens in Python)
 _PAD = timedelta(minutes=1)
+#: ids per "IN (...)" clause: SQLite refuses an expression tree of ~1000 terms, and a night holds more exposures
+_IN_CHUNK = 250
+
+
+def _chunks(items: list, size: int = _IN_CHUNK):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _query_exposures(butler, *, instrument: str, where: str, bind: dict | None = None):
+    """Every matching exposure record: ``limit=None``, since daf_butler silently truncates at 20000 rows."""
+    return butler.query_dimension_records("exposure", where=where, bind=bind or {}, instrument=instrument,
+                                          explain=False, limit=None)
 
 
 @dataclass(frozen=True)
@@ -81,12 +94,12 @@ def _governing_rows(butler, policy: EmbargoPolicy, instrument: str, records) -> 
     for row in policy.rows_for(instrument):
         if not pending:
             break
-        ids = ",".join(str(i) for i in sorted(pending))
-        matched = butler.query_dimension_records("exposure", where=_and(row.where, f"exposure.id IN ({ids})"),
-                                                 instrument=instrument, explain=False)
-        for rec in matched:
-            out[rec.id] = row
-            pending.discard(rec.id)
+        for chunk in _chunks(sorted(pending)):
+            ids = ",".join(str(i) for i in chunk)
+            for rec in _query_exposures(butler, instrument=instrument,
+                                        where=_and(row.where, f"exposure.id IN ({ids})")):
+                out[rec.id] = row
+                pending.discard(rec.id)
     return out
 
 
@@ -107,9 +120,9 @@ def select_released(butler, policy: EmbargoPolicy, instrument: str, start: datet
     found: dict[int, ExposureRef] = {}
     for row in policy.rows_for(instrument):
         a, b = end_interval(start, end, row, policy.settle_minutes)
-        recs = butler.query_dimension_records(
-            "exposure", where=_and(row.where, "exposure.timespan OVERLAPS :ok_timespan"),
-            bind={"ok_timespan": Timespan(_tai(a - _PAD), _tai(b))}, instrument=instrument, explain=False)
+        recs = _query_exposures(butler, instrument=instrument,
+                                where=_and(row.where, "exposure.timespan OVERLAPS :ok_timespan"),
+                                bind={"ok_timespan": Timespan(_tai(a - _PAD), _tai(b))})
         recs = [r for r in recs if a <= _end_utc(r) < b and r.id not in found]
         governing = _governing_rows(butler, policy, instrument, recs)
         for rec in recs:
@@ -169,9 +182,11 @@ def select_manual(butler, policy: EmbargoPolicy, request: ManualRequest,
         clauses.append("exposure.day_obs = :day_obs")
         bind["day_obs"] = request.day_obs
     if request.obs_ids:
-        clauses.append("exposure.obs_id IN (" + ",".join(f"'{o}'" for o in request.obs_ids) + ")")
-    recs = list(butler.query_dimension_records("exposure", where=_and(*clauses), bind=bind,
-                                               instrument=request.instrument, explain=False))
+        recs = [rec for chunk in _chunks(list(request.obs_ids))
+                for rec in _query_exposures(butler, instrument=request.instrument, bind=bind, where=_and(
+                    *clauses, "exposure.obs_id IN (" + ",".join(f"'{o}'" for o in chunk) + ")"))]
+    else:
+        recs = list(_query_exposures(butler, instrument=request.instrument, where=_and(*clauses), bind=bind))
     problems = [{"obs_id": o, "reason": "no such exposure in the source Butler"}
                 for o in sorted(set(request.obs_ids) - {r.obs_id for r in recs})]
     governing = _governing_rows(butler, policy, request.instrument, recs)
