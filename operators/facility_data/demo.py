@@ -55,10 +55,16 @@ def wait_new_run(server: AirflowServer, dag_id: str, after: set[str], timeout: f
     raise Skip(f"no {dag_id} run appeared within {timeout:.0f} s")
 
 
-def run_and_wait(server: AirflowServer, dag_id: str, conf: dict, timeout: float = 900) -> tuple[str, str]:
+def unpause(server: AirflowServer, dag_id: str) -> None:
+    """Wait until the DAG is parsed (else the section is skipped, not faked) and unpause it: in Airflow 3.3 neither
+    manual runs nor backfills start on a paused DAG."""
     if not server.wait_for_dag(dag_id, timeout=60):
         raise Skip(f"DAG {dag_id} is not in the bundle yet")
     server.api("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+
+
+def run_and_wait(server: AirflowServer, dag_id: str, conf: dict, timeout: float = 900) -> tuple[str, str]:
+    unpause(server, dag_id)
     run_id = server.trigger(dag_id, conf)
     say(f"  triggered {dag_id} run {run_id} through POST /api/v2/dags/{dag_id}/dagRuns")
     state = server.wait_run(dag_id, run_id, timeout=timeout)
@@ -79,9 +85,8 @@ def als_section(site: Site, server: AirflowServer) -> str:
         raise Skip(f"facility_data.als.demo not available: {exc}") from None
     conf = als_demo.prepare(site.root)
     say(f"  synthetic scan written where the file watcher sees it: {conf.get('file_path')}")
-    known = {r["dag_run_id"] for r in server.runs("bl832_recon_local")} if server.wait_for_dag(
-        "bl832_recon_local", timeout=60) else set()
-    server.api("PATCH", "/dags/bl832_recon_local", json={"is_paused": False})
+    unpause(server, "bl832_recon_local")
+    known = {r["dag_run_id"] for r in server.runs("bl832_recon_local")}
     run_id, state = run_and_wait(server, "bl832_new_file", conf)
     lines = [f"bl832_new_file {run_id}: {state}"]
     if state != "success":
@@ -111,10 +116,7 @@ def rubin_section(site: Site, server: AirflowServer, *, n_exposures: int, detect
     except ImportError as exc:
         raise Skip(f"Rubin pipeline not available: {exc}") from None
     dag_id = "rubin_unembargo_raw"
-    if not server.wait_for_dag(dag_id, timeout=60):
-        raise Skip(f"DAG {dag_id} is not in the bundle yet")
-    # backfills run only on unpaused DAGs (Airflow 3.3); the server's FACILITY_RUBIN_START keeps catchup short
-    server.api("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+    unpause(server, dag_id)  # the server's FACILITY_RUBIN_START keeps its catchup to the current windows
     policy = load_policy()
     row = next(r for r in policy.rows if not r.where)
     # a night whose exposures were released during the last hour or so (80 h embargo + settle ago)
@@ -161,9 +163,7 @@ def reconcile_section(site: Site, server: AirflowServer, night) -> str:
     # Unpausing lets the scheduler start the current hourly check at once; let it finish first, or it would
     # repair the damage before the demo's own run gets to show it.
     dag_id = "rubin_unembargo_reconcile"
-    if not server.wait_for_dag(dag_id, timeout=60):
-        raise Skip(f"DAG {dag_id} is not in the bundle yet")
-    server.api("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+    unpause(server, dag_id)
     deadline = time.monotonic() + 600
     time.sleep(10)
     while time.monotonic() < deadline and any(r["state"] not in ("success", "failed") for r in server.runs(dag_id)):
