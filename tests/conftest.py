@@ -29,7 +29,12 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_session_tmp / 'airflow' / 'airflow.db'}"
 os.environ["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] = str(_session_tmp / "airflow" / "logs")
-os.environ.setdefault("FACILITY_SITE", str(_session_tmp / "site"))
+# Always a private site: `make` exports the user's FACILITY_SITE, and tests must never write alerts, ledgers or
+# reports there. Likewise the user's configuration overrides must not change what the tests see.
+os.environ["FACILITY_SITE"] = str(_session_tmp / "site")
+for _override in ("FACILITY_REPORTS", "FACILITY_RUBIN_POLICY", "FACILITY_RUBIN_START", "FACILITY_ENDPOINTS_FILE",
+                  "FACILITY_AIRFLOW_DB"):
+    os.environ.pop(_override, None)
 (_session_tmp / "airflow").mkdir(parents=True, exist_ok=True)
 
 

@@ -66,3 +66,12 @@ def test_temporary_env_restores_exactly_what_was_there(monkeypatch):
     import os
 
     assert os.environ["KEEP_X"] == "old" and "NEW_X" not in os.environ
+
+
+def test_tests_never_use_the_users_site():
+    """The harness points FACILITY_SITE at the test session's own directory, whatever `make` exported."""
+    import os
+    import tempfile
+
+    assert os.environ["FACILITY_SITE"].startswith(tempfile.gettempdir())
+    assert "facility-test-" in os.environ["FACILITY_SITE"]
