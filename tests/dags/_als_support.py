@@ -25,6 +25,14 @@ def dag_ids() -> set[str]:
     return set(DagBag(dag_folder=str(REPO / "dags" / "als_beamlines.py")).dag_ids)
 
 
+def private_site(tmp_path: Path, monkeypatch) -> Path:
+    """An empty local-site directory for one test, made the process's FACILITY_SITE."""
+    root = tmp_path / "site"
+    root.mkdir()
+    monkeypatch.setenv("FACILITY_SITE", str(root))
+    return root
+
+
 def endpoint_dir(site: Path, endpoint: str) -> Path:
     from facility_data.transfer import load_endpoints
 

@@ -10,9 +10,7 @@ pytestmark = pytest.mark.dagtest
 
 @pytest.fixture
 def site(airflow_db, tmp_path, monkeypatch):
-    root = tmp_path / "site"
-    root.mkdir()
-    monkeypatch.setenv("FACILITY_SITE", str(root))
+    root = s.private_site(tmp_path, monkeypatch)
     return root
 
 

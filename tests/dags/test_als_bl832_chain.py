@@ -20,9 +20,7 @@ MIN_CORRELATION = 0.85
 
 @pytest.fixture
 def site(airflow_db, tmp_path, monkeypatch):
-    root = tmp_path / "site"
-    root.mkdir()
-    monkeypatch.setenv("FACILITY_SITE", str(root))
+    root = s.private_site(tmp_path, monkeypatch)
     monkeypatch.delenv("AIRFLOW_VAR_BL832_DECISION_SETTINGS", raising=False)
     return root
 

@@ -15,9 +15,7 @@ OFF_SITE = ("nersc832", "nersc832_alsdev_scratch", "nersc832_alsdev_pscratch_scr
 
 @pytest.fixture
 def site(airflow_db, tmp_path, monkeypatch):
-    root = tmp_path / "site"
-    root.mkdir()
-    monkeypatch.setenv("FACILITY_SITE", str(root))
+    root = s.private_site(tmp_path, monkeypatch)
     # every target switched on: export control must win over the configuration
     monkeypatch.setenv("AIRFLOW_VAR_BL832_DECISION_SETTINGS",
                        json.dumps({"local": True, "nersc": True, "alcf": True}))

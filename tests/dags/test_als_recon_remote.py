@@ -16,9 +16,7 @@ STEM = "20240101_120000_shell"
 
 @pytest.fixture
 def site(airflow_db, tmp_path, monkeypatch):
-    root = tmp_path / "site"
-    root.mkdir()
-    monkeypatch.setenv("FACILITY_SITE", str(root))
+    root = s.private_site(tmp_path, monkeypatch)
     monkeypatch.setenv("AIRFLOW_VAR_BL832_DECISION_SETTINGS", json.dumps({"nersc": True, "alcf": True}))
     return root
 

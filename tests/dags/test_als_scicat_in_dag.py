@@ -16,9 +16,7 @@ PID = "20.500.12269/dag-1"
 
 @pytest.fixture
 def site(airflow_db, tmp_path, monkeypatch):
-    root = tmp_path / "site"
-    root.mkdir()
-    monkeypatch.setenv("FACILITY_SITE", str(root))
+    root = s.private_site(tmp_path, monkeypatch)
     monkeypatch.setenv("AIRFLOW_CONN_SCICAT_DEFAULT", json.dumps(
         {"conn_type": "scicat", "host": API, "login": "ingestor", "password": "canned-password"}))
     return root

@@ -331,13 +331,20 @@ def _publish_task(bl: Beamline, role: str = "data_scratch"):
     return publish
 
 
+def _recon_dag(bl: Beamline, target: str, description: str) -> tuple[DAG, Asset]:
+    """The DAG of one reconstruction target and the asset that starts it. Never paused at creation: a paused
+    asset-triggered DAG misses events (Airflow #49857)."""
+    asset = recon_asset(bl, target)
+    dag = DAG(dag_id=f"{bl.id}_recon_{target}", schedule=[asset], start_date=START, catchup=False,
+              is_paused_upon_creation=False, description=f"BL {bl.beamline}: {description}",
+              default_args=default_args(), tags=["als", bl.id, "reconstruction", target],
+              params=_recon_params(bl), doc_md=f"Asset-triggered by `{bl.id}_new_file` (asset `{asset.uri}`).")
+    return dag, asset
+
+
 def build_recon_local_dag(bl: Beamline) -> DAG:
-    asset = recon_asset(bl, "local")
-    with DAG(dag_id=f"{bl.id}_recon_local", schedule=[asset], start_date=START, catchup=False,
-             is_paused_upon_creation=False,  # a paused asset-triggered DAG misses events (Airflow #49857)
-             description=f"BL {bl.beamline}: reconstruct on this machine (FBP -> TIFF stack -> OME-Zarr)",
-             default_args=default_args(), tags=["als", bl.id, "reconstruction", "local"],
-             params=_recon_params(bl), doc_md=f"Asset-triggered by `{bl.id}_new_file` (asset `{asset.uri}`).") as dag:
+    dag, asset = _recon_dag(bl, "local", "reconstruct on this machine (FBP -> TIFF stack -> OME-Zarr)")
+    with dag:
         scans = _collect_task(bl, "local", asset)
 
         @task
@@ -429,14 +436,10 @@ def build_recon_nersc_dag(bl: Beamline) -> DAG:
     from facility_data.sensors.sfapi import SFAPIJobSensor
 
     cfg = bl.recon.nersc
-    asset = recon_asset(bl, "nersc")
     deadline = timedelta(minutes=bl.transfer_deadline_minutes)
     extra = ("nersc_scratch",) if "nersc_scratch" in bl.locations else ()
-    with DAG(dag_id=f"{bl.id}_recon_nersc", schedule=[asset], start_date=START, catchup=False,
-             is_paused_upon_creation=False,  # a paused asset-triggered DAG misses events (Airflow #49857)
-             description=f"BL {bl.beamline}: reconstruct at NERSC (SFAPI/Slurm) and copy results back",
-             default_args=default_args(), tags=["als", bl.id, "reconstruction", "nersc"],
-             params=_recon_params(bl), doc_md=f"Asset-triggered by `{bl.id}_new_file` (asset `{asset.uri}`).") as dag:
+    dag, asset = _recon_dag(bl, "nersc", "reconstruct at NERSC (SFAPI/Slurm) and copy results back")
+    with dag:
         scans = _collect_task(bl, "nersc", asset)
 
         @task(multiple_outputs=True)
@@ -496,13 +499,9 @@ def build_recon_alcf_dag(bl: Beamline) -> DAG:
     from facility_data.operators.globus_compute import GlobusComputeOperator
 
     cfg = bl.recon.alcf
-    asset = recon_asset(bl, "alcf")
     deadline = timedelta(minutes=bl.transfer_deadline_minutes)
-    with DAG(dag_id=f"{bl.id}_recon_alcf", schedule=[asset], start_date=START, catchup=False,
-             is_paused_upon_creation=False,  # a paused asset-triggered DAG misses events (Airflow #49857)
-             description=f"BL {bl.beamline}: reconstruct at ALCF (Globus Compute) and copy results back",
-             default_args=default_args(), tags=["als", bl.id, "reconstruction", "alcf"],
-             params=_recon_params(bl), doc_md=f"Asset-triggered by `{bl.id}_new_file` (asset `{asset.uri}`).") as dag:
+    dag, asset = _recon_dag(bl, "alcf", "reconstruct at ALCF (Globus Compute) and copy results back")
+    with dag:
         scans = _collect_task(bl, "alcf", asset)
 
         @task(multiple_outputs=True)
