@@ -63,6 +63,23 @@ def test_recursive_tree_and_alias_endpoint(eps):
     assert st.checksum == file_checksum(eps["spot"].local_path("raw/p1/rec/sub1/f3.tif"))
 
 
+@pytest.mark.parametrize("algorithm", ["crc32c", "sha256"])
+def test_small_and_large_files_keep_content_mode_and_times(eps, algorithm):
+    """Small files go through one buffer, large ones through the kernel copy: both keep bytes, mode and mtime."""
+    sizes = {"empty": 0, "small": 5000, "large": local_mod._SMALL_FILE + 12345}
+    for name, size in sizes.items():
+        src = write(eps["spot"], f"t/{name}", os.urandom(size))
+        src.chmod(0o640)
+        os.utime(src, ns=(1_600_000_000_000_000_000, 1_700_000_000_123_456_789))
+    LocalTransfer(algorithm).transfer(eps["spot"], "t", eps["data"], "t", recursive=True)
+    for name in sizes:
+        src, dst = eps["spot"].local_path(f"t/{name}"), eps["data"].local_path(f"t/{name}")
+        assert dst.read_bytes() == src.read_bytes()
+        assert (dst.stat().st_mode & 0o7777, dst.stat().st_mtime_ns) == (0o640, 1_700_000_000_123_456_789)
+        assert file_checksum(dst, algorithm) == file_checksum(src, algorithm)
+    assert no_partials(eps["data"].local_root) == []
+
+
 def test_directory_needs_recursive(eps):
     write(eps["spot"], "d/a", b"a")
     with pytest.raises(TransferError, match="recursive=True"):
@@ -116,9 +133,10 @@ def test_export_controlled_data_does_not_leave_als(eps):
     assert eps["spot"].local_path("raw/scan.h5").read_bytes() == b"ec"
 
 
+@pytest.mark.parametrize("size", [100_000, local_mod._SMALL_FILE + 1])  # buffered and kernel-copy paths
 @pytest.mark.parametrize("algorithm", ["crc32c", "sha256"])
-def test_corrupted_copy_is_detected_and_discarded(eps, monkeypatch, algorithm):
-    write(eps["spot"], "scan.h5", os.urandom(100_000))
+def test_corrupted_copy_is_detected_and_discarded(eps, monkeypatch, algorithm, size):
+    write(eps["spot"], "scan.h5", os.urandom(size))
     eps["data"].local_root.mkdir(parents=True)
     real_copy = local_mod._copy_hashing
 

@@ -14,6 +14,7 @@ import logging
 import mmap
 import os
 import shutil
+import stat
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +35,9 @@ log = logging.getLogger(__name__)
 CHECKSUM_ALGORITHM = "sha256"
 _CHUNK = 1 << 20
 _PARTIAL_MARK = ".fdpart-"
-_WORKERS = min(8, 4 * (os.cpu_count() or 1))  # file creation waits on the journal: overlap it
+_SMALL_FILE = 4 << 20  # up to this size a file is copied through one buffer, hashed on the way
+#: files copied at once: kernel copies and checksums release the GIL, but more threads than cores only contend for it
+_WORKERS = min(8, max(2, os.cpu_count() or 1))
 
 
 def _verify_algorithm() -> str:
@@ -50,11 +53,13 @@ def file_checksum(path: Path, algorithm: str = CHECKSUM_ALGORITHM) -> str:
     if algorithm == "crc32c":
         import google_crc32c
 
-        crc = google_crc32c.Checksum()
-        with open(path, "rb", buffering=0) as fh:
-            while chunk := fh.read(_CHUNK):
-                crc.update(chunk)
-        return f"crc32c:{crc.hexdigest().decode()}"
+        crc, fd = 0, os.open(path, os.O_RDONLY)
+        try:
+            while chunk := os.read(fd, _CHUNK):
+                crc = google_crc32c.extend(crc, chunk)
+        finally:
+            os.close(fd)
+        return f"crc32c:{crc:08x}"
     h = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
@@ -65,27 +70,62 @@ def file_checksum(path: Path, algorithm: str = CHECKSUM_ALGORITHM) -> str:
     return f"{algorithm}:{h.hexdigest()}"
 
 
-def _kernel_copy(fin, fout, size: int) -> None:
+def _kernel_copy(fin: int, fout: int, size: int) -> None:
     """Copy ``size`` bytes in the kernel (copy_file_range, what cp uses), falling back to a buffered copy."""
     copied = 0
     try:
         while copied < size:
-            n = os.copy_file_range(fin.fileno(), fout.fileno(), size - copied)
+            n = os.copy_file_range(fin, fout, size - copied)
             if n == 0:
                 break
             copied += n
     except OSError:  # e.g. a filesystem or kernel without copy_file_range: start over with plain reads
-        fin.seek(0)
-        fout.seek(0)
-        fout.truncate()
-        shutil.copyfileobj(fin, fout, _CHUNK)
+        os.lseek(fin, 0, os.SEEK_SET)
+        os.lseek(fout, 0, os.SEEK_SET)
+        os.ftruncate(fout, 0)
+        while chunk := os.read(fin, _CHUNK):
+            _write_all(fout, chunk)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _checksum_bytes(data: bytes, algorithm: str) -> str:
+    if algorithm == "crc32c":
+        import google_crc32c
+
+        return f"crc32c:{google_crc32c.value(data):08x}"
+    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
 
 
 def _copy_hashing(src: Path, tmp: Path, algorithm: str) -> str:
-    """Copy ``src`` to ``tmp`` and return the checksum of the source."""
-    with open(src, "rb") as fin, open(tmp, "xb") as fout:
-        _kernel_copy(fin, fout, os.fstat(fin.fileno()).st_size)
-    return file_checksum(src, algorithm)
+    """Copy ``src`` to the new file ``tmp`` (its mode and times too) and return the checksum of the source.
+
+    Small files go through one buffer, hashed as written (one read of the source); large ones are copied in the
+    kernel and the source is hashed after (a source that changed meanwhile then fails verification).
+    """
+    fin = os.open(src, os.O_RDONLY)
+    try:
+        st = os.fstat(fin)
+        fout = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            if st.st_size <= _SMALL_FILE:
+                data = os.read(fin, st.st_size + 1)  # +1: a file that grew since the stat shows as a size mismatch
+                src_sum = _checksum_bytes(data, algorithm)
+                _write_all(fout, data)
+            else:
+                _kernel_copy(fin, fout, st.st_size)
+                src_sum = None
+            os.fchmod(fout, stat.S_IMODE(st.st_mode))
+            os.utime(fout, ns=(st.st_atime_ns, st.st_mtime_ns))
+        finally:
+            os.close(fout)
+    finally:
+        os.close(fin)
+    return src_sum or file_checksum(src, algorithm)
 
 
 def _partial_name(dest: Path) -> Path:
@@ -94,7 +134,10 @@ def _partial_name(dest: Path) -> Path:
 
 def install_file(src: Path, dest: Path, *, verify_checksum: bool = True,
                  algorithm: str = CHECKSUM_ALGORITHM) -> tuple[int, str]:
-    """Copy one file atomically to ``dest``; return (bytes, source checksum). Raises TransferError on mismatch."""
+    """Copy one file atomically to ``dest`` (mode and times kept); return (bytes, source checksum).
+
+    Raises TransferError when the copy's checksum or size differs from the source; the copy is then discarded.
+    """
     if not dest.parent.is_dir():
         dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = _partial_name(dest)
@@ -110,7 +153,6 @@ def install_file(src: Path, dest: Path, *, verify_checksum: bool = True,
         if size != src_size:
             raise TransferError(f"size mismatch copying {src} -> {dest}: source {src_size} B, copy {size} B "
                                 "(did the source change during the copy?)")
-        shutil.copystat(src, tmp)
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
