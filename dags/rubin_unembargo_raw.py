@@ -16,9 +16,7 @@ from facility_data.dag_defaults import default_args
 from facility_data.operators.embargo import EmbargoZipOperator
 from facility_data.operators.rucio import RucioRegisterOperator
 from facility_data.rubin.policy import schedule_start
-
-#: at most this many exposures per step run at once within one run (memory/I/O bound; ~4 GB per exposure)
-PER_RUN_PARALLELISM = 4
+from facility_data.rubin.runs import PER_RUN_PARALLELISM
 
 with DAG(
     dag_id="rubin_unembargo_raw",

@@ -151,3 +151,23 @@ def test_metadata_index_ignores_non_json_sidecars():
 def test_store_refuses_keys_escaping_its_root(store):
     with pytest.raises(ValueError, match="escapes"):
         store.read("../../etc/passwd")
+    with pytest.raises(ValueError, match="escapes"):
+        store.read("/etc/passwd")
+    with pytest.raises(ValueError, match="escapes"):
+        list(store.iter_chunks(f"{FOLDER}../../../../x"))
+
+
+def test_large_member_spanning_chunks_and_syncs(store, tmp_path, monkeypatch):
+    """A member larger than the store's read chunk (mapped views) and the writer's periodic disk sync."""
+    from facility_data.rubin import storage, zipbuild
+
+    monkeypatch.setattr(zipbuild._HashingWriter, "_SYNC_EVERY", 3 << 20)
+    big = bytes(range(256)) * ((2 * storage.CHUNK + 12345) // 256)
+    store.put(f"{FOLDER}MC_O_20250101_000001_R22_S11.fits", big)
+    dest = tmp_path / "big.zip"
+    hashes, _ = build_zip(store, objects(store), INDEX, dest)
+    data = dest.read_bytes()
+    assert (hashes.bytes, hashes.md5) == (len(data), hashlib.md5(data).hexdigest())
+    with zipfile.ZipFile(dest) as zf:
+        assert zf.read("MC_O_20250101_000001_R22_S11.fits") == big
+    assert verify_zip(dest, store, objects(store), {"id-0"}).md5 == hashes.md5

@@ -22,6 +22,9 @@ from facility_data.rubin.windows import (
 
 log = logging.getLogger(__name__)
 
+#: at most this many exposures per step run at once within one DAG run (memory/I/O bound; ~4 GB per exposure)
+PER_RUN_PARALLELISM = 4
+
 
 class BadRequest(ValueError):
     """Params or run metadata that cannot be honoured; raised before any side effect."""
