@@ -95,7 +95,13 @@ def test_compute_local_and_deferred_service_task(dagbag, monkeypatch, canned):
                     "00000000-0000-4000-8000-0000000000aa")
     responses.add(responses.POST, f"{COMPUTE}/v3/endpoints/{ep}/submit",
                   json={"tasks": {fn: [task]}, "request_id": "r", "task_group_id": "g", "endpoint_id": ep})
-    responses.add(responses.GET, f"{COMPUTE}/v2/tasks/{task}", json={"task_id": task, "status": "running"})
+    records_seen = []  # the submission records (Airflow Variables) while the service task ran
+
+    def running(request):
+        records_seen.append(compute_records())
+        return 200, {}, json.dumps({"task_id": task, "status": "running"})
+
+    responses.add_callback(responses.GET, f"{COMPUTE}/v2/tasks/{task}", callback=running)
     responses.add(responses.GET, f"{COMPUTE}/v2/tasks/{task}",
                   json={"task_id": task, "status": "success", "result": ComputeSerializer().serialize(4),
                         "completion_t": "1"})
@@ -103,6 +109,17 @@ def test_compute_local_and_deferred_service_task(dagbag, monkeypatch, canned):
     assert run.state == "success", states(run)
     assert run.get_task_instance("local").xcom_pull(task_ids="local") == 42
     assert run.get_task_instance("remote").xcom_pull(task_ids="remote") == 4
+    # a retry would have adopted the task: its id was recorded while it ran, and removed once it ended
+    assert records_seen and list(records_seen[0].values()) == [task]
+    assert compute_records() == {}
+
+
+def compute_records() -> dict[str, str]:
+    from airflow.models import Variable
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return {v.key: v.val for v in session.query(Variable) if v.key.startswith("facility_data.compute_task.")}
 
 
 def test_globus_transfer_and_delete_deferred(dagbag, monkeypatch, canned, tmp_path):

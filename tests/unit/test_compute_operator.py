@@ -18,7 +18,7 @@ from airflow.sdk.exceptions import AirflowException, TaskDeferred
 from globus_sdk.testing import load_response
 
 from facility_data.compute import LocalProcessExecutor
-from facility_data.operators.globus_compute import GlobusComputeOperator
+from facility_data.operators.globus_compute import GlobusComputeOperator, submission_key
 from facility_data.triggers.globus_compute import GlobusComputeTrigger
 
 COMPUTE = "https://compute.api.globus.org"
@@ -108,9 +108,34 @@ def test_exactly_one_of_function_or_id():
         GlobusComputeOperator(task_id="t")
 
 
+@pytest.fixture
+def variables(monkeypatch):
+    """Airflow Variables as a dict (outside a running task the SDK cannot write them; the DAG test uses the real
+    ones through dag.test())."""
+    from facility_data.operators import globus_compute
+
+    store: dict[str, str] = {}
+
+    class Variables:
+        @staticmethod
+        def get(key, default=None):
+            return store.get(key, default)
+
+        @staticmethod
+        def set(key, value, description=None):
+            store[key] = value
+
+        @staticmethod
+        def delete(key):
+            store.pop(key, None)
+
+    monkeypatch.setattr(globus_compute, "Variable", Variables)
+    return store
+
+
 # -- the Globus Compute service path (real SDK, canned HTTP) ------------------------------------------------------
 @pytest.fixture
-def service(compute_conn):
+def service(compute_conn, variables):
     compute_conn(ENDPOINT)
     responses.start()
     try:
@@ -176,6 +201,52 @@ def test_service_deadline_fails_and_says_remote_cannot_be_cancelled(service):
                                    poll_interval=0)
     event = run_trigger(trigger)
     assert event["status"] == "timeout" and "cannot cancel" in event["message"]
+
+
+# -- retries adopt the submission of an earlier try ------------------------------------------------------------
+def submissions() -> int:
+    return sum(c.request.url.endswith("/submit") for c in responses.calls)
+
+
+def test_first_try_records_its_task_and_the_end_removes_it(service, variables):
+    from globus_compute_sdk.serialize import ComputeSerializer
+
+    op, trigger = deferred_op()
+    key = submission_key(ctx())[0]
+    assert variables == {key: TASK} and submissions() == 1
+    task_answers({"status": "success", "result": ComputeSerializer().serialize({"slices": 1}), "completion_t": "1"})
+    assert op.execute_complete(ctx(), run_trigger(trigger)) == {"slices": 1}
+    assert variables == {}
+
+
+def test_retry_adopts_a_pending_task_instead_of_submitting_again(service, variables):
+    variables[submission_key(ctx())[0]] = TASK
+    task_answers({"status": "running"})
+    op, trigger = deferred_op()
+    assert trigger.task_id == TASK and submissions() == 0
+
+
+def test_retry_after_a_failed_task_submits_again(service, variables):
+    old = "00000000-0000-4000-8000-0000000000bb"
+    key = submission_key(ctx())[0]
+    variables[key] = old
+    responses.add(responses.GET, f"{COMPUTE}/v2/tasks/{old}",
+                  json={"task_id": old, "status": "failed", "exception": "RuntimeError: node lost", "completion_t": "1"})
+    op, trigger = deferred_op()
+    assert trigger.task_id == TASK and submissions() == 1 and variables == {key: TASK}
+
+
+def test_timeout_keeps_the_record_for_the_retry(service, variables):
+    op, trigger = deferred_op()
+    with pytest.raises(AirflowException, match="timeout"):
+        op.execute_complete(ctx(), {"status": "timeout", "task_id": TASK, "message": "deadline passed"})
+    assert variables == {submission_key(ctx())[0]: TASK}
+
+
+def test_submission_key_is_per_task_instance():
+    a = submission_key(ctx())
+    b = submission_key({"ti": SimpleNamespace(dag_id="d", run_id="r", task_id="t", map_index=3)})
+    assert a[0] != b[0] and a[1] == "d/r/t[-1]" and len(a[0]) < 250
 
 
 def test_trigger_serialize_round_trip_is_pinned():
