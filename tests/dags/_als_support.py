@@ -81,44 +81,46 @@ def tree(root: Path) -> list[str]:
 
 
 class FakeNERSC:
-    """Canned SFAPI answers at the SFAPIHook boundary. A submitted batch script is run with bash on this machine
-    (as the LOCAL controller would) unless ``fail`` names a job (by template marker) to report FAILED instead;
-    ``job_info`` then answers with a Slurm accounting record of the outcome."""
+    """A local SFAPI server (tests/unit/fake_sfapi.py) that the real sfapi_client reaches through the
+    ``sfapi_default`` connection. A submitted batch script is run with bash on this machine (as the LOCAL controller
+    would) unless ``fail`` names a job (by template marker) to report FAILED instead; Slurm accounting (sacct) then
+    reports the outcome."""
 
     def __init__(self, fail: str | None = None):
         self.fail = fail
-        self.scripts: list[str] = []
-        self.records: dict[str, dict] = {}
+        self.server = None
 
     def install(self, monkeypatch):
-        from facility_data.hooks.sfapi import SFAPIHook
+        import sys
 
-        fake = self
-        monkeypatch.setattr(SFAPIHook, "find_active_job", lambda hook, name, machine="perlmutter": None)
-        monkeypatch.setattr(SFAPIHook, "submit_job", lambda hook, script, machine="perlmutter": fake.submit(script))
-        monkeypatch.setattr(SFAPIHook, "job_info", lambda hook, jobid, machine="perlmutter": fake.records[jobid])
+        from joserfc.jwk import RSAKey
+
+        sys.path.insert(0, str(REPO / "tests" / "unit"))
+        from fake_sfapi import FakeSFAPI
+
+        key = RSAKey.generate_key(2048)
+        self.server = FakeSFAPI(RSAKey.import_key(key.as_dict(private=False)), on_submit=self.run)
+        monkeypatch.setenv("AIRFLOW_CONN_SFAPI_DEFAULT", self.server.connection_json(key.as_dict(private=True)))
         return self
 
-    def submit(self, script: str) -> str:
+    @property
+    def scripts(self) -> list[str]:
+        return self.server.submitted
+
+    def run(self, script: str) -> list[str]:
         import os
         import subprocess
         import sys
         import tempfile
 
         assert script.startswith("#!"), script
-        self.scripts.append(script)
-        jobid = str(1000 + len(self.scripts))
         if self.fail and self.fail in script:
-            self.records[jobid] = {"jobid": jobid, "state": "FAILED", "exitcode": "1:0", "reason": "canned failure"}
-            return jobid
+            return ["FAILED"]
         with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as fh:
             fh.write(script)
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
         res = subprocess.run(["bash", fh.name], capture_output=True, text=True, env=env)
-        state = "COMPLETED" if res.returncode == 0 else "FAILED"
-        self.records[jobid] = {"jobid": jobid, "state": state, "exitcode": f"{res.returncode}:0",
-                               "stderr": res.stderr[-500:]}
-        return jobid
+        return ["COMPLETED" if res.returncode == 0 else "FAILED"]
 
 
 def compute_connection(monkeypatch) -> None:

@@ -1,6 +1,7 @@
-"""bl832_recon_nersc and bl832_recon_alcf through the project's operators: SFAPI submit + job sensor against canned
-SFAPI answers, GlobusComputeOperator on the local Compute executor, Globus transfers between local endpoints.
-Success puts verified, group-writable outputs at data832; a failure stops every later step."""
+"""bl832_recon_nersc and bl832_recon_alcf through the project's operators: SFAPI submit + job sensor through the real
+sfapi_client against a local SFAPI server (which runs each batch script here), GlobusComputeOperator on the local
+Compute executor, Globus transfers between local endpoints. Success puts verified, group-writable outputs at data832;
+a failure stops every later step."""
 
 from __future__ import annotations
 

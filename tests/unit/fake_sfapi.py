@@ -20,10 +20,12 @@ def sacct_record(jobid: str, state: str, **extra) -> dict:
 
 class FakeSFAPI:
     """Token endpoint + the SFAPI routes sfapi_client uses. ``states[jobid]`` is the sequence of sacct states
-    successive polls see (None = not in accounting yet); the last one repeats."""
+    successive polls see (None = not in accounting yet); the last one repeats. ``on_submit(script)``, if given,
+    returns that sequence for each submitted job (e.g. after running the script)."""
 
-    def __init__(self, public_key):
+    def __init__(self, public_key, on_submit=None):
         self.public_key = public_key
+        self.on_submit = on_submit
         self.states: dict[str, list] = {}
         self.tokens: list[str] = []
         self.valid_tokens: set[str] = set()
@@ -74,7 +76,8 @@ class FakeSFAPI:
                     jobid = str(fake.next_jobid)
                     fake.next_jobid += 1
                     fake.submitted.append(form["job"][0])
-                    fake.states.setdefault(jobid, [None, "PENDING", "RUNNING", "COMPLETED"])
+                    fake.states.setdefault(jobid, fake.on_submit(form["job"][0]) if fake.on_submit
+                                           else [None, "PENDING", "RUNNING", "COMPLETED"])
                     fake.task_jobs = getattr(fake, "task_jobs", {})
                     fake.task_jobs[f"task-{jobid}"] = jobid
                     return self._send(200, {"task_id": f"task-{jobid}", "status": "OK", "error": None})
