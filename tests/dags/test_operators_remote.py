@@ -115,7 +115,7 @@ def test_compute_local_and_deferred_service_task(dagbag, monkeypatch, canned):
 
 
 def compute_records() -> dict[str, str]:
-    from airflow.models import Variable
+    from airflow.models.variable import Variable  # the ORM model: the rows in the metadata DB
     from airflow.utils.session import create_session
 
     with create_session() as session:
