@@ -80,6 +80,16 @@ def test_small_and_large_files_keep_content_mode_and_times(eps, algorithm):
     assert no_partials(eps["data"].local_root) == []
 
 
+def test_short_reads_are_completed(eps, monkeypatch):
+    """A read may return less than asked (network filesystems): the buffered path reads on to the end."""
+    data = os.urandom(300_000)
+    write(eps["spot"], "scan.h5", data)
+    real_read = os.read
+    monkeypatch.setattr(os, "read", lambda fd, n: real_read(fd, min(n, 4096)))
+    LocalTransfer().transfer(eps["spot"], "scan.h5", eps["data"], "scan.h5")
+    assert eps["data"].local_path("scan.h5").read_bytes() == data
+
+
 def test_directory_needs_recursive(eps):
     write(eps["spot"], "d/a", b"a")
     with pytest.raises(TransferError, match="recursive=True"):

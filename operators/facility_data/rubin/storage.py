@@ -76,11 +76,13 @@ class LocalStore:
         day = self._path(f"{instrument}/{day_obs}")
         return sorted(p.name for p in day.iterdir() if p.is_dir()) if day.is_dir() else []
 
-    def iter_chunks(self, key: str) -> Iterator[bytes]:
+    def iter_chunks(self, key: str) -> Iterator[memoryview]:
         """Read-only views of the file mapped from the page cache: no copy into user space.
 
         The mapping is not closed here: it lives as long as any chunk does (a zip writer's helper threads may still
-        hold one) and is unmapped when the last reference goes.
+        hold one) and is unmapped when the last reference goes. Embargo objects are written once and never changed;
+        one truncated while mapped would end the reading process with SIGBUS (the task fails and is retried;
+        nothing is installed).
         """
         with open(self._path(key), "rb") as f:
             size = os.fstat(f.fileno()).st_size

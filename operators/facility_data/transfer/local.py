@@ -87,6 +87,15 @@ def _kernel_copy(fin: int, fout: int, size: int) -> None:
             _write_all(fout, chunk)
 
 
+def _read_all(fd: int, limit: int) -> bytes:
+    """Up to ``limit`` bytes, until end of file (a read may return less than asked, e.g. on network filesystems)."""
+    parts, left = [], limit
+    while left and (chunk := os.read(fd, left)):
+        parts.append(chunk)
+        left -= len(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -113,7 +122,7 @@ def _copy_hashing(src: Path, tmp: Path, algorithm: str) -> str:
         fout = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             if st.st_size <= _SMALL_FILE:
-                data = os.read(fin, st.st_size + 1)  # +1: a file that grew since the stat shows as a size mismatch
+                data = _read_all(fin, st.st_size + 1)  # +1: a file that grew since the stat shows as a size mismatch
                 src_sum = _checksum_bytes(data, algorithm)
                 _write_all(fout, data)
             else:
