@@ -58,7 +58,7 @@ class _HashingWriter:
 
     md5 (the slowest part, ~700 MB/s: its floor) and the disk write each run in a helper thread, overlapping each other
     and the CRC of the next chunk (all release the GIL on large buffers); adler32 (zlib-ng, SIMD) and the byte count
-    stay in the caller's thread. Chunks are immutable bytes shared by both helpers.
+    stay in the caller's thread. Chunks (bytes or read-only views) are shared by both helpers, never copied.
     """
 
     _QUEUE = 4  # chunks in flight per helper (x 8 MiB)
