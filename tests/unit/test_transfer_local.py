@@ -90,6 +90,15 @@ def test_short_reads_are_completed(eps, monkeypatch):
     assert eps["data"].local_path("scan.h5").read_bytes() == data
 
 
+def test_large_file_without_kernel_copy_falls_back_to_reads(eps, monkeypatch):
+    """A platform or filesystem without copy_file_range (macOS, some network filesystems) copies with reads."""
+    data = os.urandom(local_mod._SMALL_FILE + 777)
+    write(eps["spot"], "big.h5", data)
+    monkeypatch.delattr(os, "copy_file_range")
+    LocalTransfer().transfer(eps["spot"], "big.h5", eps["data"], "big.h5")
+    assert eps["data"].local_path("big.h5").read_bytes() == data
+
+
 def test_directory_needs_recursive(eps):
     write(eps["spot"], "d/a", b"a")
     with pytest.raises(TransferError, match="recursive=True"):

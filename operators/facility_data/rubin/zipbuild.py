@@ -83,7 +83,7 @@ class _HashingWriter:
         self._unsynced += len(data)
         if self._unsynced >= self._SYNC_EVERY:
             self.raw.flush()
-            os.fdatasync(self.raw.fileno())
+            getattr(os, "fdatasync", os.fsync)(self.raw.fileno())  # macOS has no fdatasync
             self._unsynced = 0
 
     def _drain(self, q: queue.Queue, fn) -> None:

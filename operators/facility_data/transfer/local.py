@@ -74,6 +74,8 @@ def _kernel_copy(fin: int, fout: int, size: int) -> None:
     """Copy ``size`` bytes in the kernel (copy_file_range, what cp uses), falling back to a buffered copy."""
     copied = 0
     try:
+        if not hasattr(os, "copy_file_range"):  # not Linux
+            raise OSError("no copy_file_range")
         while copied < size:
             n = os.copy_file_range(fin, fout, size - copied)
             if n == 0:
