@@ -1,8 +1,8 @@
 """Local POSIX transfers: the embedded default behind the transfer interface.
 
-Each file is copied (in the kernel, like cp) to a temporary name beside its destination, source and copy are both
-checksummed, and only when the checksums agree is the copy renamed into place (an atomic ``os.replace``
-on the same filesystem). So the destination path holds either the old file or a verified new one, never a partial
+Each file is copied to a temporary name beside its destination (small files through one buffer, hashed on the way;
+large ones in the kernel, like cp), source and copy are both checksummed, and only when the checksums agree is the
+copy renamed into place (an atomic ``os.replace`` on the same filesystem). So the destination path holds either the old file or a verified new one, never a partial
 or corrupted copy. A destination that already has the same size and checksum is skipped (checksum sync), which
 makes a retried transfer cheap and idempotent.
 """
