@@ -95,7 +95,9 @@ class FakeNERSC:
 
         from joserfc.jwk import RSAKey
 
-        sys.path.insert(0, str(REPO / "tests" / "unit"))
+        unit_tests = str(REPO / "tests" / "unit")
+        if unit_tests not in sys.path:
+            sys.path.insert(0, unit_tests)
         from fake_sfapi import FakeSFAPI
 
         key = RSAKey.generate_key(2048)
@@ -116,10 +118,11 @@ class FakeNERSC:
         assert script.startswith("#!"), script
         if self.fail and self.fail in script:
             return ["FAILED"]
-        with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as fh:
+        with tempfile.NamedTemporaryFile("w", suffix=".sh") as fh:
             fh.write(script)
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
-        res = subprocess.run(["bash", fh.name], capture_output=True, text=True, env=env)
+            fh.flush()
+            env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+            res = subprocess.run(["bash", fh.name], capture_output=True, text=True, env=env)
         return ["COMPLETED" if res.returncode == 0 else "FAILED"]
 
 

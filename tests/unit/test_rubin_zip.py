@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import zipfile
 import zlib
@@ -162,6 +163,9 @@ def test_large_member_spanning_chunks_and_syncs(store, tmp_path, monkeypatch):
     from facility_data.rubin import storage, zipbuild
 
     monkeypatch.setattr(zipbuild._HashingWriter, "_SYNC_EVERY", 3 << 20)
+    syncs = []
+    real_fdatasync = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: syncs.append(fd) or real_fdatasync(fd))
     big = bytes(range(256)) * ((2 * storage.CHUNK + 12345) // 256)
     store.put(f"{FOLDER}MC_O_20250101_000001_R22_S11.fits", big)
     dest = tmp_path / "big.zip"
@@ -171,3 +175,4 @@ def test_large_member_spanning_chunks_and_syncs(store, tmp_path, monkeypatch):
     with zipfile.ZipFile(dest) as zf:
         assert zf.read("MC_O_20250101_000001_R22_S11.fits") == big
     assert verify_zip(dest, store, objects(store), {"id-0"}).md5 == hashes.md5
+    assert len(syncs) >= 2  # each 8 MiB chunk passes the 3 MiB mark: synced as it goes, not only at the end
