@@ -21,7 +21,9 @@ MAX_DELAY = 8.0
 
 _S3_TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "503", "500",
                        "RequestTimeTooSkewed", "Throttling"}
-_RUCIO_TRANSIENT = {"DatabaseException", "ServiceUnavailable", "RucioException",
+#: Rucio's own exception names for a server that cannot be reached or answered with a server-side fault. The client
+#: raises ServerConnectionException once its own immediate attempts against a stopped server are spent.
+_RUCIO_TRANSIENT = {"DatabaseException", "ServiceUnavailable", "RucioException", "ServerConnectionException",
                     "ConnectionError", "ConnectTimeout", "ReadTimeout", "ChunkedEncodingError"}
 
 
@@ -52,10 +54,13 @@ def call_with_retry(fn: Callable[[], T], *, transient: Callable[[BaseException],
         try:
             return fn()
         except Exception as exc:
-            if attempt >= attempts or not transient(exc):
+            if not transient(exc):
                 raise
-            log.warning("%s: transient error (attempt %d/%d), retrying in %.1fs: %s: %s", what, attempt,
-                        attempts, delay, type(exc).__name__, exc)
+            if attempt >= attempts:
+                log.error("%s: gave up after %d attempts: %s: %s", what, attempts, type(exc).__name__, exc)
+                raise
+            log.warning("%s: attempt %d/%d in %.1f s: %s: %s", what, attempt + 1, attempts, delay,
+                        type(exc).__name__, exc)
             time.sleep(delay)
             delay = min(delay * 2, MAX_DELAY)
     raise AssertionError("unreachable")
