@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,10 +19,17 @@ KEY = "ALS-11111_user/20240101_120000_sample.h5"
 SCAN = f"raw/{KEY}"
 
 
+def deleting(bl, *roles: str):
+    """``bl`` with deletion switched on (``delete: true``) at ``roles`` (default: every pruned location)."""
+    roles = roles or tuple(r for r, loc in bl.locations.items() if loc.retention_days is not None)
+    return bl.model_copy(update={"locations": {r: loc.model_copy(update={"delete": r in roles})
+                                               for r, loc in bl.locations.items()}})
+
+
 @pytest.fixture
 def env(monkeypatch, tmp_path):
     monkeypatch.setenv("FACILITY_SITE", str(tmp_path))
-    bl = load_beamline("bl832")
+    bl = deleting(load_beamline("bl832"))
     return bl, load_endpoints(), Ledger(tmp_path / "ledger.sqlite"), tmp_path
 
 
@@ -207,3 +215,79 @@ def test_a_failing_delete_is_reported_and_others_continue(env):
     d = decision(report, "spot")
     assert d.action == "error" and "PERMISSION_DENIED" in d.reason
     assert ledger.copy("bl832", "spot", KEY).state == "present"
+
+
+def test_a_stray_symlink_is_reported_and_does_not_stop_the_location(env, tmp_path):
+    """One dangling symlink used to make the whole location unlistable: skipped, nothing pruned, run green."""
+    bl, eps, ledger, _ = env
+    ledger.record_scan("bl832", SCAN, export_controlled=False, file_path="/global/" + SCAN)
+    spot = put(env, "spot", KEY, b"q")
+    put(env, "data", KEY, b"q")
+    folder = spot.parent
+    (folder / "20240101_000000_dangling.h5").symlink_to(tmp_path / "nowhere.h5")
+    outside = tmp_path / "outside.h5"
+    outside.write_bytes(b"q")  # same bytes as a twin would have: a followed link would look deletable
+    (folder / "20240101_000000_alias.h5").symlink_to(outside)
+    put(env, "data", "ALS-11111_user/20240101_000000_alias.h5", b"q", record=False)
+    (folder.parent / "ALS-3_linked").symlink_to(folder, target_is_directory=True)
+    report = sweep(env, days=2)
+    assert decision(report, "spot").action == "deleted" and not spot.exists()
+    links = {d.key: d for d in report.decisions if d.action == "anomaly"}
+    assert set(links) == {"ALS-11111_user/20240101_000000_dangling.h5", "ALS-11111_user/20240101_000000_alias.h5",
+                          "ALS-3_linked"}
+    assert all("symlink" in d.reason and "not followed" in d.reason for d in links.values())
+    assert os.path.lexists(folder / "20240101_000000_dangling.h5") and (folder / "20240101_000000_alias.h5").exists()
+    assert outside.read_bytes() == b"q" and (folder.parent / "ALS-3_linked").is_symlink()
+    assert len(report.problems()) == 3 and "symlink" in report.problems()[0]
+
+
+def test_a_symlink_inside_a_reconstruction_keeps_it(env, tmp_path):
+    bl, eps, ledger, _ = env
+    ledger.record_scan("bl832", SCAN, export_controlled=False, file_path="/global/" + SCAN)
+    rec = "ALS-11111_user/rec20240101_120000_sample"
+    tree = {"a.tiff": b"1" * 10}
+    root = put(env, "alcf_scratch", rec, tree)
+    put(env, "data_scratch", rec, {**tree, "b.tiff": b"2"})
+    (tmp_path / "b.tiff").write_bytes(b"2")
+    (root / "b.tiff").symlink_to(tmp_path / "b.tiff")  # the tree now "matches" its twin only through the link
+    d = decision(sweep(env, days=2), "alcf_scratch", rec)
+    assert d.action == "anomaly", d.reason
+    assert "symlink" in d.reason and "b.tiff" in d.reason
+    assert (root / "b.tiff").is_symlink() and (tmp_path / "b.tiff").exists()
+
+
+def test_a_location_that_cannot_be_listed_or_reached_is_a_problem(env):
+    bl, eps, ledger, _ = env
+    ledger.record_scan("bl832", SCAN, export_controlled=False, file_path="/global/" + SCAN)
+    put(env, "spot", KEY, b"q")
+    put(env, "data", KEY, b"q")
+    spot_root = eps["spot832"].local_path("raw")
+    eps["data832_scratch"].local_path("").mkdir(parents=True)
+    no_alcf = {k: v for k, v in eps.items() if k != "alcf832_raw"}
+
+    class Unlistable(LocalTransfer):
+        def list(self, endpoint, path=""):
+            if endpoint.name == "data832_scratch":
+                raise PermissionError("PERMISSION_DENIED")
+            return super().list(endpoint, path)
+
+    report = Sweep(bl, no_alcf, ledger, now=datetime.now(UTC) + timedelta(days=2), dry_run=False,
+                   backend=lambda ep: Unlistable()).run()
+    assert report.skipped == ["location alcf: endpoint 'alcf832_raw' is not configured",
+                              "location data_scratch: cannot list data832_scratch:/: PermissionError: "
+                              "PERMISSION_DENIED"]
+    assert decision(report, "spot").action == "deleted"  # the other locations were processed
+    assert report.problems() == report.skipped and spot_root.is_dir()
+
+
+def test_a_twin_that_is_a_symlink_to_the_item_itself_does_not_count(env):
+    """data832's "copy" is a link to the spot832 file: deleting spot832 would leave no copy at all."""
+    bl, eps, ledger, _ = env
+    ledger.record_scan("bl832", SCAN, export_controlled=False, file_path="/global/" + SCAN)
+    spot = put(env, "spot", KEY, b"only copy")
+    twin = eps["data832_raw"].local_path(KEY)
+    twin.parent.mkdir(parents=True)
+    twin.symlink_to(spot)
+    d = decision(sweep(env, days=2), "spot")
+    assert d.action == "anomaly" and "data: ALS-11111_user/20240101_120000_sample.h5 is a symlink" in d.reason
+    assert spot.read_bytes() == b"only copy" and twin.is_symlink()

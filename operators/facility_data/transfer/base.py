@@ -24,12 +24,14 @@ class TransferTimeout(TransferError):
 
 @dataclass(frozen=True)
 class FileStat:
-    """What a backend knows of one path. ``checksum`` is "algorithm:hex" or None when the backend cannot know it."""
+    """What a backend knows of one path. ``checksum`` is "algorithm:hex" or None when the backend cannot know it.
+    ``is_symlink``: a listing entry that is a symbolic link (listings never follow links; ``is_dir`` is then False)."""
 
     path: str
     is_dir: bool
     size: int | None
     checksum: str | None = None
+    is_symlink: bool = False
 
 
 @dataclass
