@@ -300,11 +300,15 @@ class Sweep:
 
 
 def write_report(report: PruneReport, directory: Path) -> PruneReport:
-    """Write ``prune-<time>[-dry-run].json`` and ``.txt`` into ``directory``; returns the report with their paths."""
+    """Write ``prune-<time>[-dry-run].json`` and ``.txt`` into ``directory``, then apply the ``prune`` retention of
+    ``include/reports.yaml`` there; returns the report with the paths written."""
+    from facility_data.reports import apply_retention
+
     directory.mkdir(parents=True, exist_ok=True)
     stamp = datetime.fromisoformat(report.started).strftime("%Y%m%dT%H%M%S.%fZ")  # audits are never overwritten
     base = directory / f"prune-{stamp}{'-dry-run' if report.dry_run else ''}"
     report.json_path, report.text_path = f"{base}.json", f"{base}.txt"
     Path(report.json_path).write_text(json.dumps(report.as_dict(), indent=2, sort_keys=True) + "\n")
     Path(report.text_path).write_text(report.text())
+    apply_retention(directory, "prune")
     return report
