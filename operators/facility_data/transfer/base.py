@@ -47,6 +47,11 @@ class TransferStats:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def summary(self) -> str:
+        """For logs: files, bytes, seconds and the rate (the backend's, else bytes / seconds) in MB/s."""
+        rate = self.bytes_per_second or (self.bytes / self.seconds if self.seconds > 0 else 0.0)
+        return f"{self.files} files, {self.bytes} B in {self.seconds:.2f} s ({rate / 1e6:.3f} MB/s)"
+
 
 def check_transfer_allowed(src: Endpoint, src_path: str, dst: Endpoint, dst_path: str, *,
                            export_controlled: bool) -> None:

@@ -248,9 +248,8 @@ class LocalTransfer(TransferBackend):
                 raise
         stats.seconds = time.monotonic() - start
         stats.bytes_per_second = stats.bytes / stats.seconds if stats.seconds > 0 else 0.0
-        log.info("local transfer %s:%s -> %s:%s: %d files copied, %d already present, %d B in %.2f s (%.1f MB/s)",
-                 src.name, src_path, dst.name, dst_path, stats.files, stats.files_skipped, stats.bytes,
-                 stats.seconds, stats.bytes_per_second / 1e6)
+        log.info("local transfer %s:%s -> %s:%s: %s copied, %d already present", src.name, src_path, dst.name,
+                 dst_path, stats.summary(), stats.files_skipped)
         return stats
 
     def stat(self, endpoint, path) -> FileStat | None:
