@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from facility_data.als.beamline import load_beamline
 from facility_data.als.inventory import inspect
@@ -291,3 +293,69 @@ def test_a_twin_that_is_a_symlink_to_the_item_itself_does_not_count(env):
     d = decision(sweep(env, days=2), "spot")
     assert d.action == "anomaly" and "data: ALS-11111_user/20240101_120000_sample.h5 is a symlink" in d.reason
     assert spot.read_bytes() == b"only copy" and twin.is_symlink()
+
+
+def test_delete_true_needs_a_retention():
+    from facility_data.als.beamline import Beamline
+
+    doc = load_beamline("bl832").model_dump()
+    doc["locations"]["nersc"]["delete"] = True
+    with pytest.raises(ValueError, match="location 'nersc' has delete: true but no retention_days"):
+        Beamline.model_validate(doc)
+    doc["locations"]["nersc"]["delete"] = "yes please"
+    with pytest.raises(ValueError, match="delete"):
+        Beamline.model_validate(doc)
+
+
+FOLDER = "ALS-11111_user"
+NAMES = [f"20240101_00000{i}_s.h5" for i in range(4)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(items=st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from(["spot", "data"]),
+                                st.sampled_from([b"a", b"b"]), st.booleans()), max_size=8),
+       delete=st.sets(st.sampled_from(["spot", "data"])), dry_run=st.booleans())
+def test_property_links_are_never_touched_and_only_enabled_locations_lose_verified_items(items, delete, dry_run):
+    """Random files and links (links to real files elsewhere) at spot832 and data832, random delete switches: a
+    link is never removed or followed, a location without delete loses nothing, and whatever is deleted still has
+    an identical twin at its check location."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
+        root = Path(tmp)
+        mp.setenv("FACILITY_SITE", str(root))
+        bl, eps, ledger = deleting(load_beamline("bl832"), *delete), load_endpoints(), Ledger(root / "l.sqlite")
+        env = (bl, eps, ledger, root)
+        outside = root / "outside"
+        outside.mkdir()
+        placed = {}
+        for name, role, content, link in items:
+            key = f"{FOLDER}/{name}"
+            scan = f"raw/{key}"
+            if (role, name) in placed:
+                continue
+            ledger.record_scan("bl832", scan, export_controlled=False, file_path="/global/" + scan)
+            if link:
+                target = outside / f"{role}-{name}"
+                target.write_bytes(content)
+                path = eps[bl.location(role).endpoint].local_path(bl.location(role).path_of(key))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.symlink_to(target)
+            else:
+                put(env, role, key, content)
+            placed[role, name] = (content, link)
+        before = {p: p.read_bytes() for p in outside.iterdir()}
+        report = Sweep(bl, eps, ledger, now=datetime.now(UTC) + timedelta(days=40), dry_run=dry_run).run()
+        assert {p: p.read_bytes() for p in outside.iterdir()} == before
+        for (role, name), (content, link) in placed.items():
+            loc = bl.location(role)
+            path = eps[loc.endpoint].local_path("") / loc.path_of(f"{FOLDER}/{name}")  # never resolved
+            if link:
+                assert path.is_symlink()
+                assert decision(report, role, f"{FOLDER}/{name}").action == "anomaly"
+            elif not path.exists():
+                assert role in delete and not dry_run
+                twin_loc = bl.location(loc.check[0])
+                twin = eps[twin_loc.endpoint].local_path(twin_loc.path_of(f"{FOLDER}/{name}"))
+                assert role == "spot" and not twin.is_symlink() and twin.read_bytes() == content
+        assert report.count("deleted") == 0 or not dry_run
