@@ -67,7 +67,7 @@ class ReportFile:
     size: int
 
 
-def describe(root: Path, path: Path) -> ReportFile:
+def describe(root: Path, path: Path, st: os.stat_result) -> ReportFile:
     rel = path.relative_to(root)
     parts = rel.parts
     if parts[0] == "als" and path.name.startswith("prune-"):
@@ -76,23 +76,27 @@ def describe(root: Path, path: Path) -> ReportFile:
         kind = parts[0] if len(parts) > 1 else "other"
     m = _NIGHTS.match(path.name) if kind == "rubin_reconcile" else None
     nights = (m.group(1), m.group(2) or m.group(1)) if m else None
-    st = path.stat()
     return ReportFile(relative=rel.as_posix(), kind=kind, nights=nights,
                       modified=datetime.fromtimestamp(st.st_mtime, UTC), size=st.st_size)
+
+
+def _scan(root: Path, directory: Path, out: list[ReportFile]) -> None:
+    with os.scandir(directory) as entries:  # one stat per file; links are neither followed nor listed
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            if e.is_dir(follow_symlinks=False):
+                _scan(root, Path(e.path), out)
+            elif e.is_file(follow_symlinks=False) and Path(e.name).suffix.lower() in SUFFIXES:
+                out.append(describe(root, Path(e.path), e.stat(follow_symlinks=False)))
 
 
 def catalogue(root: Path) -> list[ReportFile]:
     """Every report file under ``root`` (regular files of a listed type, no hidden parts, no symlinks), newest
     first."""
-    if not root.is_dir():
-        return []
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):  # os.walk does not follow directory symlinks
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            p = Path(dirpath) / name
-            if not name.startswith(".") and p.suffix.lower() in SUFFIXES and not p.is_symlink() and p.is_file():
-                out.append(describe(root, p))
+    out: list[ReportFile] = []
+    if root.is_dir():
+        _scan(root, root, out)
     return sorted(out, key=lambda r: (r.modified, r.relative), reverse=True)
 
 

@@ -39,6 +39,11 @@ def test_nothing_outside_the_root_or_of_other_types(tmp_path):
     assert client.get("/file/../outside.html").status_code == 404
     assert client.get("/file/rubin/%2e%2e/%2e%2e/outside.html").status_code == 404
     assert client.get("/file/rubin/missing.html").status_code == 404
+    (tmp_path / "reports" / "rubin" / "link.html").symlink_to(tmp_path / "outside.html")
+    (tmp_path / "reports" / "linked").symlink_to(tmp_path, target_is_directory=True)
+    index = client.get("/").text
+    assert "link.html" not in index and "linked" not in index and "1 of 1 file(s)" in index
+    assert client.get("/file/rubin/link.html").status_code == 404
 
 
 def test_plugin_registers_the_app_and_a_browse_link():
