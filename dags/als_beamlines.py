@@ -1,7 +1,7 @@
 """ALS beamline Airflow DAGs, generated from include/beamlines/*.yaml by facility_data.als.dag_factory.
 
-bl832_new_file, bl832_recon_local, bl832_recon_nersc, bl832_recon_alcf, bl832_prune; bl7012_new_file,
-bl733_new_file (and their prune sweeps). Edit the YAML, not this file.
+bl832_new_file, bl832_recon_local, bl832_recon_nersc, bl832_recon_alcf, bl832_prune, bl832_prune_preview;
+bl7012_new_file, bl733_new_file (and their prune sweeps and previews). Edit the YAML, not this file.
 """
 
 from facility_data.als.dag_factory import build_all

@@ -1,27 +1,28 @@
 """A read-only web view of the site's reports directory (prune audits, reconcile reports and charts).
 
 Mounted into the Airflow api-server by ``plugins/facility_reports.py`` and linked from the UI's Browse menu, so an
-operator opens a report with one click instead of a shell. Only files under the reports root are served.
+operator opens a report with one click instead of a shell. The index pages through the reports newest first and
+filters them by kind (``?kind=prune``), Rubin night (``?night=20261117``) and the date written (``?date=2026-11`` or
+``?date=2026-11-17``). Only files under the reports root are served.
 """
 
 from __future__ import annotations
 
 import html
-import os
-from datetime import UTC, datetime
+import re
+from datetime import date as Date
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse
 
-SUFFIXES = {".html", ".htm", ".png", ".json", ".txt", ".csv", ".md", ".svg"}
+from facility_data.reports import SUFFIXES, ReportFile, catalogue, reports_root
 
-
-def reports_root() -> Path:
-    """$FACILITY_REPORTS, else $FACILITY_SITE/reports."""
-    if os.environ.get("FACILITY_REPORTS"):
-        return Path(os.environ["FACILITY_REPORTS"])
-    return Path(os.environ.get("FACILITY_SITE", ".site")) / "reports"
+PER_PAGE, MAX_PER_PAGE = 100, 500
+_NIGHT = re.compile(r"[0-9]{8}")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}(-[0-9]{2})?")
+_KIND = re.compile(r"[A-Za-z0-9_]+")
 
 
 def resolve_report(root: Path, relative: str) -> Path:
@@ -35,6 +36,78 @@ def resolve_report(root: Path, relative: str) -> Path:
     return target
 
 
+def _filters(kind: str | None, night: str | None, date: str | None, page: str, per_page: str) -> dict:
+    """The query, validated; a 400 names every bad field."""
+    bad = []
+    if kind and not _KIND.fullmatch(kind):
+        bad.append(f"kind: letters, digits and '_' only (got {kind!r})")
+    if night and not _NIGHT.fullmatch(night):
+        bad.append(f"night: a day_obs, eight ASCII digits like 20261117 (got {night!r})")
+    if date:
+        try:
+            if not _DATE.fullmatch(date):
+                raise ValueError
+            Date.fromisoformat(date if len(date) == 10 else f"{date}-01")
+        except ValueError:
+            bad.append(f"date: YYYY-MM or YYYY-MM-DD (got {date!r})")
+    numbers = {}
+    for name, value, top in (("page", page, None), ("per_page", per_page, MAX_PER_PAGE)):
+        if not (value.isascii() and value.isdigit()) or int(value) < 1 or (top and int(value) > top):
+            bad.append(f"{name}: a whole number from 1{f' to {top}' if top else ''} (got {value!r})")
+        else:
+            numbers[name] = int(value)
+    if bad:
+        raise HTTPException(status_code=400, detail="; ".join(bad))
+    return {"kind": kind or None, "night": night or None, "date": date or None, **numbers}
+
+
+def _matches(r: ReportFile, kind: str | None, night: str | None, date: str | None) -> bool:
+    return ((kind is None or r.kind == kind)
+            and (night is None or (r.nights is not None and r.nights[0] <= night <= r.nights[1]))
+            and (date is None or r.modified.date().isoformat().startswith(date)))
+
+
+def index_page(top: Path, reports: list[ReportFile], f: dict) -> str:
+    esc = html.escape
+    chosen = [r for r in reports if _matches(r, f["kind"], f["night"], f["date"])]
+    pages = max(1, -(-len(chosen) // f["per_page"]))
+    shown = chosen[(f["page"] - 1) * f["per_page"]:f["page"] * f["per_page"]]
+
+    def link(**change) -> str:
+        q = {k: v for k, v in {**f, **change}.items() if v is not None and not (k == "page" and v == 1)
+             and not (k == "per_page" and v == PER_PAGE)}
+        return "?" + urlencode(q) if q else "./"
+
+    kinds = sorted({r.kind for r in reports})
+    counts = {k: sum(1 for r in reports if r.kind == k) for k in kinds}
+    kind_links = " | ".join([f'<a href="{esc(link(kind=None, page=1))}">all ({len(reports)})</a>']
+                            + [f'<a href="{esc(link(kind=k, page=1))}">{esc(k)} ({counts[k]})</a>' for k in kinds])
+    options = "".join(f'<option value="{esc(k)}"{" selected" if k == f["kind"] else ""}>{esc(k)}</option>'
+                      for k in kinds)
+    form = (f'<form method="get">kind <select name="kind"><option value="">all</option>{options}</select> '
+            f'night <input name="night" value="{esc(f["night"] or "")}" placeholder="20261117" size="9" '
+            f'pattern="[0-9]{{8}}"> written on <input name="date" value="{esc(f["date"] or "")}" '
+            f'placeholder="2026-11 or 2026-11-17" size="12" pattern="[0-9]{{4}}-[0-9]{{2}}(-[0-9]{{2}})?"> '
+            f'<button type="submit">filter</button></form>')
+    rows = "".join(
+        f'<tr><td><a href="file/{esc(quote(r.relative))}">{esc(r.relative)}</a></td><td>{esc(r.kind)}</td>'
+        f"<td>{esc('' if r.nights is None else '-'.join(dict.fromkeys(r.nights)))}</td>"
+        f"<td>{r.modified:%Y-%m-%d %H:%M:%S} UTC</td><td>{r.size:,}</td></tr>"
+        for r in shown)
+    nav = []
+    if f["page"] > 1:
+        nav.append(f'<a href="{esc(link(page=f["page"] - 1))}">newer</a>')
+    nav.append(f"page {f['page']} of {pages}")
+    if f["page"] < pages:
+        nav.append(f'<a href="{esc(link(page=f["page"] + 1))}">older</a>')
+    return (f"<html><head><meta charset='utf-8'><title>Facility reports</title></head><body>"
+            f"<h1>Facility reports</h1><p>{esc(str(top))}: {len(chosen)} of {len(reports)} file(s) match, newest "
+            f"first</p><p>{kind_links}</p>{form}<p>{' | '.join(nav)}</p>"
+            f"<table><tr><th>report</th><th>kind</th><th>night</th><th>written</th><th>bytes</th></tr>"
+            f"{rows or '<tr><td colspan=5>no reports match</td></tr>'}</table>"
+            f"<p>{' | '.join(nav)}</p></body></html>")
+
+
 def create_app(root: Path | None = None) -> FastAPI:
     app = FastAPI(title="Facility reports")
 
@@ -42,19 +115,11 @@ def create_app(root: Path | None = None) -> FastAPI:
         return root if root is not None else reports_root()
 
     @app.get("/", response_class=HTMLResponse)
-    def index() -> str:
+    def index(kind: str | None = None, night: str | None = None, date: str | None = None, page: str = "1",
+              per_page: str = str(PER_PAGE)) -> str:
+        f = _filters(kind, night, date, page, per_page)
         top = base()
-        files = sorted((p for p in top.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES),
-                       key=lambda p: p.stat().st_mtime, reverse=True) if top.is_dir() else []
-        rows = "".join(
-            f'<tr><td><a href="file/{html.escape(str(p.relative_to(top)))}">{html.escape(str(p.relative_to(top)))}'
-            f"</a></td><td>{datetime.fromtimestamp(p.stat().st_mtime, UTC):%Y-%m-%d %H:%M:%S} UTC</td>"
-            f"<td>{p.stat().st_size:,}</td></tr>"
-            for p in files[:500]
-        )
-        return (f"<html><head><title>Facility reports</title></head><body><h1>Facility reports</h1>"
-                f"<p>{html.escape(str(top))}: {len(files)} file(s), newest first</p>"
-                f"<table><tr><th>report</th><th>modified</th><th>bytes</th></tr>{rows}</table></body></html>")
+        return index_page(top, catalogue(top), f)
 
     @app.get("/file/{relative:path}")
     def report(relative: str) -> FileResponse:

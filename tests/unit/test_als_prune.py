@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from facility_data.als.beamline import load_beamline
 from facility_data.als.inventory import inspect
@@ -18,10 +21,17 @@ KEY = "ALS-11111_user/20240101_120000_sample.h5"
 SCAN = f"raw/{KEY}"
 
 
+def deleting(bl, *roles: str):
+    """``bl`` with deletion switched on (``delete: true``) at ``roles`` (default: every pruned location)."""
+    roles = roles or tuple(r for r, loc in bl.locations.items() if loc.retention_days is not None)
+    return bl.model_copy(update={"locations": {r: loc.model_copy(update={"delete": r in roles})
+                                               for r, loc in bl.locations.items()}})
+
+
 @pytest.fixture
 def env(monkeypatch, tmp_path):
     monkeypatch.setenv("FACILITY_SITE", str(tmp_path))
-    bl = load_beamline("bl832")
+    bl = deleting(load_beamline("bl832"))
     return bl, load_endpoints(), Ledger(tmp_path / "ledger.sqlite"), tmp_path
 
 
@@ -207,3 +217,145 @@ def test_a_failing_delete_is_reported_and_others_continue(env):
     d = decision(report, "spot")
     assert d.action == "error" and "PERMISSION_DENIED" in d.reason
     assert ledger.copy("bl832", "spot", KEY).state == "present"
+
+
+def test_a_stray_symlink_is_reported_and_does_not_stop_the_location(env, tmp_path):
+    """One dangling symlink used to make the whole location unlistable: skipped, nothing pruned, run green."""
+    bl, eps, ledger, _ = env
+    ledger.record_scan("bl832", SCAN, export_controlled=False, file_path="/global/" + SCAN)
+    spot = put(env, "spot", KEY, b"q")
+    put(env, "data", KEY, b"q")
+    folder = spot.parent
+    (folder / "20240101_000000_dangling.h5").symlink_to(tmp_path / "nowhere.h5")
+    outside = tmp_path / "outside.h5"
+    outside.write_bytes(b"q")  # same bytes as a twin would have: a followed link would look deletable
+    (folder / "20240101_000000_alias.h5").symlink_to(outside)
+    put(env, "data", "ALS-11111_user/20240101_000000_alias.h5", b"q", record=False)
+    (folder.parent / "ALS-3_linked").symlink_to(folder, target_is_directory=True)
+    report = sweep(env, days=2)
+    assert decision(report, "spot").action == "deleted" and not spot.exists()
+    links = {d.key: d for d in report.decisions if d.action == "anomaly"}
+    assert set(links) == {"ALS-11111_user/20240101_000000_dangling.h5", "ALS-11111_user/20240101_000000_alias.h5",
+                          "ALS-3_linked"}
+    assert all("symlink" in d.reason and "not followed" in d.reason for d in links.values())
+    assert os.path.lexists(folder / "20240101_000000_dangling.h5") and (folder / "20240101_000000_alias.h5").exists()
+    assert outside.read_bytes() == b"q" and (folder.parent / "ALS-3_linked").is_symlink()
+    assert len(report.problems()) == 3 and "symlink" in report.problems()[0]
+
+
+def test_a_symlink_inside_a_reconstruction_keeps_it(env, tmp_path):
+    bl, eps, ledger, _ = env
+    ledger.record_scan("bl832", SCAN, export_controlled=False, file_path="/global/" + SCAN)
+    rec = "ALS-11111_user/rec20240101_120000_sample"
+    tree = {"a.tiff": b"1" * 10}
+    root = put(env, "alcf_scratch", rec, tree)
+    put(env, "data_scratch", rec, {**tree, "b.tiff": b"2"})
+    (tmp_path / "b.tiff").write_bytes(b"2")
+    (root / "b.tiff").symlink_to(tmp_path / "b.tiff")  # the tree now "matches" its twin only through the link
+    d = decision(sweep(env, days=2), "alcf_scratch", rec)
+    assert d.action == "anomaly", d.reason
+    assert "symlink" in d.reason and "b.tiff" in d.reason
+    assert (root / "b.tiff").is_symlink() and (tmp_path / "b.tiff").exists()
+
+
+def test_a_location_that_cannot_be_listed_or_reached_is_a_problem(env):
+    bl, eps, ledger, _ = env
+    ledger.record_scan("bl832", SCAN, export_controlled=False, file_path="/global/" + SCAN)
+    put(env, "spot", KEY, b"q")
+    put(env, "data", KEY, b"q")
+    spot_root = eps["spot832"].local_path("raw")
+    eps["data832_scratch"].local_path("").mkdir(parents=True)
+    no_alcf = {k: v for k, v in eps.items() if k != "alcf832_raw"}
+
+    class Unlistable(LocalTransfer):
+        def list(self, endpoint, path=""):
+            if endpoint.name == "data832_scratch":
+                raise PermissionError("PERMISSION_DENIED")
+            return super().list(endpoint, path)
+
+    report = Sweep(bl, no_alcf, ledger, now=datetime.now(UTC) + timedelta(days=2), dry_run=False,
+                   backend=lambda ep: Unlistable()).run()
+    assert report.skipped == ["location alcf: endpoint 'alcf832_raw' is not configured",
+                              "location data_scratch: cannot list data832_scratch:/: PermissionError: "
+                              "PERMISSION_DENIED"]
+    assert decision(report, "spot").action == "deleted"  # the other locations were processed
+    assert report.problems() == report.skipped and spot_root.is_dir()
+
+
+def test_a_twin_that_is_a_symlink_to_the_item_itself_does_not_count(env):
+    """data832's "copy" is a link to the spot832 file: deleting spot832 would leave no copy at all."""
+    bl, eps, ledger, _ = env
+    ledger.record_scan("bl832", SCAN, export_controlled=False, file_path="/global/" + SCAN)
+    spot = put(env, "spot", KEY, b"only copy")
+    twin = eps["data832_raw"].local_path(KEY)
+    twin.parent.mkdir(parents=True)
+    twin.symlink_to(spot)
+    d = decision(sweep(env, days=2), "spot")
+    assert d.action == "anomaly" and "data: ALS-11111_user/20240101_120000_sample.h5 is a symlink" in d.reason
+    assert spot.read_bytes() == b"only copy" and twin.is_symlink()
+
+
+def test_delete_true_needs_a_retention():
+    from facility_data.als.beamline import Beamline
+
+    doc = load_beamline("bl832").model_dump()
+    doc["locations"]["nersc"]["delete"] = True
+    with pytest.raises(ValueError, match="location 'nersc' has delete: true but no retention_days"):
+        Beamline.model_validate(doc)
+    doc["locations"]["nersc"]["delete"] = "yes please"
+    with pytest.raises(ValueError, match="delete"):
+        Beamline.model_validate(doc)
+
+
+FOLDER = "ALS-11111_user"
+NAMES = [f"20240101_00000{i}_s.h5" for i in range(4)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(items=st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from(["spot", "data"]),
+                                st.sampled_from([b"a", b"b"]), st.booleans()), max_size=8),
+       delete=st.sets(st.sampled_from(["spot", "data"])), dry_run=st.booleans())
+def test_property_links_are_never_touched_and_only_enabled_locations_lose_verified_items(items, delete, dry_run):
+    """Random files and links (links to real files elsewhere) at spot832 and data832, random delete switches: a
+    link is never removed or followed, a location without delete loses nothing, and whatever is deleted still has
+    an identical twin at its check location."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
+        root = Path(tmp)
+        mp.setenv("FACILITY_SITE", str(root))
+        bl, eps, ledger = deleting(load_beamline("bl832"), *delete), load_endpoints(), Ledger(root / "l.sqlite")
+        env = (bl, eps, ledger, root)
+        outside = root / "outside"
+        outside.mkdir()
+        placed = {}
+        for name, role, content, link in items:
+            key = f"{FOLDER}/{name}"
+            scan = f"raw/{key}"
+            if (role, name) in placed:
+                continue
+            ledger.record_scan("bl832", scan, export_controlled=False, file_path="/global/" + scan)
+            if link:
+                target = outside / f"{role}-{name}"
+                target.write_bytes(content)
+                path = eps[bl.location(role).endpoint].local_path(bl.location(role).path_of(key))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.symlink_to(target)
+            else:
+                put(env, role, key, content)
+            placed[role, name] = (content, link)
+        before = {p: p.read_bytes() for p in outside.iterdir()}
+        report = Sweep(bl, eps, ledger, now=datetime.now(UTC) + timedelta(days=40), dry_run=dry_run).run()
+        assert {p: p.read_bytes() for p in outside.iterdir()} == before
+        for (role, name), (content, link) in placed.items():
+            loc = bl.location(role)
+            path = eps[loc.endpoint].local_path("") / loc.path_of(f"{FOLDER}/{name}")  # never resolved
+            if link:
+                assert path.is_symlink()
+                assert decision(report, role, f"{FOLDER}/{name}").action == "anomaly"
+            elif not path.exists():
+                assert role in delete and not dry_run
+                twin_loc = bl.location(loc.check[0])
+                twin = eps[twin_loc.endpoint].local_path(twin_loc.path_of(f"{FOLDER}/{name}"))
+                assert role == "spot" and not twin.is_symlink() and twin.read_bytes() == content
+        assert report.count("deleted") == 0 or not dry_run

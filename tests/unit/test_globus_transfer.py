@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import responses
+import structlog.testing
 from globus_sdk.testing import load_response
 
 from facility_data.operators.globus import GlobusDeleteOperator, GlobusTransferOperator
@@ -134,9 +135,12 @@ def test_pending_then_succeeded_returns_stats(globus):
     assert doc["label"] == task_label("bl832 scan.h5", "dag/manual__1/copy/-1")
     event = run_trigger(deferred.trigger)
     assert event["status"] == "success"
-    stats = op.execute_complete(ctx(), event, **deferred.kwargs)
+    with structlog.testing.capture_logs() as logs:
+        stats = op.execute_complete(ctx(), event, **deferred.kwargs)
     assert stats["files"] == 3 and stats["bytes"] == 3072 and stats["task_id"] == task_id
     assert stats["bytes_per_second"] == 1024
+    (line,) = [e["event"] for e in logs if "SUCCEEDED" in e["event"]]
+    assert line.startswith(f"Globus task {task_id} SUCCEEDED: 3 files, 3072 B in ") and line.endswith(" s (0.001 MB/s)")
 
 
 def test_failed_task_fails_with_globus_error_and_is_not_reported_as_success(globus):
@@ -290,10 +294,14 @@ def test_stat_and_list_through_sdk(globus):
     load_response("transfer.operation_stat", case="not_found")
     assert backend.stat(ep, "nope") is None
     responses.add(responses.GET, f"{TRANSFER}/operation/endpoint/{ep.uuid}/ls",
-                  json={"DATA_TYPE": "file_list", "DATA": [{"name": "a.h5", "type": "file", "size": 7},
-                                                           {"name": "rec", "type": "dir", "size": 4096}]})
+                  json={"DATA_TYPE": "file_list", "DATA": [
+                      {"name": "a.h5", "type": "file", "size": 7}, {"name": "rec", "type": "dir", "size": 4096},
+                      {"name": "gone.h5", "type": "invalid_symlink", "size": 9, "link_target": "/x/gone.h5"},
+                      {"name": "alias", "type": "dir", "size": 4096, "link_target": "/data/raw/p2"}]})
     listing = backend.list(ep, "raw/p1")
-    assert [(f.path, f.is_dir, f.size) for f in listing] == [("raw/p1/a.h5", False, 7), ("raw/p1/rec", True, None)]
+    assert [(f.path, f.is_dir, f.size, f.is_symlink) for f in listing] == [
+        ("raw/p1/a.h5", False, 7, False), ("raw/p1/rec", True, None, False), ("raw/p1/gone.h5", False, None, True),
+        ("raw/p1/alias", False, None, True)]  # links are reported, never treated as data to walk into
 
 
 def test_hook_connection_test_reports_without_leaking_secret(globus):

@@ -43,13 +43,16 @@ def no_partials(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if ".fdpart-" in p.name]
 
 
-def test_file_copy_is_verified_and_reports_stats(eps):
+def test_file_copy_is_verified_and_reports_stats(eps, caplog):
+    caplog.set_level("INFO", logger="facility_data.transfer.local")
     write(eps["spot"], "raw/p1/scan.h5", b"x" * 5000)
     stats = LocalTransfer().transfer(eps["spot"], "raw/p1/scan.h5", eps["data"], "raw/p1/scan.h5")
     dest = eps["data"].local_path("raw/p1/scan.h5")
     assert dest.read_bytes() == b"x" * 5000
     assert (stats.files, stats.files_skipped, stats.bytes) == (1, 0, 5000)
     assert stats.seconds > 0 and stats.bytes_per_second > 0
+    rate = f"({stats.bytes_per_second / 1e6:.3f} MB/s)"
+    assert f"1 files, 5000 B in {stats.seconds:.2f} s {rate} copied, 0 already present" in caplog.text
 
 
 def test_recursive_tree_and_alias_endpoint(eps):
@@ -213,6 +216,20 @@ def test_stat_list_delete(eps):
     assert not eps["data"].local_path("d").exists()
     with pytest.raises(TransferError, match="FILE_NOT_FOUND"):
         lt.delete(eps["data"], "d/a.h5")
+
+
+def test_list_reports_symlinks_without_following_them(eps, tmp_path):
+    """A dangling link used to make the whole directory unlistable (the prune sweep then skipped the location)."""
+    write(eps["data"], "d/a.h5", b"12345")
+    (tmp_path / "big.h5").write_bytes(b"x" * 100)
+    (tmp_path / "dir").mkdir()
+    d = eps["data"].local_path("d")
+    (d / "dangling.h5").symlink_to(tmp_path / "gone.h5")
+    (d / "file_link.h5").symlink_to(tmp_path / "big.h5")
+    (d / "dir_link").symlink_to(tmp_path / "dir", target_is_directory=True)
+    listing = [(f.path, f.is_dir, f.size, f.is_symlink) for f in LocalTransfer().list(eps["data"], "d")]
+    assert listing == [("d/a.h5", False, 5, False), ("d/dangling.h5", False, None, True),
+                       ("d/dir_link", False, None, True), ("d/file_link.h5", False, None, True)]
 
 
 def test_endpoint_config_files(monkeypatch, tmp_path):

@@ -1,8 +1,8 @@
 """Beamline configuration: ``include/beamlines/<id>.yaml`` validated into a :class:`Beamline`.
 
 One file per beamline says everything its DAGs need: where data lives (named *locations*, each an endpoint from
-``include/endpoints.yaml`` plus a sub-directory), how long each location keeps it and which location must hold a
-verified twin before a prune, which reconstruction targets run (the *decision settings*, overridable at run time by
+``include/endpoints.yaml`` plus a sub-directory), how long each location keeps it, which location must hold a
+verified twin before a prune and whether the sweep may delete there at all (``delete``), which reconstruction targets run (the *decision settings*, overridable at run time by
 an Airflow Variable), and the SciCat settings. The DAG factory builds every beamline's DAGs from these objects.
 """
 
@@ -72,6 +72,9 @@ class Location(_Strict):
     kind: Literal["raw", "recon"]
     retention_days: float | None = Field(default=None, ge=0, description="None: never pruned")
     check: list[str] = Field(default_factory=list, description="locations that must hold a verified twin")
+    #: The explicit switch: scheduled sweeps delete here only when true (off by default, so a fresh deployment's
+    #: sweep reports what it would delete and deletes nothing).
+    delete: bool = Field(default=False, description="let bl<id>_prune delete at this location")
 
     @field_validator("subdir")
     @classmethod
@@ -172,6 +175,8 @@ class Beamline(_Strict):
                     raise ValueError(f"location {name!r} ({loc.kind}) checks against {other!r} ({v[other].kind})")
             if loc.retention_days is not None and not loc.check:
                 raise ValueError(f"location {name!r} has retention_days but no check location")
+            if loc.delete and loc.retention_days is None:
+                raise ValueError(f"location {name!r} has delete: true but no retention_days")
         return v
 
     @model_validator(mode="after")

@@ -6,6 +6,11 @@ For each location with a ``retention_days``, every item (raw ``<folder>/<file>.h
 location. Data of an export-controlled scan (or of a scan the ledger does not know) must keep a verified copy at
 ALS. Every decision is logged per item and written to an audit report (JSON + text). ``dry_run`` deletes nothing
 and reports what a real sweep would do, treating its would-be deletions as gone so later decisions stay faithful.
+
+Deletion is switched on per location (``delete: true`` in the beamline file); elsewhere even a real sweep only
+reports. Symbolic links are never followed or deleted: each is reported as an ``anomaly``, and the rest of its
+location is swept. A location that is skipped (endpoint not configured, cannot be listed) and every anomaly or
+error is a *problem*: the DAG fails the run with them once the report is written, so the failure callback alerts.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ from facility_data.als.beamline import Beamline, Location
 from facility_data.als.inventory import Item, backend_for, inspect
 from facility_data.als.ledger import Ledger
 from facility_data.safety import Copy, Decision, may_delete, may_delete_site_bound
-from facility_data.transfer.base import TransferBackend
+from facility_data.transfer.base import FileStat, TransferBackend, TransferError
 from facility_data.transfer.endpoints import Endpoint
 
 log = logging.getLogger(__name__)
+
+ACTIONS = ("deleted", "would_delete", "kept", "anomaly", "error")
 
 
 @dataclass
@@ -33,7 +40,7 @@ class ItemDecision:
     key: str
     endpoint: str
     path: str
-    action: str  # deleted | would_delete | kept | error
+    action: str  # one of ACTIONS
     reason: str
     age_days: float | None = None
     size: int | None = None
@@ -48,6 +55,8 @@ class PruneReport:
     dry_run: bool
     decisions: list[ItemDecision] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    deletion_enabled: list[str] = field(default_factory=list)  # locations where this sweep may delete
+    skipped: list[str] = field(default_factory=list)  # locations not swept, with the reason
     finished: str = ""
     json_path: str = ""
     text_path: str = ""
@@ -55,13 +64,24 @@ class PruneReport:
     def count(self, action: str) -> int:
         return sum(1 for d in self.decisions if d.action == action)
 
+    def problems(self) -> list[str]:
+        """What must fail the run: skipped locations, then each anomaly and error (one line each)."""
+        return self.skipped + [f"{d.action} {d.location}:{d.key}: {d.reason}" for d in self.decisions
+                               if d.action in ("anomaly", "error")]
+
     def as_dict(self) -> dict:
-        return {**asdict(self), "counts": {a: self.count(a) for a in ("deleted", "would_delete", "kept", "error")}}
+        return {**asdict(self), "counts": {a: self.count(a) for a in ACTIONS}, "problems": self.problems()}
 
     def text(self) -> str:
-        mode = "DRY RUN (nothing deleted)" if self.dry_run else "deletions performed"
+        if self.dry_run:
+            mode = "DRY RUN (nothing deleted)"
+        elif self.deletion_enabled:
+            mode = "deleting in " + ", ".join(self.deletion_enabled)
+        else:
+            mode = "REPORT ONLY (deletion is off in every location)"
         lines = [f"Prune report for {self.beamline}: {mode}", f"started {self.started}, finished {self.finished}",
-                 "counts: " + ", ".join(f"{a} {self.count(a)}" for a in ("deleted", "would_delete", "kept", "error"))]
+                 "counts: " + ", ".join(f"{a} {self.count(a)}" for a in ACTIONS)]
+        lines += [f"SKIPPED {s}" for s in self.skipped]
         lines += [f"note: {n}" for n in self.notes]
         for d in self.decisions:
             age = "age ?" if d.age_days is None else f"age {d.age_days:.1f} d"
@@ -78,22 +98,47 @@ def scan_of(location: Location, key: str, raw_dir: str) -> str:
     return f"{raw_dir}/{folder}/{stem}.h5"
 
 
-def discover(backend: TransferBackend, endpoint: Endpoint, location: Location) -> list[str]:
-    """Keys of the items at a location: ``<folder>/<file>.h5`` (raw) or ``<folder>/rec<stem>[.zarr]`` (recon)."""
+def discover(backend: TransferBackend, endpoint: Endpoint, location: Location) -> tuple[list[str], list[str]]:
+    """(items, symlinks) at a location: item keys are ``<folder>/<file>.h5`` (raw) or ``<folder>/rec<stem>[.zarr]``
+    (recon); symlinks are the keys of links found where items are looked for (never followed)."""
     if backend.stat(endpoint, location.subdir) is None:
-        return []  # nothing ever arrived here
-    keys = []
+        return [], []  # nothing ever arrived here
+    keys, links = [], []
     for folder in backend.list(endpoint, location.subdir):
+        name = folder.path.rsplit("/", 1)[-1]
+        if folder.is_symlink:
+            links.append(name)
+            continue
         if not folder.is_dir:
             continue
-        name = folder.path.rsplit("/", 1)[-1]
         for entry in backend.list(endpoint, folder.path):
             leaf = entry.path.rsplit("/", 1)[-1]
-            if location.kind == "raw" and not entry.is_dir and leaf.endswith(".h5"):
+            if entry.is_symlink:
+                links.append(f"{name}/{leaf}")
+            elif location.kind == "raw" and not entry.is_dir and leaf.endswith(".h5"):
                 keys.append(f"{name}/{leaf}")
             elif location.kind == "recon" and entry.is_dir and leaf.startswith("rec"):
                 keys.append(f"{name}/{leaf}")
-    return sorted(keys)
+    return sorted(keys), sorted(links)
+
+
+def links_under(backend: TransferBackend, endpoint: Endpoint, path: str) -> list[str]:
+    """Paths (relative to ``path``) of the symlinks anywhere in the directory tree at ``path``."""
+    out = []
+    for entry in backend.list(endpoint, path):
+        rel = entry.path.removeprefix(f"{path}/")
+        if entry.is_symlink:
+            out.append(rel)
+        elif entry.is_dir:
+            out += [f"{rel}/{sub}" for sub in links_under(backend, endpoint, entry.path)]
+    return out
+
+
+SYMLINK = "symlink: not followed, not deleted; replace it by the data or remove it by hand"
+
+
+class SymlinkFound(Exception):
+    """An item, or the twin it would be checked against, is or contains a symlink: never followed or counted."""
 
 
 class Sweep:
@@ -110,10 +155,38 @@ class Sweep:
         self.backend = backend
         self.run_id = run_id
         self.gone: set[tuple[str, str]] = set()  # (location, key) deleted (or would be) during this sweep
+        self._listings: dict[tuple[str, str], dict[str, FileStat]] = {}  # (endpoint, dir) -> entries by name
         self.report = PruneReport(beamline=beamline.id, started=self.now.isoformat(), dry_run=dry_run)
 
     def _endpoint(self, location: Location) -> Endpoint:
         return self.endpoints[location.endpoint]
+
+    def _entry(self, ep: Endpoint, path: str) -> FileStat | None:
+        """The listing entry of ``path`` in its parent directory (cached per directory), None if not there."""
+        parent, _, leaf = path.rpartition("/")
+        if (ep.name, parent) not in self._listings:
+            try:
+                entries = self.backend(ep).list(ep, parent)
+            except TransferError:  # no such directory
+                entries = []
+            self._listings[ep.name, parent] = {e.path.rsplit("/", 1)[-1]: e for e in entries}
+        return self._listings[ep.name, parent].get(leaf)
+
+    def _check_links(self, name: str, ep: Endpoint, path: str) -> None:
+        """Raise SymlinkFound if any component of ``path`` (below the endpoint root) or anything in its tree is a
+        symlink: a linked twin may be this very item, and a linked file would count as a tree's content."""
+        parts = path.split("/")
+        entry = None
+        for i in range(1, len(parts) + 1):
+            entry = self._entry(ep, "/".join(parts[:i]))
+            if entry is None:
+                return  # not there: nothing to follow
+            if entry.is_symlink:
+                raise SymlinkFound(f"{name}: {'/'.join(parts[:i])} is a {SYMLINK}")
+        if entry is not None and entry.is_dir:
+            links = links_under(self.backend(ep), ep, path)
+            if links:
+                raise SymlinkFound(f"{name}: {path} contains {', '.join(links)}: {SYMLINK}")
 
     def _copy(self, name: str, key: str) -> tuple[Copy | None, Item | None]:
         """What is at location ``name`` for ``key``: live size (and checksum when knowable), else the ledger's."""
@@ -121,6 +194,7 @@ class Sweep:
             return None, None
         loc = self.bl.locations[name]
         ep = self._endpoint(loc)
+        self._check_links(name, ep, loc.path_of(key))
         item = inspect(self.backend(ep), ep, loc.path_of(key))
         if item is None:
             return None, None
@@ -171,6 +245,9 @@ class Sweep:
             return d
         if self.dry_run:
             d.action = "would_delete"
+        elif not loc.delete:
+            d.action = "would_delete"
+            d.reason += "; deletion is off for this location (delete: false)"
         else:
             self.backend(ep).delete(ep, path, recursive=bool(item and item.is_dir),
                                     label=f"prune {self.bl.id} {name}")
@@ -179,23 +256,40 @@ class Sweep:
         self.gone.add((name, key))
         return d
 
+    def _skip(self, reason: str) -> None:
+        self.report.skipped.append(reason)
+        log.error("prune %s: %s; skipped", self.bl.id, reason)
+
     def run(self) -> PruneReport:
         for name, loc in self.bl.locations.items():
             if loc.retention_days is None:
                 continue
+            if loc.delete and not self.dry_run:
+                self.report.deletion_enabled.append(name)
+            elif not self.dry_run:
+                self.report.notes.append(
+                    f"location {name}: deletion is off, so this sweep only reports what it would delete; to switch "
+                    f"it on, set `delete: true` on locations.{name} in include/beamlines/{self.bl.id}.yaml")
             ep = self.endpoints.get(loc.endpoint)
             if ep is None:
-                self.report.notes.append(f"location {name}: endpoint {loc.endpoint!r} is not configured; skipped")
+                self._skip(f"location {name}: endpoint {loc.endpoint!r} is not configured")
                 continue
             try:
-                keys = discover(self.backend(ep), ep, loc)
+                keys, links = discover(self.backend(ep), ep, loc)
             except Exception as exc:  # one unreachable location must not stop the others
-                self.report.notes.append(f"location {name}: cannot list {ep.name}:{loc.subdir}: {exc}")
-                log.error("prune %s: cannot list %s %s:%s: %s", self.bl.id, name, ep.name, loc.subdir, exc)
+                self._skip(f"location {name}: cannot list {ep.name}:{loc.subdir or '/'}: {type(exc).__name__}: {exc}")
                 continue
+            for key in links:
+                d = ItemDecision(location=name, key=key, endpoint=ep.name, path=loc.path_of(key), action="anomaly",
+                                 reason=SYMLINK)
+                self.report.decisions.append(d)
+                log.warning("prune %s anomaly %s:%s (%s): %s", self.bl.id, name, key, d.path, d.reason)
             for key in keys:
                 try:
                     d = self._one(name, loc, key)
+                except SymlinkFound as exc:
+                    d = ItemDecision(location=name, key=key, endpoint=ep.name, path=loc.path_of(key),
+                                     action="anomaly", reason=str(exc))
                 except Exception as exc:
                     d = ItemDecision(location=name, key=key, endpoint=ep.name, path=loc.path_of(key),
                                      action="error", reason=f"{type(exc).__name__}: {exc}")
@@ -206,11 +300,15 @@ class Sweep:
 
 
 def write_report(report: PruneReport, directory: Path) -> PruneReport:
-    """Write ``prune-<time>[-dry-run].json`` and ``.txt`` into ``directory``; returns the report with their paths."""
+    """Write ``prune-<time>[-dry-run].json`` and ``.txt`` into ``directory``, then apply the ``prune`` retention of
+    ``include/reports.yaml`` there; returns the report with the paths written."""
+    from facility_data.reports import apply_retention
+
     directory.mkdir(parents=True, exist_ok=True)
     stamp = datetime.fromisoformat(report.started).strftime("%Y%m%dT%H%M%S.%fZ")  # audits are never overwritten
     base = directory / f"prune-{stamp}{'-dry-run' if report.dry_run else ''}"
     report.json_path, report.text_path = f"{base}.json", f"{base}.txt"
     Path(report.json_path).write_text(json.dumps(report.as_dict(), indent=2, sort_keys=True) + "\n")
     Path(report.text_path).write_text(report.text())
+    apply_retention(directory, "prune")
     return report

@@ -140,9 +140,9 @@ class GlobusTransferOperator(_GlobusTaskOperator):
 
         state = TaskState(event["task_id"], event["status"], event.get("globus_status", ""), event.get("message", ""),
                           event.get("stats") or {})
-        stats = transfer_stats(state, seconds).as_dict()
-        self.log.info("Globus task %s SUCCEEDED: %d files, %d bytes", state.task_id, stats["files"], stats["bytes"])
-        return stats
+        stats = transfer_stats(state, seconds)
+        self.log.info("Globus task %s SUCCEEDED: %s", state.task_id, stats.summary())
+        return stats.as_dict()
 
 
 class GlobusDeleteOperator(_GlobusTaskOperator):

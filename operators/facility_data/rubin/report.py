@@ -2,7 +2,9 @@
 
 Written under ``<site>/reports/rubin_reconcile/<instrument>/`` (or ``$FACILITY_REPORTS``, or a directory the caller
 names); every path written is logged so an operator can open it from the task log, and the facility_reports UI
-plugin (Browse > Facility reports) serves them.
+plugin (Browse > Facility reports) serves them. A night with no exposures gets no report (an hourly reconcile of a
+quiet week would otherwise write a page per empty night), and the ``rubin_reconcile`` retention of
+``include/reports.yaml`` is applied each time reports are written.
 """
 
 from __future__ import annotations
@@ -25,12 +27,9 @@ def reports_root(reports_dir: str | Path | None = None) -> Path:
     (what the facility_reports UI plugin serves)."""
     if reports_dir is not None:
         return Path(reports_dir)
-    import os
+    from facility_data.reports import reports_root as site_reports
 
-    from facility_data.config import site_root
-
-    base = os.environ.get("FACILITY_REPORTS")
-    return (Path(base) if base else site_root() / "reports") / "rubin_reconcile"
+    return site_reports() / "rubin_reconcile"
 
 
 def night_html(night: NightResult, result: dict, chart: Path | None) -> str:
@@ -104,7 +103,15 @@ def chart_png(nights: list[NightResult], path: Path, found: dict | None = None) 
 
 
 def write_reports(nights: list[NightResult], result: dict, *, reports_dir: str | Path | None = None) -> list[Path]:
-    """One HTML report per night and one chart for the run; returns the paths (each also logged)."""
+    """One HTML report per night that has exposures and one chart for them; returns the paths (each also
+    logged). Then the kind's retention is applied to the directory written into."""
+    from facility_data.reports import apply_retention
+
+    empty = [n.day_obs for n in nights if not n.exposures and not n.embargoed]
+    if empty:
+        log.info("no reconcile report for %d night(s) without exposures: %s", len(empty),
+                 ", ".join(map(str, empty)))
+    nights = [n for n in nights if n.exposures or n.embargoed]
     if not nights:
         return []
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
@@ -119,4 +126,5 @@ def write_reports(nights: list[NightResult], result: dict, *, reports_dir: str |
         path.write_text(night_html(night, result, chart))
         log.info("reconcile report for %s %s: %s", night.instrument, night.day_obs, path)
         written.append(path)
+    apply_retention(root, "rubin_reconcile")
     return written

@@ -24,12 +24,14 @@ class TransferTimeout(TransferError):
 
 @dataclass(frozen=True)
 class FileStat:
-    """What a backend knows of one path. ``checksum`` is "algorithm:hex" or None when the backend cannot know it."""
+    """What a backend knows of one path. ``checksum`` is "algorithm:hex" or None when the backend cannot know it.
+    ``is_symlink``: a listing entry that is a symbolic link (listings never follow links; ``is_dir`` is then False)."""
 
     path: str
     is_dir: bool
     size: int | None
     checksum: str | None = None
+    is_symlink: bool = False
 
 
 @dataclass
@@ -44,6 +46,11 @@ class TransferStats:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def summary(self) -> str:
+        """For logs: files, bytes, seconds and the rate (the backend's, else bytes / seconds) in MB/s."""
+        rate = self.bytes_per_second or (self.bytes / self.seconds if self.seconds > 0 else 0.0)
+        return f"{self.files} files, {self.bytes} B in {self.seconds:.2f} s ({rate / 1e6:.3f} MB/s)"
 
 
 def check_transfer_allowed(src: Endpoint, src_path: str, dst: Endpoint, dst_path: str, *,

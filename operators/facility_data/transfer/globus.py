@@ -232,8 +232,13 @@ class GlobusTransfer(TransferBackend):
             res = self.client.operation_ls(endpoint.uuid, path=endpoint.remote_path(path))
         except globus_sdk.TransferAPIError as exc:
             raise TransferError(f"list {endpoint.name}:{path} failed: {exc.code}: {exc.message}") from exc
-        return [FileStat(path=str(PurePosixPath(rel) / e["name"]), is_dir=e.get("type") == "dir",
-                         size=None if e.get("type") == "dir" else e.get("size")) for e in res]
+        out = []
+        for e in res:
+            link = e.get("type") == "invalid_symlink" or bool(e.get("link_target"))
+            is_dir = e.get("type") == "dir" and not link
+            out.append(FileStat(path=str(PurePosixPath(rel) / e["name"]), is_dir=is_dir, is_symlink=link,
+                                size=None if is_dir or link else e.get("size")))
+        return out
 
     def delete(self, endpoint, path, *, recursive=False, label=None, deadline_seconds=None) -> dict[str, Any]:
         label = label or task_label("delete", f"{endpoint.name}:{path}")

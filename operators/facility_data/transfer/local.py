@@ -248,9 +248,8 @@ class LocalTransfer(TransferBackend):
                 raise
         stats.seconds = time.monotonic() - start
         stats.bytes_per_second = stats.bytes / stats.seconds if stats.seconds > 0 else 0.0
-        log.info("local transfer %s:%s -> %s:%s: %d files copied, %d already present, %d B in %.2f s",
-                 src.name, src_path, dst.name, dst_path, stats.files, stats.files_skipped, stats.bytes,
-                 stats.seconds)
+        log.info("local transfer %s:%s -> %s:%s: %s copied, %d already present", src.name, src_path, dst.name,
+                 dst_path, stats.summary(), stats.files_skipped)
         return stats
 
     def stat(self, endpoint, path) -> FileStat | None:
@@ -273,9 +272,11 @@ class LocalTransfer(TransferBackend):
         for entry in sorted(os.scandir(p), key=lambda e: e.name):
             if _PARTIAL_MARK in entry.name:
                 continue
-            is_dir = entry.is_dir()
-            out.append(FileStat(path=str(rel / entry.name), is_dir=is_dir,
-                                size=None if is_dir else entry.stat().st_size))
+            # Never through a link: a dangling one would make the whole directory unlistable.
+            link = entry.is_symlink()
+            is_dir = not link and entry.is_dir(follow_symlinks=False)
+            out.append(FileStat(path=str(rel / entry.name), is_dir=is_dir, is_symlink=link,
+                                size=None if is_dir or link else entry.stat(follow_symlinks=False).st_size))
         return out
 
     def delete(self, endpoint, path, *, recursive=False, label=None, deadline_seconds=None) -> dict:
