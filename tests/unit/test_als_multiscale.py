@@ -1,4 +1,5 @@
-"""TIFF stack -> multiscale OME-Zarr: levels, shapes, values, metadata, readability by ome-zarr, bad input, CLI."""
+"""TIFF stack -> multiscale OME-Zarr: levels, shapes, values, OME-NGFF 0.5 validity (ome-zarr-models) and
+readability (ome-zarr), bad input, CLI."""
 
 from __future__ import annotations
 
@@ -6,11 +7,15 @@ import json
 import stat
 import subprocess
 import sys
+import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from facility_data.als import multiscale, synthetic
 
@@ -25,6 +30,116 @@ def stack(tmp_path) -> tuple[Path, np.ndarray]:
         tifffile.imwrite(d / f"recscan_{z:05d}.tiff", img)
     (d / ".hidden.tiff").write_bytes(b"ignored")
     return d, vol
+
+
+def assert_valid_ngff_05(zarr_dir: Path):
+    """The store validates as an OME-NGFF 0.5 image with ome-zarr-models (warnings count as failures)."""
+    import zarr
+    from ome_zarr_models.v05.image import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return Image.from_zarr(zarr.open_group(str(zarr_dir), mode="r"))
+
+
+def read_back(zarr_dir: Path):
+    """The image node as ``ome_zarr.reader`` sees it."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Multiscales, Reader
+
+    image = list(Reader(parse_url(str(zarr_dir)))())[0]
+    assert image.specs and isinstance(image.specs[0], Multiscales)
+    return image
+
+
+def write_stack(d: Path, vol: np.ndarray) -> Path:
+    d.mkdir()
+    for z, img in enumerate(vol):
+        tifffile.imwrite(d / f"s_{z:05d}.tif", img)
+    return d
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.tuples(st.integers(1, 5), st.integers(1, 37), st.integers(1, 37)),
+       dtype=st.sampled_from(["uint8", "uint16", "float32"]),
+       n_levels=st.none() | st.integers(1, 4), pixel=st.floats(0.01, 50))
+def test_every_pyramid_is_valid_ome_ngff_05_and_reads_back(shape, dtype, n_levels, pixel):
+    vol = (np.arange(np.prod(shape)).reshape(shape) % 200).astype(dtype)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rec.zarr"
+        res = multiscale.build_multiscale(write_stack(Path(tmp) / "rec", vol), out, pixel, n_levels=n_levels)
+        model = assert_valid_ngff_05(out)
+        (ms,) = model.ome_attributes.multiscales
+        assert [d.path for d in ms.datasets] == [str(k) for k in range(res.n_levels)]
+        assert [tuple(model.members[str(k)].shape) for k in range(res.n_levels)] == res.shapes
+        image = read_back(out)
+        assert [tuple(a.shape) for a in image.data] == res.shapes
+        assert np.array_equal(np.asarray(image.data[0]), vol) and image.data[-1].dtype == np.dtype(dtype)
+        for k, transforms in enumerate(image.metadata["coordinateTransformations"]):
+            assert transforms[0] == {"type": "scale", "scale": list(res.scales_um[k])}
+
+
+def test_zarr_json_has_the_fields_ome_ngff_05_requires(stack, tmp_path):
+    tiff_dir, _ = stack
+    out = tmp_path / "recscan.zarr"
+    res = multiscale.build_multiscale(tiff_dir, out, 0.65, n_levels=3)
+    group = json.loads((out / "zarr.json").read_text())
+    assert group["zarr_format"] == 3 and group["node_type"] == "group"
+    assert set(group["attributes"]) == {"ome"}  # NGFF 0.5 keeps everything under "ome"
+    ome = group["attributes"]["ome"]
+    assert ome["version"] == "0.5"
+    (ms,) = ome["multiscales"]
+    assert ms["axes"] == [{"name": n, "type": "space", "unit": "micrometer"} for n in "zyx"]
+    assert ms["name"] == "recscan" and ms["type"] == "mean"
+    assert ms["metadata"]["method"] == "facility_data.als.multiscale.build_multiscale"
+    assert {"description", "version"} <= set(ms["metadata"])
+    for k in range(res.n_levels):
+        arr = json.loads((out / str(k) / "zarr.json").read_text())
+        assert arr["zarr_format"] == 3 and arr["node_type"] == "array"
+        assert arr["dimension_names"] == ["z", "y", "x"], k
+        assert [t["type"] for t in ms["datasets"][k]["coordinateTransformations"]] == ["scale", "translation"]
+
+
+def test_a_non_ascii_stack_name_is_kept_and_valid(tmp_path):
+    vol = np.ones((2, 20, 20), dtype=np.uint16)
+    out = tmp_path / "réc ü 01.zarr"
+    multiscale.build_multiscale(write_stack(tmp_path / "réc ü 01", vol), out, 1.0)
+    assert assert_valid_ngff_05(out).ome_attributes.multiscales[0].name == "réc ü 01"
+    assert read_back(out).metadata["name"] == "réc ü 01"
+
+
+def test_translation_puts_each_coarse_voxel_at_the_centre_of_its_block(tmp_path):
+    """Voxel centres: a level-k voxel is the mean of a 2^k block, so it sits at the block's physical centre."""
+    vol = np.zeros((4, 64, 64), dtype=np.float32)
+    res = multiscale.build_multiscale(write_stack(tmp_path / "rec", vol), tmp_path / "rec.zarr", 0.5, n_levels=3)
+    ms = assert_valid_ngff_05(tmp_path / "rec.zarr").ome_attributes.multiscales[0]
+    for k, ds in enumerate(ms.datasets):
+        scale, translation = ds.coordinateTransformations
+        assert list(scale.scale) == list(res.scales_um[k])
+        # level-k voxel (0, 0, 0) averages level-0 voxels 0 .. 2^k - 1 on each axis (centres at 0.5 * i)
+        assert list(translation.translation) == pytest.approx([0.5 * np.arange(2**k).mean()] * 3), k
+    # an axis that stopped shrinking keeps its translation (one slice: z is never averaged)
+    one = multiscale.build_multiscale(write_stack(tmp_path / "one", vol[:1]), tmp_path / "one.zarr", 0.5,
+                                      n_levels=3)
+    ms = assert_valid_ngff_05(one.zarr_dir).ome_attributes.multiscales[0]
+    assert [ds.coordinateTransformations[1].translation[0] for ds in ms.datasets] == [0.0, 0.0, 0.0]
+
+
+def test_validate_rejects_a_store_without_dimension_names(tmp_path):
+    """The format written before issue 16: NGFF 0.5 group metadata over arrays lacking dimension_names."""
+    import zarr
+    from ome_zarr.format import CurrentFormat
+    from ome_zarr.writer import write_multiscales_metadata
+
+    root = zarr.open_group(str(tmp_path / "old.zarr"), mode="w")
+    root.create_array("0", shape=(2, 8, 8), dtype="uint8")
+    write_multiscales_metadata(root, [{"path": "0", "coordinateTransformations": [
+        {"type": "scale", "scale": [1.0, 1.0, 1.0]}]}], fmt=CurrentFormat(), axes=["z", "y", "x"])
+    with pytest.raises(multiscale.MultiscaleError, match="not valid OME-NGFF 0.5.*dimension_names"):
+        multiscale.validate_ome_ngff(tmp_path / "old.zarr")
+    zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
+    with pytest.raises(multiscale.MultiscaleError, match="not valid OME-NGFF 0.5.*'ome'"):
+        multiscale.validate_ome_ngff(tmp_path / "plain.zarr")
 
 
 def test_levels_shapes_and_values(stack, tmp_path):
@@ -70,6 +185,7 @@ def test_pixel_size_from_a_scan_and_pyramid_of_a_reconstruction(tmp_path):
     res = multiscale.build_multiscale(rec.tiff_dir, tmp_path / f"rec{h5.stem}.zarr",
                                       multiscale.pixel_size_from_scan(h5))
     assert res.shapes == [(4, 64, 64), (2, 32, 32), (1, 16, 16)] and res.dtype == "float32"
+    assert_valid_ngff_05(tmp_path / f"rec{h5.stem}.zarr")
 
 
 def test_group_writable_and_atomic(stack, tmp_path):

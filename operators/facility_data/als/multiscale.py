@@ -6,17 +6,22 @@ slice) and writes an OME-Zarr image group at ``zarr_dir`` (conventionally ``rec<
 
 * level ``0`` is the full-resolution ``(z, y, x)`` volume (dtype of the TIFFs), level ``k`` halves every axis
   that is still longer than one voxel by a 2x2x2 block mean (odd edges are padded by repeating the border);
-* the ``multiscales`` metadata declares axes ``z, y, x`` of type ``space`` in ``micrometer`` and, per level, a
-  ``scale`` transformation of ``pixel_size_um * 2**k`` (per axis: axes that stopped shrinking keep their scale),
-  so viewers (napari, neuroglancer, the ``ome-zarr`` reader) show physical sizes;
-* the format is the one the installed ``ome-zarr`` writes by default (NGFF 0.5 on Zarr v3).
+* the format is OME-NGFF 0.5 on Zarr v3: the group's ``zarr.json`` holds ``attributes.ome`` (``version`` 0.5,
+  ``multiscales``), every level's array has ``dimension_names`` ``["z", "y", "x"]``, matching the axes;
+* the ``multiscales`` metadata declares axes ``z, y, x`` of type ``space`` in ``micrometer``, the downscaling
+  (``type`` ``mean``, ``metadata`` naming the method) and, per level, a ``scale`` of ``pixel_size_um * 2**k``
+  (per axis: axes that stopped shrinking keep their scale) then a ``translation`` that puts each coarse voxel at
+  the centre of the block it averages, so readers place every level at the same physical position;
+* before the pyramid is put in place it is validated with ``ome-zarr-models`` (its v05 ``Image`` model reading
+  the written store); an invalid pyramid fails the build and is never published.
 
 The volume is streamed: level 0 is written one slice at a time and each coarser level is computed from the
 previous one two slices at a time, so memory stays at a few slices even for a full-size 2560^3 reconstruction.
 The pyramid is written to a temporary sibling and renamed into place (no half-written ``.zarr`` looks
 finished; a rerun replaces it), then made group-writable (dirs 2775, files 0664) for later Globus deletes.
 
-``pixel_size_from_scan(h5_path)`` reads the scan's detector pixel size in micrometres.
+``pixel_size_from_scan(h5_path)`` reads the scan's detector pixel size in micrometres; ``validate_ome_ngff(path)``
+checks any store as above.
 
 CLI::
 
@@ -41,6 +46,7 @@ from facility_data.als.permissions import staged_directory
 log = logging.getLogger(__name__)
 
 _TIFF = re.compile(r".*\.tiff?$", re.IGNORECASE)
+_AXES = ("z", "y", "x")
 
 
 class MultiscaleError(ValueError):
@@ -90,6 +96,40 @@ def _halve(block: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
     return out
 
 
+def validate_ome_ngff(zarr_dir: Path | str) -> None:
+    """Raise :class:`MultiscaleError` unless ``zarr_dir`` is a valid OME-NGFF 0.5 image (ome-zarr-models v05)."""
+    import zarr
+    from ome_zarr_models.v05.image import Image
+    from pydantic import ValidationError
+
+    try:
+        Image.from_zarr(zarr.open_group(str(zarr_dir), mode="r"))
+    except ValidationError as exc:  # one line per failed rule, without pydantic's dump of the input
+        raise MultiscaleError(f"{zarr_dir} is not valid OME-NGFF 0.5: "
+                              + "; ".join(e["msg"] for e in exc.errors(include_url=False))) from exc
+    except Exception as exc:  # no zarr group, no "ome" key, a missing array: also "not valid"
+        raise MultiscaleError(f"{zarr_dir} is not valid OME-NGFF 0.5: {exc}") from exc
+
+
+def _ome_attributes(name: str, scales: list[tuple[float, float, float]]) -> dict:
+    """The group's ``ome`` attribute, built with ome-zarr-models' v05 models (which check it as they build)."""
+    from ome_zarr_models.v05.axes import Axis
+    from ome_zarr_models.v05.image import ImageAttrs
+    from ome_zarr_models.v05.multiscales import Dataset, Multiscale
+
+    from facility_data import __version__
+
+    # voxel centres: a level-k voxel averages a block whose centre is (scale_k - scale_0) / 2 from the origin
+    datasets = [Dataset.build(path=str(k), scale=scale,
+                              translation=[(s - s0) / 2 for s, s0 in zip(scale, scales[0], strict=True)])
+                for k, scale in enumerate(scales)]
+    method = {"description": "2x2x2 block mean (axes of length 1 are not reduced; odd edges repeat the border)",
+              "method": f"{__name__}.build_multiscale", "version": __version__}
+    multiscale = Multiscale(axes=[Axis(name=n, type="space", unit="micrometer") for n in _AXES],
+                            datasets=datasets, name=name, type="mean", metadata=method)
+    return ImageAttrs(version="0.5", multiscales=[multiscale]).model_dump(mode="json", exclude_none=True)
+
+
 def pixel_size_from_scan(h5_path: Path | str) -> float:
     """The scan's ``/measurement/instrument/detector/pixel_size`` in micrometres."""
     import h5py
@@ -114,8 +154,6 @@ def build_multiscale(tiff_dir: Path | str, zarr_dir: Path | str, pixel_size_um: 
     """Write the OME-Zarr pyramid of a TIFF stack; see the module docstring. Returns shapes and scales."""
     import tifffile
     import zarr
-    from ome_zarr.format import CurrentFormat
-    from ome_zarr.writer import write_multiscales_metadata
 
     if not (isinstance(pixel_size_um, int | float) and math.isfinite(pixel_size_um) and pixel_size_um > 0):
         raise MultiscaleError(f"pixel_size_um must be a positive number, got {pixel_size_um!r}")
@@ -133,7 +171,7 @@ def build_multiscale(tiff_dir: Path | str, zarr_dir: Path | str, pixel_size_um: 
     with staged_directory(zarr_dir) as partial:
         root = zarr.open_group(str(partial), mode="w")
         chunks = lambda shp: (1, min(chunk_xy, shp[1]), min(chunk_xy, shp[2]))  # noqa: E731
-        arr = root.create_array("0", shape=shape0, chunks=chunks(shape0), dtype=dtype)
+        arr = root.create_array("0", shape=shape0, chunks=chunks(shape0), dtype=dtype, dimension_names=_AXES)
         for z, path in enumerate(files):
             img = first if z == 0 else tifffile.imread(path)
             if img.shape != first.shape:
@@ -144,7 +182,8 @@ def build_multiscale(tiff_dir: Path | str, zarr_dir: Path | str, pixel_size_um: 
             prev = root[str(level - 1)]
             factors = tuple(2 if n > 1 else 1 for n in prev.shape)
             shape = tuple(-(-n // f) for n, f in zip(prev.shape, factors, strict=True))
-            cur = root.create_array(str(level), shape=shape, chunks=chunks(shape), dtype=dtype)
+            cur = root.create_array(str(level), shape=shape, chunks=chunks(shape), dtype=dtype,
+                                    dimension_names=_AXES)
             for z in range(shape[0]):
                 block = np.asarray(prev[z * factors[0]:(z + 1) * factors[0]])
                 reduced = _halve(block, factors)
@@ -152,11 +191,11 @@ def build_multiscale(tiff_dir: Path | str, zarr_dir: Path | str, pixel_size_um: 
                 cur[z] = level_slice.astype(dtype)
             shapes.append(shape)
             scales.append(tuple(s * f for s, f in zip(scales[-1], factors, strict=True)))
-        datasets = [{"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": list(scales[k])}]}
-                    for k in range(levels)]
-        axes = [{"name": n, "type": "space", "unit": "micrometer"} for n in ("z", "y", "x")]
-        write_multiscales_metadata(root, datasets, fmt=CurrentFormat(), axes=axes,
-                                   name=Path(tiff_dir).name)
+        root.attrs["ome"] = _ome_attributes(Path(tiff_dir).name, scales)
+        try:  # the store as written: arrays, their dimension_names and the metadata together
+            validate_ome_ngff(partial)
+        except MultiscaleError as exc:
+            raise MultiscaleError(f"refusing to publish {zarr_dir}: {exc}") from exc
     log.info("wrote %s: %d levels %s, voxel %.4g um", zarr_dir, levels, shapes, pixel_size_um)
     return MultiscaleResult(str(zarr_dir), shapes, scales, str(dtype))
 
