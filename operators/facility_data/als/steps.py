@@ -159,9 +159,7 @@ def validate_new_scan(bl: Beamline, endpoints: dict[str, Endpoint], ledger: Ledg
         raise ConfError(f"file_path {conf['file_path']!r} is a symbolic link alias of {real.relative}; a new scan "
                         "must be the real file")
     what = f"scan {scan.relative} (from {conf['file_path']!r})"
-    if local is None and not _exists_as_file(src_ep, source.path_of(scan.key)):
-        raise ConfError(f"{what} does not exist at the acquisition endpoint")
-    if local is not None and not local.exists() and not local.is_symlink():
+    if local is not None and not local.exists():
         raise ConfError(f"{what} does not exist at the acquisition endpoint")
     size, checksum = _fingerprint(src_ep, source.path_of(scan.key), local, what)
     twins = ledger.same_content(size, checksum) if checksum else {}
@@ -177,11 +175,6 @@ def validate_new_scan(bl: Beamline, endpoints: dict[str, Endpoint], ledger: Ledg
              conf["file_path"], status, send_to_nersc, src_ep.name, source.path_of(scan.key), size,
              checksum or "checksum unknown")
     return record
-
-
-def _exists_as_file(ep: Endpoint, path: str) -> bool:
-    st = backend_for(ep).stat(ep, path)
-    return st is not None and not st.is_dir
 
 
 def record_copy(bl: Beamline, endpoints: dict[str, Endpoint], ledger: Ledger, scan: dict, *, source: str,
