@@ -156,7 +156,7 @@ def _check(site, c_digest, counts: Counter, before: tuple, good: bool, refused: 
         counts["accepted (stays at ALS)"] += 1
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(raw=_confs({"file_path", "is_export_control"}), target=st.sampled_from(["nersc", "alcf"]))
 @example(raw=({"file_path": ("label", "free"), "is_export_control": False}, {}), target="nersc")  # may go
@@ -177,7 +177,7 @@ def test_property_recon_confs_never_move_a_controlled_scan(world, caplog, raw, t
     print(f"\nrecon counts: {dict(counts)}")
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(raw=_confs(KNOWN))
 @example(raw=({"file_path": ("label", "free")}, {}))
