@@ -158,3 +158,25 @@ def test_event_extras_reads_airflow_triggering_asset_events():
     accessor = TriggeringAssetEventsAccessor.build([event("b.h5", 1), event("a.h5", 5)])
     assert [e["file_path"].rsplit("/", 1)[1] for e in event_extras(accessor)] == ["a.h5", "b.h5"]
     assert event_extras(None) == [] and event_extras({}) == []
+
+
+def test_ledger_finds_scans_by_content_and_upgrades_old_files(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)  # a ledger written before fingerprints existed
+    db.execute("CREATE TABLE scans (beamline TEXT NOT NULL, scan TEXT NOT NULL, export_controlled INTEGER NOT NULL, "
+               "file_path TEXT, first_seen TEXT NOT NULL, PRIMARY KEY (beamline, scan))")
+    db.execute("INSERT INTO scans VALUES ('bl832', 'raw/P-1_u/old.h5', 1, 'x', '2025-01-01')")
+    db.commit()
+    db.close()
+    ledger = Ledger(path)
+    assert ledger.export_controlled("bl832", "raw/P-1_u/old.h5") is True
+    ledger.record_scan("bl832", "raw/P-1_u/a.h5", export_controlled=True, file_path="x", size=5, checksum="sha256:aa")
+    ledger.record_scan("bl733", "raw/P-2_u/b.h5", export_controlled=False, file_path="y", size=5, checksum="sha256:aa")
+    assert ledger.same_content(5, "sha256:aa") == {"bl832:raw/P-1_u/a.h5": True, "bl733:raw/P-2_u/b.h5": False}
+    assert ledger.same_content(6, "sha256:aa") == {}
+    # a later, different fingerprint never replaces the first one (it is kept in the event log)
+    ledger.record_scan("bl832", "raw/P-1_u/a.h5", export_controlled=False, file_path="x", size=7, checksum="sha256:bb")
+    assert ledger.same_content(5, "sha256:aa")["bl832:raw/P-1_u/a.h5"] is True
+    assert ledger.events("bl832")[-1]["checksum"] == "sha256:bb"
