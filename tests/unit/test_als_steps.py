@@ -99,7 +99,7 @@ def test_nersc_copy_decision(env):
     go, reason = nersc_copy_decision(bl, eps, ledger, {**rec, "export_controlled": True, "send_to_nersc": True})
     assert go is False and "export-controlled" in reason
     # without a content fingerprint the status is not known for sure: refused loudly, not skipped
-    with pytest.raises(SafetyError, match="REFUSED NERSC copy.*fingerprint"):
+    with pytest.raises(SafetyError, match="REFUSED copy to nersc.*fingerprint"):
         nersc_copy_decision(bl, eps, ledger, {**rec, "fingerprint": {"size": None, "checksum": None}})
 
 

@@ -254,17 +254,14 @@ the decision settings (Variable `{bl.decision_variable}`, defaults in `include/b
                 from airflow.sdk.exceptions import AirflowSkipException
 
                 from facility_data.als.steps import leave_site_decision
-                from facility_data.safety import SafetyError, export_status
 
                 decisions = bl.effective_decisions(_decision_override(bl))
                 if not getattr(decisions, target):
                     raise AirflowSkipException(f"{target} reconstruction disabled by the decision settings")
                 if target != "local":
                     endpoints, ledger = _env(bl)
-                    evidence, decision = leave_site_decision(bl, endpoints, ledger, record, target)
-                    if not decision.allowed and export_status(evidence)[0] is None:
-                        with _permanent():
-                            raise SafetyError(f"REFUSED announcing to {target}: {decision.reason}")
+                    with _permanent():
+                        decision = leave_site_decision(bl, endpoints, ledger, record, target)
                     if not decision.allowed:
                         log.warning("not announcing %s to %s reconstruction: %s", record["relative"], target,
                                     decision.reason)

@@ -209,29 +209,31 @@ def record_copy(bl: Beamline, endpoints: dict[str, Endpoint], ledger: Ledger, sc
 
 
 def leave_site_decision(bl: Beamline, endpoints: dict[str, Endpoint], ledger: Ledger, scan: dict, role: str):
-    """The safety policy's answer for a new-file scan record going from data to location ``role``: the status
-    in the record (as validated), the ledger's (by name and by content) and the fingerprint, together."""
+    """The safety policy's answer for a new-file scan record going from data to location ``role``, from the status
+    in the record (as validated), the ledger's (by name and by content) and the fingerprint together.
+
+    A refusal because the scan is export-controlled is returned (the scan stays, as it must); a scan whose status
+    is not known for sure raises :class:`SafetyError`, so the run fails loudly instead of guessing.
+    """
     eps = endpoints_for(bl, endpoints)
     fp = scan.get("fingerprint") or {}
     evidence = export_evidence(bl, ledger, scan["relative"], declared=scan["export_controlled"],
                                size=fp.get("size"), checksum=fp.get("checksum"))
-    return evidence, may_scan_leave_site(evidence, from_site=eps["data"].site, to_site=eps[role].site,
-                                         what=scan["relative"])
+    decision = may_scan_leave_site(evidence, from_site=eps["data"].site, to_site=eps[role].site,
+                                   what=scan["relative"])
+    if not decision.allowed and export_status(evidence)[0] is None:
+        raise SafetyError(f"REFUSED copy to {role}: {decision.reason}. The scan stays at ALS.")
+    return decision
 
 
 def nersc_copy_decision(bl: Beamline, endpoints: dict[str, Endpoint], ledger: Ledger,
                         scan: dict) -> tuple[bool, str]:
-    """Should the raw file go data -> NERSC? Never when export-controlled; never when send_to_nersc is false.
-
-    An export-controlled scan is skipped (it stays, as it must); a scan whose status is not known for sure raises
-    :class:`SafetyError` so the run fails loudly instead of guessing.
-    """
+    """Should the raw file go data -> NERSC? Never when export-controlled (nor of unknown status, which raises);
+    never when send_to_nersc is false."""
     if "nersc" not in bl.locations:
         return False, f"{bl.id} has no NERSC location"
-    evidence, decision = leave_site_decision(bl, endpoints, ledger, scan, "nersc")
+    decision = leave_site_decision(bl, endpoints, ledger, scan, "nersc")
     if not decision.allowed:
-        if export_status(evidence)[0] is None:
-            raise SafetyError(f"REFUSED NERSC copy: {decision.reason}. The scan stays at ALS.")
         return False, decision.reason
     if not scan["send_to_nersc"]:
         return False, f"send_to_nersc is false for {scan['relative']}"
