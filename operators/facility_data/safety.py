@@ -3,7 +3,7 @@
 Two questions decide whether data can be lost or leaked, and they are answered only here:
 
 * may this data leave its site? (export control: export-controlled ALS data never leaves ALS, whatever a
-  beamline's configuration asks for);
+  beamline's configuration asks for; a scan leaves only when it is known, by name and by content, to be free to);
 * may this copy be deleted? (only when a verified twin - same size and same checksum - exists at every location
   the caller's policy names, and that twin is not the copy itself).
 
@@ -14,7 +14,7 @@ without Airflow or services.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class SafetyError(PermissionError):
@@ -42,13 +42,60 @@ class Copy:
     checksum: str | None
 
 
-def may_leave_site(*, export_controlled: bool, from_site: str, to_site: str, what: str = "data") -> Decision:
-    """May ``what`` move from ``from_site`` to ``to_site``? Export-controlled data stays on its site."""
+def may_leave_site(*, export_controlled: bool | None, from_site: str, to_site: str, what: str = "data",
+                   unknown_because: str = "status unknown") -> Decision:
+    """May ``what`` move from ``from_site`` to ``to_site``? Export-controlled data, and data whose status is not
+    known (``export_controlled=None``), stays on its site."""
     if from_site == to_site:
         return Decision(True, f"{what} stays on site {from_site}")
+    if export_controlled is None:
+        return Decision(False, f"export-control status of {what} is not known ({unknown_because}), so it may not "
+                               f"leave {from_site} (requested: {to_site})")
     if export_controlled:
         return Decision(False, f"{what} is export-controlled and may not leave {from_site} (requested: {to_site})")
     return Decision(True, f"{what} is not export-controlled; {from_site} -> {to_site} allowed")
+
+
+@dataclass(frozen=True)
+class ExportEvidence:
+    """Everything known about whether one scan is export-controlled.
+
+    ``declared``: what the run's conf or asset event states (None: not stated). ``recorded``: the ledger's status
+    of the scan by its (symlink-resolved) name (None: never recorded). ``same_content``: the status of every
+    recorded scan with the same bytes (size + sha256), so a renamed or copied scan keeps its status.
+    ``fingerprinted``: whether the scan's content fingerprint could be computed at all.
+    """
+
+    declared: bool | None = None
+    recorded: bool | None = None
+    same_content: Mapping[str, bool] = field(default_factory=dict)
+    fingerprinted: bool = False
+
+
+def export_status(evidence: ExportEvidence) -> tuple[bool | None, str]:
+    """(status, why): True when any source says export-controlled; False only when the scan is known (declared or
+    recorded), its content was fingerprinted and nothing says controlled; None (unknown) otherwise."""
+    controlled_twins = sorted(name for name, ec in evidence.same_content.items() if ec)
+    if evidence.declared or evidence.recorded or controlled_twins:
+        sources = [s for s, ec in (("declared", evidence.declared), ("recorded", evidence.recorded)) if ec]
+        sources += [f"same content as export-controlled {name}" for name in controlled_twins]
+        return True, "; ".join(sources)
+    if evidence.declared is None and evidence.recorded is None:
+        return None, "neither recorded by the new-file DAG nor declared in the conf"
+    if not evidence.fingerprinted:
+        return None, "its content fingerprint (size + sha256) could not be computed, so a renamed copy of an " \
+                     "export-controlled scan cannot be ruled out"
+    return False, "declared or recorded as not export-controlled, and no export-controlled scan has its content"
+
+
+def may_scan_leave_site(evidence: ExportEvidence, *, from_site: str, to_site: str, what: str) -> Decision:
+    """The export-control rule for one scan: it leaves ``from_site`` only when known not to be export-controlled."""
+    status, why = export_status(evidence)
+    decision = may_leave_site(export_controlled=status, from_site=from_site, to_site=to_site, what=what,
+                              unknown_because=why)
+    if status and not decision.allowed:
+        return Decision(False, f"{decision.reason} ({why})")
+    return decision
 
 
 def _same(a: Copy, b: Copy) -> str | None:

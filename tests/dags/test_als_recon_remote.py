@@ -38,7 +38,7 @@ def _outputs(site, name: str = STEM) -> tuple:
 def test_nersc_reconstruction_submits_jobs_and_copies_results_back(site, monkeypatch):
     nersc = s.FakeNERSC().install(monkeypatch)
     watcher_path = _raw_on_data832(site)
-    dr = s.dag("bl832_recon_nersc").test(run_conf={"file_path": watcher_path})
+    dr = s.dag("bl832_recon_nersc").test(run_conf={"file_path": watcher_path, "is_export_control": False})
     st = s.states(dr)
     assert str(dr.state) == "success", st
     assert len(nersc.scripts) == 2
@@ -59,7 +59,7 @@ def test_nersc_reconstruction_submits_jobs_and_copies_results_back(site, monkeyp
 
 def test_failed_nersc_job_stops_every_later_step(site, monkeypatch):
     nersc = s.FakeNERSC(fail="facility_data.als.recon").install(monkeypatch)
-    dr = s.dag("bl832_recon_nersc").test(run_conf={"file_path": _raw_on_data832(site)})
+    dr = s.dag("bl832_recon_nersc").test(run_conf={"file_path": _raw_on_data832(site), "is_export_control": False})
     st = s.states(dr)
     assert str(dr.state) == "failed"
     assert st["scan.submit_recon[0]"] == "success" and st["scan.wait_recon[0]"] == "failed"
@@ -72,7 +72,7 @@ def test_failed_nersc_job_stops_every_later_step(site, monkeypatch):
 
 def test_alcf_reconstruction_runs_through_globus_compute_and_copies_back(site, monkeypatch):
     s.compute_connection(monkeypatch)
-    dr = s.dag("bl832_recon_alcf").test(run_conf={"file_path": _raw_on_data832(site)})
+    dr = s.dag("bl832_recon_alcf").test(run_conf={"file_path": _raw_on_data832(site), "is_export_control": False})
     st = s.states(dr)
     assert str(dr.state) == "success", st
     assert (s.endpoint_dir(site, "alcf832_raw") / s.FOLDER / f"{STEM}.h5").exists()
@@ -84,8 +84,11 @@ def test_alcf_reconstruction_runs_through_globus_compute_and_copies_back(site, m
 
 def test_failed_compute_function_stops_every_later_step(site, monkeypatch):
     s.compute_connection(monkeypatch)
-    watcher_path = _raw_on_data832(site, content=b"not an HDF5 file")
-    dr = s.dag("bl832_recon_alcf").test(run_conf={"file_path": watcher_path})
+    from facility_data.als.paths import HDF5_SIGNATURE
+
+    # passes the signature check (so it is staged), then fails in the function that reads it at ALCF
+    watcher_path = _raw_on_data832(site, content=HDF5_SIGNATURE + b" but not an HDF5 file")
+    dr = s.dag("bl832_recon_alcf").test(run_conf={"file_path": watcher_path, "is_export_control": False})
     st = s.states(dr)
     assert str(dr.state) == "failed"
     assert st["scan.stage_raw_to_alcf[0]"] == "success" and st["scan.reconstruct[0]"] == "failed"

@@ -78,6 +78,9 @@ def test_minimal_file_loads(tmp_path):
         ({"id": "BL 999"}, "key id"),
         ({"paths": {"raw_dir": "a/b"}}, "paths.raw_dir"),
         ({"paths": {"file_pattern": "("}}, "not a valid regular expression"),
+        ({"paths": {"folder_pattern": ".*"}}, "must not match '..'"),
+        ({"paths": {"folder_pattern": "[a-z/]+"}}, "must not match 'a/b'"),
+        ({"paths": {"file_pattern": r"(?P<ts>\d+)\.h5"}}, "named groups"),
         ({"surprise": 1}, "key surprise"),
     ],
 )

@@ -54,10 +54,17 @@ class PathRulesConfig(_Strict):
     @field_validator("folder_pattern", "file_pattern")
     @classmethod
     def _regex(cls, v: str) -> str:
+        """Matched over the whole name, ASCII only; the trigger forms carry it too, so it must stay portable."""
         try:
-            re.compile(v)
+            re.compile(v, re.ASCII)
         except re.error as exc:
             raise ValueError(f"not a valid regular expression: {exc}") from None
+        if "(?P" in v or "(?<" in v:
+            raise ValueError("named groups and lookbehinds are not allowed (the trigger form's pattern must also "
+                             "work in a browser)")
+        for name in ("..", ".", "", "a/b"):
+            if re.fullmatch(v, name, re.ASCII):
+                raise ValueError(f"must not match {name!r} (a path component has to be a real name)")
         return v
 
     def rules(self) -> PathRules:

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, Asset, Param, task, task_group
 
 from facility_data.als.beamline import Beamline, load_beamlines
+from facility_data.als.paths import form_pattern
 from facility_data.dag_defaults import default_args
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,13 @@ def _decision_override(bl: Beamline):
 def _run_id() -> str | None:
     ctx = _context()
     return getattr(ctx.get("dag_run"), "run_id", None)
+
+
+def _run_conf() -> dict:
+    """The conf exactly as the run was given it. Airflow merges unknown keys into ``params``, where a misspelt
+    safety flag would pass unseen; the closed-schema checks read this instead."""
+    conf = getattr(_context().get("dag_run"), "conf", None)
+    return dict(conf) if isinstance(conf, dict) else ({} if conf is None else conf)
 
 
 def _warn_and_alert(what: str, exc: BaseException) -> None:
@@ -121,7 +129,7 @@ the decision settings (Variable `{bl.decision_variable}`, defaults in `include/b
         doc_md=doc,
         params={
             "file_path": Param(
-                None, type=["null", "string"],
+                type="string", pattern=form_pattern(bl.rules), minLength=1,
                 description=f"Watcher path: {bl.rules.raw_root}/<PROPOSAL>-<digits>_<user>/<YYYYMMDD_HHMMSS_name>.h5"),
             "is_export_control": Param(False, type="boolean",
                                        description="Export-controlled scans never leave ALS"),
@@ -136,11 +144,9 @@ the decision settings (Variable `{bl.decision_variable}`, defaults in `include/b
             """Check the conf and that the scan exists at the source; nothing moves before this succeeds."""
             from facility_data.als.steps import validate_new_scan
 
-            params = _context()["params"]
             endpoints, ledger = _env(bl)
-            conf = {k: params[k] for k in ("file_path", "is_export_control", "send_to_nersc") if k in params}
             with _permanent():
-                return _flat(validate_new_scan(bl, endpoints, ledger, conf))
+                return _flat(validate_new_scan(bl, endpoints, ledger, _run_conf()))
 
         scan = validate()
 
@@ -208,8 +214,9 @@ the decision settings (Variable `{bl.decision_variable}`, defaults in `include/b
                 """data -> NERSC only when not export-controlled (safety policy) and send_to_nersc is true."""
                 from facility_data.als.steps import nersc_copy_decision
 
-                endpoints, _ = _env(bl)
-                go, reason = nersc_copy_decision(bl, endpoints, record)
+                endpoints, ledger = _env(bl)
+                with _permanent():
+                    go, reason = nersc_copy_decision(bl, endpoints, ledger, record)
                 log.info("NERSC copy of %s: %s (%s)", record["relative"], "yes" if go else "skipped", reason)
                 return go
 
@@ -247,18 +254,15 @@ the decision settings (Variable `{bl.decision_variable}`, defaults in `include/b
                 """Emit the asset event that starts <bl>_recon_<target>, if enabled and allowed."""
                 from airflow.sdk.exceptions import AirflowSkipException
 
-                from facility_data.als.steps import endpoints_for
-                from facility_data.safety import may_leave_site
+                from facility_data.als.steps import leave_site_decision
 
                 decisions = bl.effective_decisions(_decision_override(bl))
                 if not getattr(decisions, target):
                     raise AirflowSkipException(f"{target} reconstruction disabled by the decision settings")
                 if target != "local":
-                    endpoints, _ = _env(bl)
-                    eps = endpoints_for(bl, endpoints)
-                    decision = may_leave_site(export_controlled=record["export_controlled"],
-                                              from_site=eps["data"].site, to_site=eps[target].site,
-                                              what=record["relative"])
+                    endpoints, ledger = _env(bl)
+                    with _permanent():
+                        decision = leave_site_decision(bl, endpoints, ledger, record, target)
                     if not decision.allowed:
                         log.warning("not announcing %s to %s reconstruction: %s", record["relative"], target,
                                     decision.reason)
@@ -279,9 +283,11 @@ the decision settings (Variable `{bl.decision_variable}`, defaults in `include/b
 # ---------------------------------------------------------------------------------------------- reconstruction
 def _recon_params(bl: Beamline) -> dict:
     return {
-        "file_path": Param(None, type=["null", "string"],
+        "file_path": Param(None, type=["null", "string"], pattern=form_pattern(bl.rules),
                            description="Manual reprocessing: watcher or raw-relative path (asset runs ignore this)"),
-        "is_export_control": Param(False, type="boolean"),
+        "is_export_control": Param(None, type=["null", "boolean"],
+                                   description="Leave empty unless you know: a scan the ledger does not know, with "
+                                               "no answer here, never leaves ALS"),
     }
 
 
@@ -297,10 +303,9 @@ def _collect_task(bl: Beamline, target: str, asset: Asset):
         from facility_data.als.steps import event_extras
 
         extras = event_extras(ctx.get("triggering_asset_events"))
-        conf = dict(ctx["params"])
         endpoints, ledger = _env(bl)
         with _permanent():
-            scans = recon_requests(bl, endpoints, ledger, target, event_extras=extras, conf=conf,
+            scans = recon_requests(bl, endpoints, ledger, target, event_extras=extras, conf=_run_conf(),
                                    decision_override=_decision_override(bl))
         if not scans:
             raise AirflowSkipException(f"{target} reconstruction disabled by the decision settings")

@@ -8,7 +8,9 @@ and when it arrived. The sweep still re-reads every location live (existence and
 what a live listing cannot (export-control status, remote checksums, arrival time).
 
 Tables:
-* ``scans(beamline, scan, export_controlled, file_path, first_seen)``: one row per raw scan (``raw/<folder>/<f>.h5``).
+* ``scans(beamline, scan, export_controlled, file_path, first_seen, size, checksum)``: one row per raw scan
+  (``raw/<folder>/<f>.h5``) with its content fingerprint (size and ``sha256:...``), so a renamed or copied
+  export-controlled scan is recognised by its bytes, not its name.
 * ``copies(beamline, location, key, scan, endpoint, path, size, checksum, arrived_at, state, updated_at, run_id)``:
   the latest known state (``present``/``deleted``) of each item at each location.
 * ``events``: an append-only history of every record and delete, for audits.
@@ -29,7 +31,7 @@ from pathlib import Path
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS scans (
     beamline TEXT NOT NULL, scan TEXT NOT NULL, export_controlled INTEGER NOT NULL, file_path TEXT,
-    first_seen TEXT NOT NULL, PRIMARY KEY (beamline, scan));
+    first_seen TEXT NOT NULL, size INTEGER, checksum TEXT, PRIMARY KEY (beamline, scan));
 CREATE TABLE IF NOT EXISTS copies (
     beamline TEXT NOT NULL, location TEXT NOT NULL, key TEXT NOT NULL, scan TEXT NOT NULL, endpoint TEXT NOT NULL,
     path TEXT NOT NULL, size INTEGER, checksum TEXT, arrived_at TEXT NOT NULL, state TEXT NOT NULL,
@@ -68,6 +70,12 @@ class Ledger:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)  # executescript commits on its own
+            columns = {row[1] for row in db.execute("PRAGMA table_info(scans)")}
+            for column, kind in (("size", "INTEGER"), ("checksum", "TEXT")):  # ledgers from before fingerprints
+                if column not in columns:
+                    db.execute(f"ALTER TABLE scans ADD COLUMN {column} {kind}")
+            db.execute("CREATE INDEX IF NOT EXISTS scans_content ON scans (size, checksum)")
+            db.commit()
         finally:
             db.close()
 
@@ -92,24 +100,36 @@ class Ledger:
                    (_now(), beamline, action, location, key, json.dumps(detail, sort_keys=True)))
 
     # ---- scans ----------------------------------------------------------------------------------------------
-    def record_scan(self, beamline: str, scan: str, *, export_controlled: bool, file_path: str) -> bool:
-        """Record a scan's export-control status; returns the status in force.
+    def record_scan(self, beamline: str, scan: str, *, export_controlled: bool, file_path: str,
+                    size: int | None = None, checksum: str | None = None) -> bool:
+        """Record a scan's export-control status (and its content fingerprint); returns the status in force.
 
         Once a scan was recorded as export-controlled it stays so: a later conf saying otherwise cannot relax it.
+        A fingerprint, once known, is kept; a different one later is recorded in the event log.
         """
         with self._connect() as db:
-            row = db.execute("SELECT export_controlled FROM scans WHERE beamline=? AND scan=?",
+            row = db.execute("SELECT export_controlled, size, checksum FROM scans WHERE beamline=? AND scan=?",
                              (beamline, scan)).fetchone()
             status = bool(export_controlled) or bool(row and row[0])
             if row is None:
-                db.execute("INSERT INTO scans VALUES (?,?,?,?,?)",
-                           (beamline, scan, int(status), file_path, _now()))
-            elif status != bool(row[0]):
-                db.execute("UPDATE scans SET export_controlled=? WHERE beamline=? AND scan=?",
-                           (int(status), beamline, scan))
+                db.execute("INSERT INTO scans (beamline, scan, export_controlled, file_path, first_seen, size, "
+                           "checksum) VALUES (?,?,?,?,?,?,?)",
+                           (beamline, scan, int(status), file_path, _now(), size, checksum))
+            else:
+                keep = row[2] is not None
+                db.execute("UPDATE scans SET export_controlled=?, size=?, checksum=? WHERE beamline=? AND scan=?",
+                           (int(status), row[1] if keep else size, row[2] if keep else checksum, beamline, scan))
             self._event(db, beamline, "scan", None, scan,
-                        {"export_controlled": status, "requested": bool(export_controlled), "file_path": file_path})
+                        {"export_controlled": status, "requested": bool(export_controlled), "file_path": file_path,
+                         "size": size, "checksum": checksum})
         return status
+
+    def same_content(self, size: int, checksum: str) -> dict[str, bool]:
+        """``<beamline>:<scan>`` -> export-control status of every recorded scan with these bytes (any beamline)."""
+        with self._connect() as db:
+            rows = db.execute("SELECT beamline, scan, export_controlled FROM scans WHERE size=? AND checksum=?",
+                              (size, checksum)).fetchall()
+        return {f"{b}:{scan}": bool(ec) for b, scan, ec in rows}
 
     def export_controlled(self, beamline: str, scan: str) -> bool | None:
         """True/False as recorded, None when the ledger does not know the scan."""

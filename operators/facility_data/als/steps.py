@@ -12,10 +12,10 @@ from pathlib import Path
 from facility_data.als.beamline import Beamline, check_endpoints
 from facility_data.als.inventory import backend_for, inspect
 from facility_data.als.ledger import Ledger
-from facility_data.als.paths import ScanPathError, parse_scan_path, validate_scan
+from facility_data.als.paths import ScanPath, ScanPathError, check_scan_file, parse_scan_path, scan_from_key
 from facility_data.config import ConfigError
-from facility_data.safety import SafetyError, may_leave_site
-from facility_data.transfer.endpoints import Endpoint
+from facility_data.safety import ExportEvidence, SafetyError, export_status, may_scan_leave_site
+from facility_data.transfer.endpoints import Endpoint, PathError
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,31 @@ class CopyMismatch(RuntimeError):
     """A copy reported as done does not match its source (size or checksum)."""
 
 
-def _bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ConfError(f"{name} must be true or false, got {type(value).__name__} ({value!r})")
-    return value
+#: The closed schemas of the manual confs: key -> accepted JSON types (anything else is refused, naming the key).
+NEW_FILE_CONF = {"file_path": (str,), "is_export_control": (bool,), "send_to_nersc": (bool,)}
+RECON_CONF = {"file_path": (str, type(None)), "is_export_control": (bool, type(None))}
+_JSON = {str: "a string", bool: "true or false", type(None): "null"}
+
+
+def check_conf(conf: object, schema: dict[str, tuple[type, ...]], *, what: str) -> dict:
+    """``conf`` (a run's ``dag_run.conf`` as given, not Airflow's merged params) against a closed schema.
+
+    Raises :class:`ConfError` naming every unknown key (a misspelt ``is_export_controlled`` must never be
+    silently ignored) and the first value of a wrong type.
+    """
+    if conf is None:
+        return {}
+    if not isinstance(conf, dict):
+        raise ConfError(f"{what}: conf must be an object, got {type(conf).__name__}")
+    unknown = sorted(set(conf) - set(schema), key=str)
+    if unknown:
+        raise ConfError(f"{what}: unknown conf key(s) {unknown}; expected only {', '.join(schema)}")
+    for key, types in schema.items():
+        if key in conf and not isinstance(conf[key], types):
+            expected = " or ".join(_JSON[t] for t in types)
+            raise ConfError(f"{what}: conf key {key} must be {expected}, got {type(conf[key]).__name__} "
+                            f"({conf[key]!r})")
+    return dict(conf)
 
 
 def endpoints_for(bl: Beamline, endpoints: dict[str, Endpoint]) -> dict[str, Endpoint]:
@@ -55,43 +76,104 @@ def scan_record(bl: Beamline, scan, *, export_controlled: bool, send_to_nersc: b
             "source": bl.source_role, "paths": paths}
 
 
+def canonical_scan(bl: Beamline, ep: Endpoint, role: str, scan: ScanPath) -> tuple[ScanPath, Path | None]:
+    """The scan ``scan`` really is at location ``role`` and, on a local endpoint, its file on this machine.
+
+    Identity is the data, not the name: on a local endpoint symlinks are resolved, and an alias is the scan it
+    points to. An alias that leads outside the location's raw root is refused (:class:`SafetyError`).
+    """
+    if ep.kind != "local":
+        return scan, None
+    loc = bl.location(role)
+    root = ep.local_path(loc.subdir) if loc.subdir else ep.local_directory()
+    try:
+        given = ep.local_path(loc.path_of(scan.key))
+    except PathError as exc:
+        raise SafetyError(f"{scan.relative} is an alias that leads outside {ep.name}: {exc}") from None
+    real, real_root = given.resolve(), root.resolve()
+    if real_root not in real.parents:
+        raise SafetyError(f"{scan.relative} is an alias of {real}, outside the raw root {real_root} of {ep.name}; "
+                          "refused")
+    key = real.relative_to(real_root).as_posix()
+    if key == scan.key:
+        return scan, given
+    try:
+        target = scan_from_key(key, bl.rules)
+    except ScanPathError as exc:
+        raise SafetyError(f"{scan.relative} is an alias of {real}, which is not a scan in the raw root "
+                          f"({exc}); refused") from None
+    log.warning("%s is an alias of %s: the scan is identified by its target", scan.relative, target.relative)
+    return target, ep.local_path(loc.path_of(target.key))
+
+
+def _check_file(local: Path, what: str) -> None:
+    try:
+        check_scan_file(local, what=what)
+    except ScanPathError as exc:
+        raise ConfError(str(exc)) from None
+
+
+def _fingerprint(ep: Endpoint, path: str, local: Path | None, what: str) -> tuple[int | None, str | None]:
+    """(size, "sha256:...") of a raw scan; the checksum is None where the backend cannot know it. A local file
+    must be a regular HDF5 file (:func:`check_scan_file`)."""
+    if local is not None:
+        _check_file(local, what)
+    item = inspect(backend_for(ep), ep, path)
+    if item is None or item.is_dir:
+        raise ConfError(f"{what} does not exist at {ep.name} (or is a directory)")
+    checksum = item.checksum if item.checksum and item.checksum.startswith("sha256:") else None
+    return item.size, checksum
+
+
+def export_evidence(bl: Beamline, ledger: Ledger, relative: str, *, declared: bool | None, size: int | None,
+                    checksum: str | None) -> ExportEvidence:
+    """What the request and the ledger (by name and by content) say about one scan's export control."""
+    return ExportEvidence(declared=declared, recorded=ledger.export_controlled(bl.id, relative),
+                          same_content=ledger.same_content(size, checksum) if checksum and size is not None else {},
+                          fingerprinted=bool(checksum) and size is not None)
+
+
 def validate_new_scan(bl: Beamline, endpoints: dict[str, Endpoint], ledger: Ledger, conf: dict) -> dict:
     """Validate a new-file conf (file_path, is_export_control, send_to_nersc) and record the scan's status.
 
-    Checks, in order and before anything moves: types, the path contract (under the raw root, no traversal, .h5,
-    naming rules) and that the file exists at the source location. The only write is the ledger row stating
-    the scan's export-control status (so a prune can never mistake it for unrestricted data).
+    Checks, in order and before anything moves: the closed schema (unknown keys, types), the path contract
+    (under the raw root, no traversal, .h5, naming rules), that the source is a real HDF5 file (not a symlink,
+    directory, FIFO or device) and its content fingerprint. The only write is the ledger row stating the scan's
+    export-control status and fingerprint; a scan with the bytes of an export-controlled scan is export-controlled
+    whatever the conf says.
     """
-    if not isinstance(conf, dict):
-        raise ConfError(f"conf must be an object, got {type(conf).__name__}")
-    unknown = sorted(set(conf) - {"file_path", "is_export_control", "send_to_nersc"})
-    if unknown:
-        raise ConfError(f"unknown conf keys {unknown}; expected file_path, is_export_control, send_to_nersc")
-    if "file_path" not in conf or conf["file_path"] in (None, ""):
+    conf = check_conf(conf, NEW_FILE_CONF, what=f"{bl.id}_new_file")
+    if conf.get("file_path") in (None, ""):
         raise ConfError("conf.file_path is required: the watcher path of the new scan, e.g. "
                         f"{bl.rules.raw_root}/<PROPOSAL>-<digits>_<user>/<YYYYMMDD_HHMMSS_name>.h5")
-    export_controlled = _bool("is_export_control", conf.get("is_export_control", False))
-    send_to_nersc = _bool("send_to_nersc", conf.get("send_to_nersc", bl.send_to_nersc))
-    eps = endpoints_for(bl, endpoints)
-    source = bl.location(bl.source_role)
-    src_ep = eps[bl.source_role]
-    backend = backend_for(src_ep)
-
-    def exists(relative: str) -> bool:
-        st = backend.stat(src_ep, source.path_of(relative.split("/", 1)[1]))
-        return st is not None and not st.is_dir
-
+    requested = conf.get("is_export_control", False)
+    send_to_nersc = conf.get("send_to_nersc", bl.send_to_nersc)
     try:
-        scan = validate_scan(conf["file_path"], bl.rules, exists=exists)
+        scan = parse_scan_path(conf["file_path"], bl.rules)
     except ScanPathError as exc:
         raise ConfError(str(exc)) from None
-    status = ledger.record_scan(bl.id, scan.relative, export_controlled=export_controlled,
-                                file_path=conf["file_path"])
-    if status and not export_controlled:
-        log.warning("%s was recorded as export-controlled before; it stays export-controlled", scan.relative)
+    src_ep = endpoints_for(bl, endpoints)[bl.source_role]
+    source = bl.location(bl.source_role)
+    real, local = canonical_scan(bl, src_ep, bl.source_role, scan)
+    if real != scan:
+        raise ConfError(f"file_path {conf['file_path']!r} is a symbolic link alias of {real.relative}; a new scan "
+                        "must be the real file")
+    what = f"scan {scan.relative} (from {conf['file_path']!r})"
+    if local is not None and not local.exists():
+        raise ConfError(f"{what} does not exist at the acquisition endpoint")
+    size, checksum = _fingerprint(src_ep, source.path_of(scan.key), local, what)
+    twins = ledger.same_content(size, checksum) if checksum else {}
+    controlled_twins = sorted(n for n, ec in twins.items() if ec and n != f"{bl.id}:{scan.relative}")
+    status = ledger.record_scan(bl.id, scan.relative, export_controlled=requested or bool(controlled_twins),
+                                file_path=conf["file_path"], size=size, checksum=checksum)
+    if status and not requested:
+        log.warning("%s is export-controlled (%s) although the conf does not say so; it stays at ALS",
+                    scan.relative, f"same content as {controlled_twins}" if controlled_twins else "recorded before")
     record = scan_record(bl, scan, export_controlled=status, send_to_nersc=send_to_nersc)
-    log.info("new scan %s (%s): export_controlled=%s send_to_nersc=%s, found at %s:%s", scan.relative,
-             conf["file_path"], status, send_to_nersc, src_ep.name, source.path_of(scan.key))
+    record["fingerprint"] = {"size": size, "checksum": checksum}
+    log.info("new scan %s (%s): export_controlled=%s send_to_nersc=%s, found at %s:%s (%s B, %s)", scan.relative,
+             conf["file_path"], status, send_to_nersc, src_ep.name, source.path_of(scan.key), size,
+             checksum or "checksum unknown")
     return record
 
 
@@ -126,13 +208,31 @@ def record_copy(bl: Beamline, endpoints: dict[str, Endpoint], ledger: Ledger, sc
     return {"size": b.size, "checksum": checksum, "files": b.files}
 
 
-def nersc_copy_decision(bl: Beamline, endpoints: dict[str, Endpoint], scan: dict) -> tuple[bool, str]:
-    """Should the raw file go data -> NERSC? (never when export-controlled; never when send_to_nersc is false)."""
+def leave_site_decision(bl: Beamline, endpoints: dict[str, Endpoint], ledger: Ledger, scan: dict, role: str):
+    """The safety policy's answer for a new-file scan record going from data to location ``role``, from the status
+    in the record (as validated), the ledger's (by name and by content) and the fingerprint together.
+
+    A refusal because the scan is export-controlled is returned (the scan stays, as it must); a scan whose status
+    is not known for sure raises :class:`SafetyError`, so the run fails loudly instead of guessing.
+    """
+    eps = endpoints_for(bl, endpoints)
+    fp = scan.get("fingerprint") or {}
+    evidence = export_evidence(bl, ledger, scan["relative"], declared=scan["export_controlled"],
+                               size=fp.get("size"), checksum=fp.get("checksum"))
+    decision = may_scan_leave_site(evidence, from_site=eps["data"].site, to_site=eps[role].site,
+                                   what=scan["relative"])
+    if not decision.allowed and export_status(evidence)[0] is None:
+        raise SafetyError(f"REFUSED copy to {role}: {decision.reason}. The scan stays at ALS.")
+    return decision
+
+
+def nersc_copy_decision(bl: Beamline, endpoints: dict[str, Endpoint], ledger: Ledger,
+                        scan: dict) -> tuple[bool, str]:
+    """Should the raw file go data -> NERSC? Never when export-controlled (nor of unknown status, which raises);
+    never when send_to_nersc is false."""
     if "nersc" not in bl.locations:
         return False, f"{bl.id} has no NERSC location"
-    eps = endpoints_for(bl, endpoints)
-    decision = may_leave_site(export_controlled=scan["export_controlled"], from_site=eps["data"].site,
-                              to_site=eps["nersc"].site, what=scan["relative"])
+    decision = leave_site_decision(bl, endpoints, ledger, scan, "nersc")
     if not decision.allowed:
         return False, decision.reason
     if not scan["send_to_nersc"]:
@@ -162,15 +262,17 @@ def recon_requests(bl: Beamline, endpoints: dict[str, Endpoint], ledger: Ledger,
     if target not in bl.recon_targets:
         raise ConfigError(f"{bl.id} has no reconstruction target {target!r}")
     eps = endpoints_for(bl, endpoints)
+    conf = check_conf(conf, RECON_CONF, what=f"{bl.id}_recon_{target}")
     raw: list[dict] = []
     for extra in event_extras:
         if not isinstance(extra, dict) or not isinstance(extra.get("file_path"), str):
             raise ConfError(f"asset event extra without a file_path: {extra!r}")
-        raw.append({"file_path": extra["file_path"],
-                    "export_controlled": _bool("export_controlled", extra.get("export_controlled", True))})
-    if not raw and conf and conf.get("file_path"):
-        raw.append({"file_path": conf["file_path"],
-                    "export_controlled": _bool("is_export_control", conf.get("is_export_control", False))})
+        declared = extra.get("export_controlled", True)  # an event that does not say is treated as controlled
+        if not isinstance(declared, bool):
+            raise ConfError(f"asset event extra export_controlled must be true or false, got {declared!r}")
+        raw.append({"file_path": extra["file_path"], "declared": declared})
+    if not raw and conf.get("file_path"):
+        raw.append({"file_path": conf["file_path"], "declared": conf.get("is_export_control")})
     if not raw:
         raise ConfError(f"{bl.id}_recon_{target}: no triggering asset event and no conf.file_path")
     decisions = bl.effective_decisions(decision_override)
@@ -182,17 +284,29 @@ def recon_requests(bl: Beamline, endpoints: dict[str, Endpoint], ledger: Ledger,
     dest_role = {"local": "data_scratch", "nersc": "nersc", "alcf": "alcf"}[target]
     for r in raw:
         try:
-            scan = parse_scan_path(r["file_path"], bl.rules)
+            given = parse_scan_path(r["file_path"], bl.rules)
         except ScanPathError as exc:
             raise ConfError(str(exc)) from None
-        known = ledger.export_controlled(bl.id, scan.relative)
-        controlled = bool(r["export_controlled"]) or bool(known)
-        decision = may_leave_site(export_controlled=controlled, from_site=eps["data"].site,
-                                  to_site=eps[dest_role].site, what=scan.relative)
+        try:
+            scan, local = canonical_scan(bl, eps["data"], "data", given)
+        except SafetyError as exc:
+            raise SafetyError(f"REFUSED {target} reconstruction: {exc}. No data was moved and no job was "
+                              "started.") from None
+        what = f"scan {scan.relative} (from {r['file_path']!r})"
+        size = checksum = None
+        if eps[dest_role].site != eps["data"].site:  # hashing is needed only where the scan would leave
+            size, checksum = _fingerprint(eps["data"], bl.location("data").path_of(scan.key), local, what)
+        elif local is not None:
+            _check_file(local, what)
+        evidence = export_evidence(bl, ledger, scan.relative, declared=r["declared"], size=size, checksum=checksum)
+        decision = may_scan_leave_site(evidence, from_site=eps["data"].site, to_site=eps[dest_role].site,
+                                       what=scan.relative)
         if not decision.allowed:
             raise SafetyError(f"REFUSED {target} reconstruction: {decision.reason}. No data was moved and no job "
                               "was started.")
-        out.append(scan_record(bl, scan, export_controlled=controlled, send_to_nersc=False))
+        status = export_status(evidence)[0]
+        # whatever is not known to be free stays marked controlled for every later transfer
+        out.append(scan_record(bl, scan, export_controlled=status is not False, send_to_nersc=False))
     return out
 
 
