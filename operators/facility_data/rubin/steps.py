@@ -274,7 +274,7 @@ def check_gate(ctx: Context, exp: ExposureRef, deep: bool = True) -> tuple[bool,
     missing = sorted(wanted - present)
     if missing:
         return False, {"state": INCOMPLETE_AT_SOURCE, "datasets": len(refs), "expected": len(wanted),
-                       "missing": missing, "reason": f"{len(missing)} expected sensor(s) missing: {missing[:10]}"}
+                       "missing": missing, "reason": f"incomplete at source: missing {missing[:10]}"}
     return True, {"datasets": len(refs), "expected": len(wanted), "missing": []}
 
 
