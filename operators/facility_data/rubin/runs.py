@@ -54,7 +54,8 @@ def select(params: dict, *, data_interval: tuple[datetime, datetime] | None, run
 
     Whatever the run (scheduled, backfill, manual with or without a logical date), nothing whose release is later
     than the wall clock ``now`` (default: the current time) is ready: a window lying (partly) in the future releases
-    only what is due, the rest is skipped as still embargoed."""
+    only what is due, the rest is skipped as still embargoed. ``run_after`` does not decide it: a manual run's
+    run_after follows its logical date, which may lie in the future."""
     from facility_data.rubin.steps import Context, check_gate
 
     policy = load_policy(policy_path)
