@@ -111,6 +111,8 @@ with DAG(
             return reconcile.repair_exposure(ctx, item["check"])
         except InconsistentArtifact as exc:  # retrying cannot fix it; never overwritten
             raise AirflowFailException(f"INCONSISTENT, not overwritten: {exc}") from exc
+        except steps.EmbargoViolation as exc:  # a repair never releases early
+            raise AirflowFailException(f"EMBARGO, nothing released: {exc}") from exc
 
     @task(trigger_rule="all_done", outlets=[RECONCILED])
     def finish(request: dict, todo: list[dict], repaired, **context) -> dict:

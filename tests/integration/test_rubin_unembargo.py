@@ -300,3 +300,41 @@ def test_rucio_hook_builds_a_client_from_the_connection(site, conns, monkeypatch
         "conn_type": "rucio", "host": site.rucio_url, "login": "root", "password": "wrong"}))
     ok, msg = RucioHook(rucio_conn_id="rucio_bad").test_connection()
     assert not ok and "wrong" not in msg
+
+
+def test_s3_gate_compares_sizes_with_the_butler_and_judges_quiet_from_last_modified(site, s3_night):
+    """On S3 as on a directory: a truncated upload is inconsistent_at_source, and the no-manifest fallback reads the
+    objects' LastModified (an exposure without manifest waits for the quiet period, then is released)."""
+    from datetime import UTC, datetime
+
+    from facility_data.rubin.policy import PolicyRow, WithoutManifest
+    from facility_data.rubin.synthetic import CALIB_WHERE
+
+    night, policy = s3_night
+    exps = released(night, policy)
+    truncated, no_manifest = night.obs_ids[0], night.obs_ids[2]
+    objs = night.store.list_folder("LSSTCam", night.day_obs, truncated)
+    now = datetime.now(UTC)
+    assert all(o.mtime is not None and abs(now.timestamp() - o.mtime) < 3600 for o in objs)
+    fits = next(o for o in objs if o.name.endswith(".fits"))
+    night.store.put(fits.key, night.store.read(fits.key)[:-2880])
+    night.store.client.delete_object(Bucket=night.store.bucket,
+                                     Key=f"LSSTCam/{night.day_obs}/{no_manifest}/{steps.manifest_name(no_manifest)}")
+
+    ok, detail = steps.check_gate(steps.Context(policy), exps[truncated])
+    assert not ok and detail["state"] == "inconsistent_at_source" and fits.name in detail["reason"]
+    with pytest.raises(steps.InconsistentAtSource):
+        steps.run_zip(steps.Context(policy), exps[truncated])
+    assert not steps.paths(policy, exps[truncated]).zip.exists()
+
+    assert steps.check_gate(steps.Context(policy), exps[no_manifest]) == (False, {
+        "state": "incomplete_at_source", "reason": "no manifest", "missing": [steps.manifest_name(no_manifest)]})
+    fallback = WithoutManifest(release_after_quiet_hours=1)
+    lenient = policy.model_copy(update={"rows": [
+        PolicyRow(instrument="LSSTCam", where=CALIB_WHERE, embargo_hours=0, without_manifest=fallback),
+        PolicyRow(instrument="LSSTCam", embargo_hours=80, without_manifest=fallback)]})
+    ok, detail = steps.check_gate(steps.Context(lenient), exps[no_manifest])
+    assert not ok and "less than 1 h ago" in detail["reason"]
+    later = steps.Context(lenient, clock=lambda: now + timedelta(hours=2))
+    ok, detail = steps.check_gate(later, exps[no_manifest])
+    assert ok and "without_manifest fallback" in detail["fallback"]

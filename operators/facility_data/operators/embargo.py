@@ -23,7 +23,7 @@ def run_rubin_step(name: str, exposure: dict, dry_run: bool, policy_path: str | 
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
     from facility_data.rubin.runs import run_named_step
-    from facility_data.rubin.steps import IncompleteExposure
+    from facility_data.rubin.steps import EmbargoViolation, IncompleteExposure
     from facility_data.rubin.zipbuild import InconsistentArtifact
 
     context["obs_id"] = exposure.get("obs_id")  # named map index in the UI
@@ -33,6 +33,8 @@ def run_rubin_step(name: str, exposure: dict, dry_run: bool, policy_path: str | 
         raise AirflowSkipException(f"{exc} (left for a later run or reconciliation)") from exc
     except InconsistentArtifact as exc:  # retrying cannot fix it; alert and leave it for an operator
         raise AirflowFailException(f"INCONSISTENT, not overwritten: {exc}") from exc
+    except EmbargoViolation as exc:  # never retried into an early release; alerts
+        raise AirflowFailException(f"EMBARGO, nothing released: {exc}") from exc
 
 
 class EmbargoZipOperator(BaseOperator):

@@ -1,7 +1,8 @@
 """The unembargo policy (include/embargo_policy.yaml), validated at load.
 
 Rows say how long each kind of exposure stays embargoed: the first row (in file order) whose Butler ``where``
-clause matches an exposure gives its embargo; an exposure that matches no row is never released.
+clause matches an exposure gives its embargo; an exposure that matches no row is never released. A row may also say
+how an exposure without its ``<obs_id>_expectedSensors.json`` manifest can be released (by default it never is).
 """
 
 from __future__ import annotations
@@ -23,10 +24,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class WithoutManifest(_Strict):
+    """Fallback for an exposure whose summit never wrote its expected-sensors manifest: release it once no new
+    object has arrived in its embargo folder for this many hours (judged from the objects' modification times)."""
+
+    release_after_quiet_hours: float = Field(gt=0, allow_inf_nan=False)
+
+
 class PolicyRow(_Strict):
     instrument: str
     where: str = ""  # Butler query expression over exposure fields; empty = every exposure of the instrument
-    embargo_hours: float = Field(ge=0)
+    embargo_hours: float = Field(ge=0, allow_inf_nan=False)
+    #: None (default): an exposure without a manifest is never released (incomplete_at_source, "no manifest")
+    without_manifest: WithoutManifest | None = None
 
     @field_validator("instrument")
     @classmethod

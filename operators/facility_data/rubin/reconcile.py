@@ -10,6 +10,8 @@ source). Each is checked against every sink and classified:
 * ``partial`` - stopped after a step: ``first_missing`` names the step a repair resumes from;
 * ``incomplete_at_source`` - sensors that expectedSensors.json lists are missing, or no raw datasets / no exposure
   record (picked up later, once complete: a later check sees it as not started);
+* ``inconsistent_at_source`` - the embargo store and the embargo Butler disagree (an object's size differs from the
+  size the Butler recorded, e.g. a truncated upload; an artifact missing from the folder): never released;
 * ``inconsistent`` - an artifact exists but differs from the source (zip members, Rucio sizes/hashes, yaml):
   reported and never overwritten;
 * ``pruned`` - the embargo copy is gone (no objects, no source datasets) and the zip exists;
@@ -49,12 +51,13 @@ from facility_data.rubin.zipbuild import quick_check
 
 log = logging.getLogger(__name__)
 
-DONE, NOT_STARTED, PARTIAL, INCOMPLETE, INCONSISTENT, PRUNED, ERROR = (
-    "done", "not_started", "partial", "incomplete_at_source", "inconsistent", "pruned", "error")
-STATES = (DONE, NOT_STARTED, PARTIAL, INCOMPLETE, INCONSISTENT, PRUNED, ERROR)
+DONE, NOT_STARTED, PARTIAL, INCOMPLETE, INCONSISTENT, INCONSISTENT_SOURCE, PRUNED, ERROR = (
+    "done", "not_started", "partial", "incomplete_at_source", "inconsistent", "inconsistent_at_source", "pruned",
+    "error")
+STATES = (DONE, NOT_STARTED, PARTIAL, INCOMPLETE, INCONSISTENT, INCONSISTENT_SOURCE, PRUNED, ERROR)
 REPAIRABLE = (NOT_STARTED, PARTIAL)
 #: states an operator must look at (the DAG alerts on them)
-UNREPAIRABLE = (INCOMPLETE, INCONSISTENT, ERROR)
+UNREPAIRABLE = (INCOMPLETE, INCONSISTENT, INCONSISTENT_SOURCE, ERROR)
 PRUNE_MODES = ("off", "dry_run", "delete")
 MAX_NIGHTS = 62
 _DAY = re.compile(r"^\d{8}$")
@@ -208,7 +211,7 @@ def list_day_objects(store, instrument: str, day_obs: int,
                     continue
                 prefix = folder_key(instrument, day_obs, folder.name)
                 with os.scandir(folder.path) as entries:
-                    out[folder.name] = sorted((StoredObject(prefix + e.name, e.stat().st_size)
+                    out[folder.name] = sorted((StoredObject(prefix + e.name, (st := e.stat()).st_size, st.st_mtime)
                                                for e in entries if e.is_file()), key=lambda o: o.key)
         return dict(out)
     if isinstance(store, S3Store):
@@ -217,7 +220,8 @@ def list_day_objects(store, instrument: str, day_obs: int,
                 key = obj["Key"][len(store.prefix):]
                 parts = key.split("/")
                 if len(parts) == 4 and parts[3]:
-                    out[parts[2]].append(StoredObject(key, int(obj["Size"])))
+                    modified = obj.get("LastModified")
+                    out[parts[2]].append(StoredObject(key, int(obj["Size"]), modified.timestamp() if modified else None))
         return {k: sorted(v, key=lambda o: o.key) for k, v in out.items()}
     return {o: store.list_folder(instrument, day_obs, o) for o in store.list_day(instrument, day_obs)}
 
@@ -342,7 +346,7 @@ def _classify(check: ExposureCheck, names: list[str]) -> ExposureCheck:
     """State and first missing step from the per-step states (``step -> ok|missing|inconsistent|error``)."""
     states = {n: check.sinks.get(n, "missing") for n in names}
     if states[steps.GATE] != "ok":
-        check.state = ERROR if states[steps.GATE] == "error" else INCOMPLETE
+        check.state = {"error": ERROR, "inconsistent": INCONSISTENT_SOURCE}.get(states[steps.GATE], INCOMPLETE)
         check.first_missing = steps.GATE
         check.sinks.pop("_partial_rucio", None)
         return check
@@ -455,6 +459,7 @@ def _fast_checks(ctx: steps.Context, instrument: str, day_obs: int, exps: list[E
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(_rucio_state, ctx.rucio, policy, instrument, day_obs, rucio_files)
         src_ids = _query_ids(source, policy, instrument, day_obs, subset)
+        recorded = steps.recorded_files(source, [i for per_exp in src_ids.values() for i in per_exp])
         detectors = {int(r.id): r.full_name for r in source.query_dimension_records(
             "detector", instrument=instrument, explain=False, limit=None)}
         visits = _visits_by_exposure(source, instrument, day_obs)
@@ -480,7 +485,7 @@ def _fast_checks(ctx: steps.Context, instrument: str, day_obs: int, exps: list[E
             check.state, check.problems = PRUNED, ["embargo copy pruned; zip kept"]
             out.append(check)
             continue
-        check.sinks[steps.GATE] = _gate(ctx, exp, objs, ids, detectors, check.problems)
+        check.sinks[steps.GATE] = _gate(ctx, exp, objs, ids, detectors, recorded, check.problems)
         check.sinks[steps.ZIP] = _zip(policy, exp, objs, dest_files, check.problems)
         check.sinks[steps.DIMENSIONS] = "ok" if dest_files.get(yaml_name) else "missing"
         exp_visits = visits.get(exp.exposure, [])
@@ -506,14 +511,21 @@ def _fast_checks(ctx: steps.Context, instrument: str, day_obs: int, exps: list[E
 
 
 def _gate(ctx, exp: ExposureRef, objs: list[StoredObject], ids: dict[str, int], detectors: dict[int, str],
-          problems: list[str]) -> str:
+          recorded: dict[str, list[tuple[str, int]]], problems: list[str]) -> str:
     """The completeness gate of steps.check_gate, on the night's bulk listings."""
     if not ids:
         problems.append("gate: no raw datasets in the source Butler")
         return "missing"
-    name = f"{exp.obs_id}_expectedSensors.json"
+    bad = steps.size_problems(recorded, ids, objs)
+    if bad:
+        problems.append(f"gate: inconsistent at source: {bad[:5]}")
+        return "inconsistent"
+    name = steps.manifest_name(exp.obs_id)
     if name not in {o.name for o in objs}:
-        return "ok"  # not checkable; the unembargo step passes it too (and logs it)
+        ok, why = steps.without_manifest(ctx, exp, objs)
+        if not ok:
+            problems.append(f"gate: {why}")
+        return "ok" if ok else "missing"
     try:
         expected = json.loads(ctx.store.read(folder_key(exp.instrument, exp.day_obs, exp.obs_id) + name))
     except (OSError, ValueError) as exc:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from facility_data.rubin.policy import EmbargoPolicy, load_policy
 from facility_data.rubin.windows import (
+    STILL_EMBARGOED,
+    UNKNOWN,
     ExposureRef,
     ManualRequest,
     parse_manual,
@@ -46,17 +48,26 @@ def validate(params: dict, policy: EmbargoPolicy) -> ManualRequest | None:
 
 
 def select(params: dict, *, data_interval: tuple[datetime, datetime] | None, run_after: datetime,
-           policy_path: str | Path | None = None, context=None) -> dict:
-    """``{"ready": [exposure dicts], "skipped": [{"obs_id", "reason"}], "dry_run": bool, "window": ...}``."""
+           policy_path: str | Path | None = None, context=None, now: datetime | None = None) -> dict:
+    """``{"ready": [exposure dicts], "skipped": [{"obs_id", "reason", "state"[, "exposure"]}], "dry_run": bool,
+    "window": ...}``; ``state`` is one of windows.SKIP_STATES.
+
+    Whatever the run (scheduled, backfill, manual with or without a logical date), nothing whose release is later
+    than the wall clock ``now`` (default: the current time) is ready: a window lying (partly) in the future releases
+    only what is due, the rest is skipped as still embargoed. ``run_after`` does not decide it: a manual run's
+    run_after follows its logical date, which may lie in the future."""
     from facility_data.rubin.steps import Context, check_gate
 
     policy = load_policy(policy_path)
     request = validate(params, policy)
     dry_run = bool((params or {}).get("dry_run", False))
     ctx = context or Context(policy, dry_run=dry_run)
+    now = now or ctx.clock()
+    if now.tzinfo is None:
+        raise BadRequest(f"naive clock time {now!r}: the embargo is compared in UTC")
     skipped: list[dict] = []
     if request is not None:
-        exposures, skipped = select_manual(ctx.source, policy, request, run_after)
+        exposures, skipped = select_manual(ctx.source, policy, request, now)
         window = None
         log.info("manual run: %d exposure(s) of %s requested (day_obs=%s, obs_ids=%s)", len(exposures),
                  request.instrument, request.day_obs, list(request.obs_ids))
@@ -68,17 +79,24 @@ def select(params: dict, *, data_interval: tuple[datetime, datetime] | None, run
         exposures = []
         for instrument in policy.instruments:
             exposures += select_released(ctx.source, policy, instrument, start, end)
-        log.info("window [%s, %s): %d exposure(s) released", start, end, len(exposures))
+        log.info("window [%s, %s): %d exposure(s) released in it", start, end, len(exposures))
     ready = []
     for exp in exposures:
-        ok, detail = check_gate(ctx, exp)
+        if datetime.fromisoformat(exp.release) > now:  # the window (or its end) lies in the future
+            skipped.append({"obs_id": exp.obs_id, "reason": f"still embargoed until {exp.release}",
+                            "state": STILL_EMBARGOED, "exposure": exp.to_dict()})
+            continue
+        try:
+            ok, detail = check_gate(ctx, exp)
+        except Exception as exc:  # noqa: BLE001 - one unreadable exposure is reported, not released
+            ok, detail = False, {"state": UNKNOWN, "reason": f"gate not checkable: {type(exc).__name__}: {exc}"}
         if ok:
             ready.append(exp.to_dict())
         else:
-            skipped.append({"obs_id": exp.obs_id, "reason": f"incomplete at source: missing {detail['missing']}",
+            skipped.append({"obs_id": exp.obs_id, "reason": detail["reason"], "state": detail["state"],
                             "exposure": exp.to_dict()})
     for s in skipped:
-        log.warning("NOT unembargoed now: %s: %s", s["obs_id"], s["reason"])
+        log.warning("NOT unembargoed now: %s: %s: %s", s["obs_id"], s["state"], s["reason"])
     return {"ready": ready, "skipped": skipped, "dry_run": dry_run, "window": window}
 
 

@@ -5,6 +5,11 @@ Order: ``gate`` (completeness), ``zip``, ``dimensions``, ``butler:<destination>`
 Butler registry and datastore, Rucio DIDs), never from a marker, so rerunning any step or the whole sequence any
 number of times, after a crash anywhere, converges to the same end state. :func:`exposure_status` answers "which
 steps are verified and which is the first missing" without changing anything (used by reconciliation).
+
+Two safety rules hold in the steps themselves, whatever called them: the gate releases nothing that is not provably
+complete and consistent at source (expected-sensors manifest, or the policy row's documented fallback; object sizes
+equal to the embargo Butler's records), and every step that puts an exposure into main storage first re-derives its
+release time from the source Butler and the current policy and refuses (:class:`EmbargoViolation`) before it.
 """
 
 from __future__ import annotations
@@ -13,13 +18,20 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from facility_data.rubin import butlerops, rucioreg
 from facility_data.rubin.dimensions import export_yaml, exposure_records, same_export, visit_ids
 from facility_data.rubin.policy import ButlerRef, EmbargoPolicy
 from facility_data.rubin.storage import EmbargoStore, open_store
-from facility_data.rubin.windows import ExposureRef
+from facility_data.rubin.windows import (
+    INCOMPLETE_AT_SOURCE,
+    INCONSISTENT_AT_SOURCE,
+    ExposureRef,
+    current_release,
+    governing_row,
+)
 from facility_data.rubin.zipbuild import (
     FileHashes,
     InconsistentArtifact,
@@ -36,11 +48,20 @@ GATE, ZIP, DIMENSIONS, RUCIO = "gate", "zip", "dimensions", "rucio"
 
 
 class IncompleteExposure(RuntimeError):
-    """The exposure's embargo folder/Butler lacks sensors that expectedSensors.json lists."""
+    """The exposure's embargo folder/Butler lacks sensors that expectedSensors.json lists, or the manifest."""
 
-    def __init__(self, obs_id: str, missing: list[str]):
-        super().__init__(f"{obs_id}: incomplete, {len(missing)} expected sensor(s) missing: {missing[:10]}")
+    def __init__(self, obs_id: str, missing: list[str], reason: str | None = None):
+        super().__init__(f"{obs_id}: incomplete at source: "
+                         f"{reason or f'{len(missing)} expected sensor(s) missing: {missing[:10]}'}")
         self.obs_id, self.missing = obs_id, missing
+
+
+class InconsistentAtSource(InconsistentArtifact):
+    """The embargo store and the embargo Butler disagree about an exposure (e.g. a truncated upload): never released."""
+
+
+class EmbargoViolation(RuntimeError):
+    """A step was asked to release an exposure whose release time (re-derived now) has not come, or never comes."""
 
 
 class StepFailed(RuntimeError):
@@ -83,8 +104,10 @@ class Context:
     """
 
     def __init__(self, policy: EmbargoPolicy, *, store: EmbargoStore | None = None, rucio=None,
-                 butler_factory: Callable | None = None, dry_run: bool = False):
+                 butler_factory: Callable | None = None, dry_run: bool = False,
+                 clock: Callable[[], datetime] | None = None):
         self.policy, self.dry_run = policy, dry_run
+        self.clock = clock or (lambda: datetime.now(UTC))  # injectable for tests; the embargo is wall-clock time
         self._store, self._rucio = store, rucio
         self._butler_factory = butler_factory or butlerops.open_butler
         self._butlers: dict = {}
@@ -137,30 +160,130 @@ class Context:
     def visits(self, exp) -> list[int]:
         return visit_ids(self.records(exp))
 
+    def row(self, exp):
+        """The current policy's row governing ``exp`` in the source Butler (None: no row, or no exposure)."""
+        return self.cached(exp, "row", lambda: governing_row(self.source, self.policy, exp.instrument,
+                                                             exp.exposure)[1])
+
+
+# ---------------------------------------------------------------------------------------------------- embargo
+def ensure_released(ctx: Context, exp: ExposureRef) -> datetime:
+    """Refuse (EmbargoViolation) unless the clock is past ``exp``'s release, re-derived from the source Butler's
+    exposure record and the current policy (never earlier than the ref's own release)."""
+    release, why = current_release(ctx.source, ctx.policy, exp)
+    if release is None:
+        raise EmbargoViolation(f"{exp.obs_id}: not releasable: {why}")
+    now = ctx.clock()
+    if now < release:
+        raise EmbargoViolation(f"{exp.obs_id}: still embargoed until {release.isoformat()} (now {now.isoformat()}); "
+                               "nothing released")
+    return release
+
+
+# ---------------------------------------------------------------------------------------------------- sizes
+def recorded_files(butler, dataset_ids) -> dict[str, list[tuple[str, int]]]:
+    """Dataset id -> [(artifact basename, size the Butler recorded; -1 if it recorded none)], from the datastore's
+    stored-file records (as butlerops.zip_index reads them), in bulk."""
+    import uuid
+
+    datastore = butler._datastore  # no public API exposes stored-file records without copying the artifacts
+    from lsst.daf.butler.datastore.stored_file_info import StoredFileInfo
+
+    ids = [i if isinstance(i, uuid.UUID) else uuid.UUID(str(i)) for i in dataset_ids]
+    out: dict[str, list[tuple[str, int]]] = {}
+    for start in range(0, len(ids), 500):
+        for record in datastore._table.fetch(dataset_id=ids[start:start + 500]):
+            info = StoredFileInfo.from_record(record)
+            name = Path(info.file_location(datastore.locationFactory).uri.path).name
+            out.setdefault(str(record["dataset_id"]), []).append((name, int(info.file_size)))
+    return out
+
+
+def size_problems(recorded: dict[str, list[tuple[str, int]]], dataset_ids, objects) -> list[str]:
+    """Where the embargo store disagrees with the embargo Butler: a dataset without a stored-file record, an artifact
+    not in the folder, no recorded size, or a size that differs (a truncated or replaced upload)."""
+    sizes = {o.name: o.size for o in objects}
+    problems = []
+    for did in sorted(str(i) for i in dataset_ids):
+        if did not in recorded:
+            problems.append(f"dataset {did} has no stored-file record in the embargo Butler")
+        for name, size in recorded.get(did, ()):
+            if name not in sizes:
+                problems.append(f"{name}: in the embargo Butler, not in the embargo folder")
+            elif size < 0:
+                problems.append(f"{name}: the embargo Butler recorded no size")
+            elif size != sizes[name]:
+                problems.append(f"{name}: {sizes[name]} bytes in the store, {size} recorded by the embargo Butler")
+    return problems
+
 
 # ---------------------------------------------------------------------------------------------------- gate
+def manifest_name(obs_id: str) -> str:
+    return f"{obs_id}_expectedSensors.json"
+
+
+def quiet_enough(objects, hours: float, now: datetime) -> tuple[bool, str]:
+    """The no-manifest fallback: whether no object of the folder arrived in the last ``hours`` (fails closed when a
+    modification time is unknown)."""
+    times = [o.mtime for o in objects]
+    if not times or any(t is None for t in times):
+        return False, "modification times unknown"
+    newest = datetime.fromtimestamp(max(times), UTC)
+    if now - newest < timedelta(hours=hours):
+        return False, f"newest object arrived {newest.isoformat()}, less than {hours:g} h ago"
+    return True, f"no new object since {newest.isoformat()} ({hours:g} h quiet)"
+
+
+def without_manifest(ctx: Context, exp: ExposureRef, objects) -> tuple[bool, str]:
+    """An exposure lacking its manifest: released only under its governing row's ``without_manifest`` fallback."""
+    row = ctx.row(exp)
+    fallback = row.without_manifest if row is not None else None
+    if fallback is None:
+        return False, "no manifest"
+    quiet, why = quiet_enough(objects, fallback.release_after_quiet_hours, ctx.clock())
+    if not quiet:
+        return False, f"no manifest; {why}"
+    log.warning("%s: no %s; released by the policy's without_manifest fallback: %s", exp.obs_id,
+                manifest_name(exp.obs_id), why)
+    return True, f"no manifest; without_manifest fallback: {why}"
+
+
 def check_gate(ctx: Context, exp: ExposureRef, deep: bool = True) -> tuple[bool, dict]:
+    """Complete and consistent at source, or not with ``state`` (incomplete_at_source / inconsistent_at_source) and
+    ``reason``. Fails closed: no manifest means not released unless the governing row opts in to its fallback."""
     refs = ctx.refs(exp)
-    objects = {o.name for o in ctx.objects(exp)}
-    name = f"{exp.obs_id}_expectedSensors.json"
-    present = {butlerops.detector_name(r) for r in refs}
     if not refs:
-        return False, {"missing": ["<all: no raw datasets>"]}
-    if name not in objects:
-        log.warning("%s: no %s in the embargo folder; completeness not checkable, %d datasets present",
-                    exp.obs_id, name, len(refs))
-        return True, {"datasets": len(refs), "expected": None}
+        return False, {"state": INCOMPLETE_AT_SOURCE, "reason": "no raw datasets",
+                       "missing": ["<all: no raw datasets>"]}
+    objects = ctx.objects(exp)
+    ids = [r.id for r in refs]
+    bad = size_problems(ctx.cached(exp, "recorded", lambda: recorded_files(ctx.source, ids)), ids, objects)
+    if bad:
+        return False, {"state": INCONSISTENT_AT_SOURCE, "reason": f"store and embargo Butler differ: {bad[:5]}",
+                       "mismatched": bad}
+    present = {butlerops.detector_name(r) for r in refs}
+    name = manifest_name(exp.obs_id)
+    if name not in {o.name for o in objects}:
+        ok, why = without_manifest(ctx, exp, objects)
+        if not ok:
+            return False, {"state": INCOMPLETE_AT_SOURCE, "reason": why, "missing": [name]}
+        return True, {"datasets": len(refs), "expected": None, "fallback": why}
     key = f"{exp.instrument}/{exp.day_obs}/{exp.obs_id}/{name}"
     expected = json.loads(ctx.store.read(key)).get("expectedSensors", {})
     wanted = {det for det, kind in expected.items() if kind in ("SCIENCE", "WAVEFRONT", "GUIDER")}
     missing = sorted(wanted - present)
-    return not missing, {"datasets": len(refs), "expected": len(wanted), "missing": missing}
+    if missing:
+        return False, {"state": INCOMPLETE_AT_SOURCE, "datasets": len(refs), "expected": len(wanted),
+                       "missing": missing, "reason": f"incomplete at source: missing {missing[:10]}"}
+    return True, {"datasets": len(refs), "expected": len(wanted), "missing": []}
 
 
 def run_gate(ctx: Context, exp: ExposureRef) -> Outcome:
     ok, detail = check_gate(ctx, exp)
     if not ok:
-        raise IncompleteExposure(exp.obs_id, detail["missing"])
+        if detail["state"] == INCONSISTENT_AT_SOURCE:
+            raise InconsistentAtSource(f"{exp.obs_id}: {detail['reason']}")
+        raise IncompleteExposure(exp.obs_id, detail["missing"], detail["reason"])
     return Outcome(GATE, "verified", detail)
 
 
@@ -201,11 +324,13 @@ def _remove_stale_temps(path: Path) -> None:
 
 
 def run_zip(ctx: Context, exp: ExposureRef) -> Outcome:
+    ensure_released(ctx, exp)
     done, detail = check_zip(ctx, exp)
     if done:
         return Outcome(ZIP, "verified", detail)
     if ctx.dry_run:
         return Outcome(ZIP, "would-act", {"would": f"build {detail['path']} from {len(ctx.objects(exp))} objects"})
+    run_gate(ctx, exp)  # complete and consistent at source, whatever called this step
     _remove_stale_temps(paths(ctx.policy, exp).zip)
     index = butlerops.zip_index(ctx.source, ctx.refs(exp), ctx.objects(exp))
     hashes, path = build_zip(ctx.store, ctx.objects(exp), index, paths(ctx.policy, exp).zip)
@@ -242,6 +367,7 @@ def check_dimensions(ctx: Context, exp: ExposureRef, deep: bool = True) -> tuple
 
 
 def run_dimensions(ctx: Context, exp: ExposureRef) -> Outcome:
+    ensure_released(ctx, exp)
     done, detail = check_dimensions(ctx, exp)
     if done:
         return Outcome(DIMENSIONS, "verified", detail)
@@ -271,6 +397,7 @@ def check_butler(ctx: Context, exp: ExposureRef, dest: ButlerRef, deep: bool = T
 
 def run_butler(ctx: Context, exp: ExposureRef, dest: ButlerRef) -> Outcome:
     name = butler_step(dest)
+    ensure_released(ctx, exp)
     done, detail = check_butler(ctx, exp, dest)
     if done:
         return Outcome(name, "verified", detail)
@@ -310,6 +437,7 @@ def check_rucio(ctx: Context, exp: ExposureRef, deep: bool = True, known_zip: di
 
 
 def run_rucio(ctx: Context, exp: ExposureRef, known_zip: dict | None = None) -> Outcome:
+    ensure_released(ctx, exp)
     done, detail = check_rucio(ctx, exp, known_zip=known_zip)
     if done:
         return Outcome(RUCIO, "verified", detail)
@@ -392,7 +520,9 @@ def exposure_status(ctx: Context, exp: ExposureRef, *, deep: bool = False,
             continue
         try:
             ok, detail = check()
-            state = "done" if ok else ("incomplete" if name == GATE else "missing")
+            state = "done" if ok else "missing"
+            if name == GATE and not ok:
+                state = "inconsistent" if detail.get("state") == INCONSISTENT_AT_SOURCE else "incomplete"
         except InconsistentArtifact as exc:
             state, detail = "inconsistent", {"error": str(exc)}
         except Exception as exc:  # a sink that cannot be read is reported, not hidden

@@ -12,7 +12,7 @@ import mmap
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
 
@@ -25,6 +25,9 @@ CHUNK = 8 * 1024 * 1024
 class StoredObject:
     key: str  # relative to the store root, e.g. LSSTCam/20251231/MC_O_20251231_000010/MC_O_..._R22_S11.fits
     size: int
+    #: modification time (POSIX seconds; S3 LastModified), None where the listing did not give one; the gate's
+    #: no-manifest fallback judges "no new object for N hours" from it
+    mtime: float | None = field(default=None, compare=False)
 
     @property
     def name(self) -> str:
@@ -69,8 +72,8 @@ class LocalStore:
         if not folder.is_dir():
             return []
         prefix = folder_key(instrument, day_obs, obs_id)
-        return sorted((StoredObject(prefix + p.name, p.stat().st_size) for p in folder.iterdir() if p.is_file()),
-                      key=lambda o: o.key)
+        return sorted((StoredObject(prefix + p.name, (st := p.stat()).st_size, st.st_mtime)
+                       for p in folder.iterdir() if p.is_file()), key=lambda o: o.key)
 
     def list_day(self, instrument: str, day_obs: int) -> list[str]:
         day = self._path(f"{instrument}/{day_obs}")
@@ -144,7 +147,8 @@ class S3Store:
             for obj in page.get("Contents", []):
                 key = obj["Key"][len(self.prefix):]
                 if not key.endswith("/"):
-                    out.append(StoredObject(key, int(obj["Size"])))
+                    modified = obj.get("LastModified")
+                    out.append(StoredObject(key, int(obj["Size"]), modified.timestamp() if modified else None))
         return sorted(out, key=lambda o: o.key)
 
     def list_day(self, instrument: str, day_obs: int) -> list[str]:

@@ -300,7 +300,7 @@ def _build_night(site_root, day_obs, n_exposures, detectors, file_size, start, s
         for datasets in by_type.values():
             if datasets:
                 source.registry.registerRun(datasets[0].refs[0].run)
-                source.ingest(*datasets, transfer="direct", record_validation_info=isinstance(store, LocalStore))
+                source.ingest(*datasets, transfer="direct", record_validation_info=True)
         night.obs_ids.append(obs_id)
         night.exposure_ids[obs_id] = exp_id
         night.ends[obs_id] = end

@@ -7,7 +7,9 @@ consecutive intervals partition time and a backfill over any range selects exact
 comes from the first policy row whose ``where`` clause matches it.
 
 A manual run names exposures (day_obs and/or obs_ids); it reprocesses exactly those, but never one whose release
-time is still in the future (that would leak embargoed data).
+time is still in the future (that would leak embargoed data). Whatever the run, every exposure's release is also
+compared with the wall clock (runs.select), and the acting steps re-derive it from the source Butler and the
+current policy (:func:`current_release`) before they put anything into main storage.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from facility_data.rubin.policy import EmbargoPolicy, PolicyRow
 OBS_ID = re.compile(r"^[A-Z]{2}_[A-Z]_(\d{8})_(\d{6})$")
 #: widening of the Butler OVERLAPS query (exact filtering on the end time happens in Python)
 _PAD = timedelta(minutes=1)
+#: states of an exposure a run does not process (runs.select's ``skipped`` entries)
+STILL_EMBARGOED, INCOMPLETE_AT_SOURCE, INCONSISTENT_AT_SOURCE, UNKNOWN, NO_POLICY_ROW = (
+    "still_embargoed", "incomplete_at_source", "inconsistent_at_source", "unknown", "no_policy_row")
+SKIP_STATES = (STILL_EMBARGOED, INCOMPLETE_AT_SOURCE, INCONSISTENT_AT_SOURCE, UNKNOWN, NO_POLICY_ROW)
 #: ids per "IN (...)" clause: SQLite refuses an expression tree of ~1000 terms, and a night holds more exposures
 _IN_CHUNK = 250
 
@@ -187,18 +193,44 @@ def select_manual(butler, policy: EmbargoPolicy, request: ManualRequest,
                     *clauses, "exposure.obs_id IN (" + ",".join(f"'{o}'" for o in chunk) + ")"))]
     else:
         recs = list(_query_exposures(butler, instrument=request.instrument, where=_and(*clauses), bind=bind))
-    problems = [{"obs_id": o, "reason": "no such exposure in the source Butler"}
+    problems = [{"obs_id": o, "reason": "no such exposure in the source Butler", "state": UNKNOWN}
                 for o in sorted(set(request.obs_ids) - {r.obs_id for r in recs})]
     governing = _governing_rows(butler, policy, request.instrument, recs)
     out = []
     for rec in recs:
         row = governing.get(rec.id)
         if row is None:
-            problems.append({"obs_id": rec.obs_id, "reason": "matches no policy row (never released)"})
+            problems.append({"obs_id": rec.obs_id, "reason": "matches no policy row (never released)",
+                             "state": NO_POLICY_ROW})
             continue
         ref = _ref(request.instrument, rec, row, policy.settle_minutes)
         if datetime.fromisoformat(ref.release) > _aware(now):
-            problems.append({"obs_id": rec.obs_id, "reason": f"still embargoed until {ref.release}"})
+            problems.append({"obs_id": rec.obs_id, "reason": f"still embargoed until {ref.release}",
+                             "state": STILL_EMBARGOED})
             continue
         out.append(ref)
     return sorted(out, key=lambda r: (r.release, r.obs_id)), problems
+
+
+def governing_row(butler, policy: EmbargoPolicy, instrument: str, exposure: int) -> tuple[object | None,
+                                                                                       PolicyRow | None]:
+    """The exposure's record in ``butler`` and the first row of ``policy`` that matches it (None where absent)."""
+    recs = list(_query_exposures(butler, instrument=instrument, where=f"exposure.id = {int(exposure)}"))
+    if not recs:
+        return None, None
+    return recs[0], _governing_rows(butler, policy, instrument, recs).get(recs[0].id)
+
+
+def current_release(butler, policy: EmbargoPolicy, exp: ExposureRef) -> tuple[datetime | None, str]:
+    """When ``exp`` may be released, re-derived from the source Butler's exposure record (its end time) and the
+    current policy's governing row, and never earlier than the ref says: run-time inputs (a stale XCom, a hand-made
+    ref, a shortened policy) can only lengthen an embargo. None (with why) if it may never be released."""
+    rec, row = governing_row(butler, policy, exp.instrument, exp.exposure)
+    if rec is None:
+        return None, f"exposure {exp.exposure} is not in the source Butler"
+    if rec.obs_id != exp.obs_id:
+        return None, f"exposure {exp.exposure} is {rec.obs_id} in the source Butler, not {exp.obs_id}"
+    if row is None:
+        return None, "matches no policy row (never released)"
+    derived = release_time(_end_utc(rec), row, policy.settle_minutes)
+    return max(derived, _aware(datetime.fromisoformat(exp.release))), "release"
