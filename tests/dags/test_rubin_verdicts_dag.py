@@ -162,11 +162,45 @@ def test_clearing_one_step_with_downstream_fails_naming_the_exposure(dag, window
     assert victim in error and night.obs_ids[1] not in error
 
 
-def test_clean_rerun_stays_green(dag, window_run):
+def test_clean_rerun_stays_green(dag, window_run, capfd, caplog):
     night, policy, site_dir, first = window_run
     dr = _clear_and_run(dag, first.run_id)
     assert dr.state == "success" and _ti_states(dr)[("summary", -1)] == "success"
     assert not _alerts(site_dir, "summary")
+    logs = caplog.text + "".join(capfd.readouterr())
+    assert "summary: 3 selected, 0 acted, 3 already done" in logs
+    assert "Returned value was" not in logs  # one line of our own per task instead of the whole dict
+
+
+def test_failed_alert_post_leaks_no_token_into_logs_alerts_or_xcom(dag, airflow_db, tmp_path, monkeypatch,
+                                                                   capfd, caplog):
+    """A run refused by select alerts through the failure callback; the webhook (a closed port) fails."""
+    import socket
+
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    token = "whTOKEN0123456789abcdefXYZ"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("AIRFLOW_CONN_FACILITY_ALERTS", json.dumps({
+        "conn_type": "http", "host": f"http://127.0.0.1:{port}/hooks/T0/B0/{token}"}))
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    monkeypatch.setenv("FACILITY_SITE", str(site_dir))
+    night = _night(tmp_path, n_exposures=1)
+    _configure(monkeypatch, tmp_path, night, tmp_path / "dest")
+    dr = dag.test(logical_date=None, run_conf=_conf(instrument="HSC", day_obs="20250101"))
+    assert _ti_states(dr)[("select", -1)] == "failed"
+    logs = caplog.text + "".join(capfd.readouterr())
+    assert "could not POST alert to connection facility_alerts" in logs  # the POST was tried and failed
+    alerts = (site_dir / "alerts.jsonl").read_text()
+    assert "unknown instrument" in alerts
+    with create_session() as session:
+        xcoms = [str(x.value) for x in session.query(XComModel).filter_by(dag_id=dag.dag_id, run_id=dr.run_id)]
+    for where, text in {"logs": logs, "alerts.jsonl": alerts, "xcom": "\n".join(xcoms)}.items():
+        assert token not in text, where
 
 
 def test_backfill_run_refuses_manual_only_params(dag, window_run):
