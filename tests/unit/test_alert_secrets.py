@@ -100,5 +100,17 @@ def test_hooks_register_their_urls_with_the_masker(monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_SCICAT_TOKENED", json.dumps({
         "conn_type": "scicat", "host": "https://scicat.example/api/v3?access_token=scicatTOKEN456"}))
     hook._base_url(hook.get_connection("scicat_tokened"))
-    text = redact("GET https://rucio.example/?token=rucioTOKEN123 then ?access_token=scicatTOKEN456")
-    assert "rucioTOKEN123" not in text and "scicatTOKEN456" not in text
+    from facility_data.hooks.butler import ButlerHook
+    from facility_data.hooks.sfapi import SFAPIHook
+
+    monkeypatch.setenv("AIRFLOW_CONN_SFAPI_TOKENED", json.dumps({
+        "conn_type": "sfapi", "host": "https://api.example/v1.2", "login": "client", "password": "-----PEM-----",
+        "extra": {"token_url": "https://oidc.example/token?secret=sfapiTOKEN789"}}))
+    SFAPIHook(sfapi_conn_id="sfapi_tokened")._client_kwargs()
+    monkeypatch.setenv("AIRFLOW_CONN_BUTLER_TOKENED", json.dumps({
+        "conn_type": "butler", "host": "https://reader:butlerPASS42@butler.example/repo"}))
+    ButlerHook(butler_conn_id="butler_tokened").repo_uri()
+    text = redact("GET https://rucio.example/?token=rucioTOKEN123 then ?access_token=scicatTOKEN456, "
+                  "token_url secret=sfapiTOKEN789, repo reader:butlerPASS42")
+    for secret in ("rucioTOKEN123", "scicatTOKEN456", "sfapiTOKEN789", "butlerPASS42"):
+        assert secret not in text, secret
