@@ -113,8 +113,8 @@ with DAG(
         ctx = steps.Context(load_policy(), dry_run=request["dry_run"])
         try:
             return reconcile.repair_exposure(ctx, item["check"])
-        except InconsistentArtifact as exc:  # retrying cannot fix it; never overwritten
-            raise AirflowFailException(f"INCONSISTENT, not overwritten: {exc}") from exc
+        except InconsistentArtifact as exc:  # retrying cannot fix it; never overwritten; the message says what
+            raise AirflowFailException(f"INCONSISTENT, not overwritten: {exc}") from None
 
     @task(trigger_rule="all_done", outlets=[RECONCILED], show_return_value_in_logs=False)  # logs its summary
     def finish(request: dict, todo: list[dict], repaired, **context) -> dict:
