@@ -5,6 +5,9 @@ Each run owns its data interval [start, end) (catchup on): it unembargoes exactl
 unembargoes exactly the exposures released in that range. A manual run with Params day_obs and/or obs_ids
 reprocesses exactly those exposures (never one still under embargo). Each exposure is one mapped unit:
 gate -> zip -> dimensions -> butler ingest -> rucio, every step idempotent (check, act only if missing, verify).
+The run is green only if every exposure it was asked for (window or Params) ended its last step in this run and is
+verified in the sinks; anything skipped (still embargoed, incomplete, unknown) fails ``summary`` with its reason.
+Scheduled and backfill runs refuse the manual-only Params day_obs/obs_ids.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from facility_data.operators.embargo import EmbargoZipOperator
 from facility_data.operators.rucio import RucioRegisterOperator
 from facility_data.rubin.policy import schedule_start
 from facility_data.rubin.runs import PER_RUN_PARALLELISM
+
+#: the per-exposure tasks in chain order; the last one's success (in this run) ends an exposure's unit
+STEP_TASKS = ("exposure.gate", "exposure.zip", "exposure.dimensions", "exposure.butler_ingest", "exposure.rucio")
 
 with DAG(
     dag_id="rubin_unembargo_raw",
@@ -41,25 +47,26 @@ with DAG(
     doc_md=__doc__,
 ) as dag:
 
-    @task
+    @task(show_return_value_in_logs=False)
     def select(**context) -> list[dict]:
         """Exposures of this run (window or Params), validated before any side effect. XCom: the exposures to
         process (return value, mapped over) and, under key "skipped", those not processed and why."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from facility_data.rubin.runs import BadRequest
+        from facility_data.rubin.runs import BadRequest, refuse_manual_params_in_window_runs
         from facility_data.rubin.runs import select as select_exposures
 
         start, end = context.get("data_interval_start"), context.get("data_interval_end")
         try:
+            refuse_manual_params_in_window_runs(context["params"], context["dag_run"].run_type)
             out = select_exposures(context["params"], data_interval=(start, end) if start and end else None,
                                    run_after=context["dag_run"].run_after)
-        except BadRequest as exc:
-            raise AirflowFailException(f"bad request, nothing done: {exc}") from exc
+        except BadRequest as exc:  # an expected refusal: its message is the whole story (no chained traceback)
+            raise AirflowFailException(f"bad request, nothing done: {exc}") from None
         context["ti"].xcom_push(key="skipped", value=out["skipped"])
         return out["ready"]
 
-    @task
+    @task(show_return_value_in_logs=False)
     def report_not_processed(skipped: list[dict]) -> list[dict]:
         """Warn about every exposure this run will not unembargo (incomplete, embargoed, unknown)."""
         import logging
@@ -70,21 +77,24 @@ with DAG(
 
     @task_group(group_id="exposure")
     def unembargo(exposure: dict):
-        @task(map_index_template="{{ obs_id }}", max_active_tis_per_dagrun=PER_RUN_PARALLELISM)
+        @task(map_index_template="{{ obs_id }}", max_active_tis_per_dagrun=PER_RUN_PARALLELISM,
+              show_return_value_in_logs=False)  # run_named_step logs one line per step instead
         def gate(exposure: dict) -> dict:
             from facility_data.operators.embargo import run_rubin_step
 
             ctx = get_current_context()
             return run_rubin_step("gate", exposure, ctx["params"]["dry_run"], None, ctx)
 
-        @task(map_index_template="{{ obs_id }}", max_active_tis_per_dagrun=PER_RUN_PARALLELISM)
+        @task(map_index_template="{{ obs_id }}", max_active_tis_per_dagrun=PER_RUN_PARALLELISM,
+              show_return_value_in_logs=False)  # run_named_step logs one line per step instead
         def dimensions(exposure: dict) -> dict:
             from facility_data.operators.embargo import run_rubin_step
 
             ctx = get_current_context()
             return run_rubin_step("dimensions", exposure, ctx["params"]["dry_run"], None, ctx)
 
-        @task(map_index_template="{{ obs_id }}", max_active_tis_per_dagrun=PER_RUN_PARALLELISM)
+        @task(map_index_template="{{ obs_id }}", max_active_tis_per_dagrun=PER_RUN_PARALLELISM,
+              show_return_value_in_logs=False)  # run_named_step logs one line per step instead
         def butler_ingest(exposure: dict) -> dict:
             from facility_data.operators.embargo import run_rubin_step
 
@@ -96,25 +106,42 @@ with DAG(
                                            max_active_tis_per_dagrun=PER_RUN_PARALLELISM)
         gate(exposure) >> zipped >> dimensions(exposure) >> butler_ingest(exposure) >> registered
 
-    @task(trigger_rule="all_done")
-    def summary(results, skipped: list[dict] | None, selected: list[dict] | None) -> dict:
-        """What this run did; fails the run if select failed or any selected exposure did not complete."""
+    @task(trigger_rule="all_done", show_return_value_in_logs=False)
+    def summary(**context) -> dict:
+        """The run's verdict from this run's task-instance states and the sinks (never from XCom an earlier run
+        or try left): green only if select succeeded, nothing asked for was skipped, and every selected exposure's
+        last step succeeded in this run and is verified in the sinks."""
         import logging
 
         from airflow.sdk.exceptions import AirflowFailException
 
-        from facility_data.rubin.runs import summarize
+        from facility_data.rubin.runs import summarize, unverified_in_sinks, verdict_lines
 
-        out = summarize(results, skipped, selected)
-        logging.getLogger("rubin_unembargo_raw").info("summary: %s", out)
-        if out["select_failed"]:
-            raise AirflowFailException("select failed: nothing was unembargoed by this run")
-        if out["not_completed"]:
-            raise AirflowFailException(f"{len(out['not_completed'])} exposure(s) not completed (see their "
-                                       f"tasks; rerun or reconciliation resumes them): {out['not_completed']}")
+        ti = context["ti"]
+        states = ti.get_task_states(dag_id=ti.dag_id, task_ids=["select", *STEP_TASKS],
+                                    run_ids=[ti.run_id]).get(ti.run_id, {})
+        if states.get("select") != "success":
+            raise AirflowFailException(f"select {states.get('select') or 'did not run'}: nothing was unembargoed "
+                                       f"by this run (see the select task)")
+        selected = ti.xcom_pull(task_ids="select") or []
+        skipped = ti.xcom_pull(task_ids="select", key="skipped") or []
+        succeeded = [i for i in range(len(selected)) if states.get(f"{STEP_TASKS[-1]}_{i}") == "success"]
+        results = dict(zip(succeeded, ti.xcom_pull(task_ids=STEP_TASKS[-1], map_indexes=succeeded)
+                           if succeeded else [], strict=True))
+        unverified = {} if context["params"]["dry_run"] else unverified_in_sinks([selected[i] for i in succeeded])
+        out = summarize(selected, skipped, states, list(STEP_TASKS), results, unverified)
+        log = logging.getLogger("rubin_unembargo_raw")
+        log.info("summary: %d selected, %d acted, %d already done, %d dry run; %d not completed, %d not "
+                 "processed", out["selected"], out["acted"], out["already_done"], out["dry_run"],
+                 len(out["not_completed"]), len(out["not_processed"]))
+        if not out["ok"]:
+            lines = verdict_lines(out)
+            raise AirflowFailException(f"{len(lines)} exposure(s) asked for and not unembargoed (a rerun or "
+                                       f"reconciliation resumes what can be resumed):\n" + "\n".join(lines[:50]))
         return out
 
     selected = select()
     per_exposure = unembargo.expand(exposure=selected)
-    rucio_results = dag.get_task("exposure.rucio").output  # one result per exposure, gathered (reduce)
-    per_exposure >> summary(rucio_results, report_not_processed(selected["skipped"]), selected)
+    verdict = summary()
+    per_exposure >> verdict
+    report_not_processed(selected["skipped"]) >> verdict

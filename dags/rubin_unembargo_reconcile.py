@@ -10,7 +10,9 @@ done, not started, partial (stopped after a step), incomplete at source, inconsi
 reported and alerted, as is anything else that cannot be repaired. Each run writes an HTML report per night and a
 PNG chart under the site's reports directory (paths in the ``finish`` task log) and records the counts per night as
 an event on the ``rubin_unembargo_reconcile`` asset. ``prune_embargo`` (off by default; dry_run reports only)
-deletes an exposure's embargo copy only when the data-safety policy accepts a deep verification of every sink.
+deletes an exposure's embargo copy only when the data-safety policy accepts a deep verification of every sink; a
+refusal (a sink that fails it) fails ``alert`` with the reason. A run whose ``plan`` refused the Params fails
+``finish`` with the reason too: no refused run ends green.
 """
 
 from __future__ import annotations
@@ -70,11 +72,12 @@ with DAG(
         try:
             request = parse_request(params, load_policy(), now=context["dag_run"].run_after,
                                     lookback_days=int(params.get("lookback_nights") or 7))
-        except BadParams as exc:
-            raise AirflowFailException(f"bad Params, nothing done: {exc}") from exc
+        except BadParams as exc:  # an expected refusal: the message is the whole story (no chained traceback)
+            context["ti"].xcom_push(key="refused", value=str(exc))  # for finish, which fails the run with it
+            raise AirflowFailException(f"bad Params, nothing done: {exc}") from None
         return {**request.to_dict(), "now": context["dag_run"].run_after.isoformat()}
 
-    @task
+    @task(show_return_value_in_logs=False)  # logs one line per exposure to repair instead
     def check(request: dict, **context) -> list[dict]:
         """Classify every exposure of the requested nights (read-only); returns what to repair (mapped over)."""
         import logging
@@ -96,7 +99,8 @@ with DAG(
             log.warning("%d exposures to repair; this run takes %d, the next run the rest", len(todo), MAX_REPAIRS)
         return [{"obs_id": i["obs_id"], "check": i} for i in todo[:MAX_REPAIRS]]
 
-    @task(map_index_template="{{ obs_id }}", max_active_tis_per_dagrun=REPAIR_PARALLELISM, retries=3)
+    @task(map_index_template="{{ obs_id }}", max_active_tis_per_dagrun=REPAIR_PARALLELISM, retries=3,
+          show_return_value_in_logs=False)
     def repair(item: dict, request: dict) -> dict:
         """Resume one exposure from its first missing step (isolated: its failure does not touch the others)."""
         from airflow.sdk.exceptions import AirflowFailException
@@ -109,23 +113,25 @@ with DAG(
         ctx = steps.Context(load_policy(), dry_run=request["dry_run"])
         try:
             return reconcile.repair_exposure(ctx, item["check"])
-        except InconsistentArtifact as exc:  # retrying cannot fix it; never overwritten
-            raise AirflowFailException(f"INCONSISTENT, not overwritten: {exc}") from exc
+        except InconsistentArtifact as exc:  # retrying cannot fix it; never overwritten; the message says what
+            raise AirflowFailException(f"INCONSISTENT, not overwritten: {exc}") from None
         except steps.EmbargoViolation as exc:  # a repair never releases early
-            raise AirflowFailException(f"EMBARGO, nothing released: {exc}") from exc
+            raise AirflowFailException(f"EMBARGO, nothing released: {exc}") from None
 
-    @task(trigger_rule="all_done", outlets=[RECONCILED])
+    @task(trigger_rule="all_done", outlets=[RECONCILED], show_return_value_in_logs=False)  # logs its summary
     def finish(request: dict, todo: list[dict], repaired, **context) -> dict:
         """Re-check the nights (state after repairs), prune if asked, write the reports, record the counts."""
         import logging
 
-        from airflow.sdk.exceptions import AirflowSkipException
+        from airflow.sdk.exceptions import AirflowFailException
 
         from facility_data.rubin import reconcile, steps
         from facility_data.rubin.policy import load_policy
 
-        if not request:  # plan refused the Params (and alerted): nothing was checked, nothing to report
-            raise AirflowSkipException("no valid request: see the plan task")
+        if not request:  # plan refused the Params: nothing was checked, and the run must not end green
+            refused = context["ti"].xcom_pull(task_ids="plan", key="refused")
+            raise AirflowFailException(f"nothing checked: plan refused the Params: {refused}" if refused else
+                                       "nothing checked: the plan task did not succeed (see its log)")
         log = logging.getLogger("rubin_unembargo_reconcile")
         req = reconcile.Request.from_dict({k: v for k, v in request.items() if k != "now"})
         done = [r for r in (repaired or []) if r]
@@ -149,11 +155,14 @@ with DAG(
         """Fail (and so alert, through the DAG's failure callback) on anything this run could not repair."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        bad = result["unrepairable"] + result["failed"] + [p for p in result["prune"] if p.get("error")]
-        if bad:
-            lines = [f"{b['obs_id']}: {b.get('state', 'repair failed')}: "
-                     f"{'; '.join(b.get('problems', [])) or b.get('error', '')}" for b in bad[:20]]
-            raise AirflowFailException(f"{len(bad)} exposure(s) need an operator:\n" + "\n".join(lines))
+        bad = result["unrepairable"] + result["failed"]
+        lines = [f"{b['obs_id']}: {b.get('state', 'repair failed')}: "
+                 f"{'; '.join(b.get('problems', [])) or b.get('error', '')}" for b in bad]
+        # the prune guard refusing a fully reconciled exposure means a sink failed its deep verification
+        refused = [p for p in result["prune"] if p.get("error") or not p.get("allowed")]
+        lines += [f"{p['obs_id']}: prune refused: {p.get('error') or p.get('reason')}" for p in refused]
+        if lines:
+            raise AirflowFailException(f"{len(lines)} exposure(s) need an operator:\n" + "\n".join(lines[:20]))
 
     request = plan()
     todo = check(request)

@@ -105,8 +105,12 @@ def test_bad_params_fail_before_any_side_effect(dag, airflow_db, configured, con
     dr = dag.test(run_conf={**base, **conf})
     states = _states(dr)
     assert states[("plan", -1)] == "failed"
-    assert states[("check", -1)] == "upstream_failed" and states[("finish", -1)] == "skipped"
+    assert states[("check", -1)] == "upstream_failed"
+    assert states[("finish", -1)] == "failed" and dr.state == "failed"  # a refused run never ends green
     assert message in caplog.text
+    alerts = [json.loads(line) for line in (site_dir / "alerts.jsonl").read_text().splitlines()]
+    assert any(a["task_id"] == "finish" and "plan refused the Params" in a["error"] and message in a["error"]
+               for a in alerts)
     assert not Path(policy.destination_prefix).exists() and not (site_dir / "reports").exists()
 
 
@@ -117,3 +121,37 @@ def test_schema_invalid_params_are_refused(dag, airflow_db, configured):
     with pytest.raises(ParamValidationError):
         dag.test(run_conf={"day_obs_first": "2025-03-01", "day_obs_last": "20250301"})
     assert not Path(policy.destination_prefix).exists()
+
+
+@pytest.mark.parametrize("mode", ["dry_run", "delete"])
+def test_prune_guard_refusal_on_a_corrupt_exposure_fails_the_alert_task(dag, airflow_db, configured, site, mode):
+    """An exposure that looks done (shallow) but whose embargo object no longer matches its zip: the guard keeps
+    the embargo copy, and the run says so loudly (alert task failed with the reason)."""
+    from datetime import timedelta
+
+    night, policy, site_dir = configured
+    ctx = steps.Context(policy, rucio=site.rucio_client())
+    req = windows.ManualRequest("LSSTCam", night.day_obs, (), False)
+    exps = {e.obs_id: e for e in windows.select_manual(ctx.source, policy, req, max(night.ends.values()) +
+                                                       timedelta(hours=90))[0]}
+    corrupt = night.obs_ids[0]
+    for obs_id in night.obs_ids[:3]:
+        steps.run_exposure(ctx, exps[obs_id])
+    obj = next(o for o in ctx.objects(exps[corrupt]) if o.name.endswith(".fits"))
+    path = Path(night.store.root) / obj.key
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # same size: the shallow check still sees it done
+    path.write_bytes(bytes(data))
+
+    conf = {"instrument": "LSSTCam", "day_obs_first": str(night.day_obs), "day_obs_last": str(night.day_obs),
+            "prune_embargo": mode, "repair": False}
+    dr = dag.test(run_conf=conf)
+    states = _states(dr)
+    assert states[("finish", -1)] == "success" and states[("alert", -1)] == "failed"
+    result = _xcom(dr, "finish")
+    refused = {p["obs_id"]: p for p in result["prune"] if not p["allowed"]}
+    assert corrupt in refused and refused[corrupt]["deleted"] == 0
+    assert path.exists()  # the embargo copy is kept
+    alerts = [json.loads(line) for line in (site_dir / "alerts.jsonl").read_text().splitlines()]
+    [error] = [a["error"] for a in alerts if a["task_id"] == "alert"]
+    assert f"{corrupt}: prune refused: " in error and refused[corrupt]["reason"] in error

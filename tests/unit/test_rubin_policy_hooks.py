@@ -12,7 +12,7 @@ import yaml
 from facility_data.config import ConfigError
 from facility_data.rubin import retry
 from facility_data.rubin.policy import load_policy, policy_path
-from facility_data.rubin.runs import BadRequest, summarize, validate
+from facility_data.rubin.runs import BadRequest, validate
 
 warnings.filterwarnings("ignore", module="erfa")
 
@@ -162,13 +162,3 @@ def test_window_runs_accept_defaults_and_manual_runs_are_validated(tmp_path, mon
         validate({"instrument": "HSC", "day_obs": "20250101"}, policy)
     req = validate({"instrument": "LSSTCam", "obs_ids": ["MC_O_20250101_000001"]}, policy)
     assert req.obs_ids == ("MC_O_20250101_000001",) and req.day_obs is None
-
-
-def test_summary_flags_exposures_that_did_not_complete():
-    selected = [{"obs_id": "A"}, {"obs_id": "B"}, {"obs_id": "C"}]
-    results = [{"obs_id": "A", "state": "done"}, {"obs_id": "B", "state": "verified"}]
-    out = summarize(results, [{"obs_id": "D", "reason": "incomplete"}], selected)
-    assert out["acted"] == 1 and out["already_done"] == 1
-    assert out["not_completed"] == ["C"] and out["not_processed"] == ["D"] and not out["ok"]
-    assert summarize({"obs_id": "A", "state": "done"}, [], selected[:1])["ok"]  # one mapped result, unwrapped
-    assert summarize(None, None, None)["select_failed"]

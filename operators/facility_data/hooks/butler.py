@@ -11,6 +11,8 @@ import os
 
 from airflow.sdk import BaseHook
 
+from facility_data.masking import mask_url
+
 
 class ButlerHook(BaseHook):
     conn_name_attr = "butler_conn_id"
@@ -25,6 +27,7 @@ class ButlerHook(BaseHook):
     def repo_uri(self) -> str:
         conn = self.get_connection(self.butler_conn_id)
         uri = conn.host or ""
+        mask_url(uri)  # a repository URL may carry credentials (user:pass@, ?token=)
         if conn.schema and "://" not in uri:  # URI form butler://... parsed into schema/host by Airflow
             uri = f"{conn.schema}://{uri}"
         if not uri:

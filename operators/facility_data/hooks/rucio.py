@@ -17,6 +17,8 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
+from facility_data.masking import mask_url
+
 
 class RucioHook(BaseHook):
     conn_name_attr = "rucio_conn_id"
@@ -33,6 +35,8 @@ class RucioHook(BaseHook):
         """Arguments for ``rucio.client.Client`` (contains the secret: never log it)."""
         conn = self.get_connection(self.rucio_conn_id)
         extra = conn.extra_dejson
+        for url in (conn.host, extra.get("auth_host")):  # a token in a URL must not reach the logs
+            mask_url(url)
         host = (conn.host or "").rstrip("/")
         if not host.startswith(("http://", "https://")):
             raise ValueError(f"Rucio connection {self.rucio_conn_id!r}: host must be the server URL "

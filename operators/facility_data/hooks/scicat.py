@@ -31,6 +31,8 @@ from urllib.parse import quote
 
 from airflow.sdk import BaseHook
 
+from facility_data.masking import mask_url
+
 log = logging.getLogger(__name__)
 
 
@@ -212,6 +214,7 @@ class SciCatHook(BaseHook):
 
     def _base_url(self, conn) -> str:
         host = (conn.host or "").strip()
+        mask_url(host)  # a token in the URL must not reach the logs
         if not host:
             raise ValueError(f"SciCat connection {self.scicat_conn_id!r} needs host = the API URL")
         if "://" in host:

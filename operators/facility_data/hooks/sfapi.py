@@ -17,6 +17,8 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
+from facility_data.masking import mask_url
+
 log = logging.getLogger(__name__)
 
 SUCCESS_STATE = "COMPLETED"
@@ -62,6 +64,8 @@ class SFAPIHook(BaseHook):
         key: Any = conn.password.strip()
         if key.startswith("{"):
             key = json.loads(key)  # a JWK: authlib signs the client assertion with it as a dict
+        for url in (conn.host, conn.extra_dejson.get("token_url")):  # a token in a URL must not reach the logs
+            mask_url(url)
         base_url = (conn.host or SFAPI_BASE_URL).rstrip("/")
         if conn.host and "://" not in conn.host:
             base_url = f"https://{base_url}"

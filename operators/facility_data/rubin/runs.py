@@ -123,25 +123,78 @@ def run_named_step(name: str, exposure: dict, *, dry_run: bool, policy_path: str
     return out
 
 
-def summarize(results, skipped: list[dict] | None, selected: list[dict] | None) -> dict:
-    """What the run did, for the log and XCom. ``results``: the Rucio step's result per exposure (missing for an
-    exposure whose unit failed or was skipped); ``selected``: what select chose (None if select failed).
-    ``ok`` is False when select failed or any selected exposure did not complete its last step."""
-    if results is None:
-        results = []
-    elif isinstance(results, dict):  # a single mapped instance comes back unwrapped
-        results = [results]
-    results = [r for r in list(results) if r]
-    states = {r.get("obs_id"): r.get("state") for r in results}
-    wanted = [e["obs_id"] for e in selected or []]
+def summarize(selected: list[dict] | None, skipped: list[dict] | None, task_states: dict[str, str],
+              step_tasks: list[str], results: dict[int, dict] | None = None,
+              unverified: dict[str, str] | None = None) -> dict:
+    """The run's verdict, from this run's task-instance states and the sinks, never from XCom alone.
+
+    ``selected``: what this run's select chose (None if select did not succeed in this run); ``task_states``:
+    ``{"<task_id>_<map_index>": state}`` of this run (RuntimeTaskInstance.get_task_states); ``step_tasks``: the
+    per-exposure tasks in chain order; ``results``: the last step's return value per map index whose task
+    instance succeeded; ``unverified``: obs_id -> why the sinks do not show it done. An exposure counts as done
+    only if its last step succeeded in this run, for this exposure, and the sinks verify it. ``ok`` is True only
+    if select succeeded, nothing asked for was skipped and every selected exposure is done."""
+    results, unverified = results or {}, unverified or {}
+    not_completed, counted = [], []
+    for i, exp in enumerate(selected or []):
+        obs_id = exp["obs_id"]
+        last = task_states.get(f"{step_tasks[-1]}_{i}")
+        result = results.get(i) or {}
+        if last != "success":
+            step, state = next(((t, task_states.get(f"{t}_{i}")) for t in step_tasks
+                                if task_states.get(f"{t}_{i}") != "success"), (step_tasks[-1], last))
+            reason = f"{step} {state or 'did not run'} in this run"
+        elif result.get("obs_id") != obs_id:  # the mapped instance's value is not this exposure's: do not trust it
+            reason = f"{step_tasks[-1]} result names {result.get('obs_id')!r}, not this exposure"
+        elif obs_id in unverified:
+            reason = f"not verified in the sinks: {unverified[obs_id]}"
+        else:
+            counted.append(result.get("state"))
+            continue
+        not_completed.append({"obs_id": obs_id, "reason": reason})
+    not_processed = [{"obs_id": s.get("obs_id"), "state": s.get("state") or "not_processed",
+                      "reason": s.get("reason") or "no reason given"} for s in skipped or []]
     summary = {
-        "selected": len(wanted),
-        "acted": sum(1 for s in states.values() if s == "done"),
-        "already_done": sum(1 for s in states.values() if s == "verified"),
-        "dry_run": sum(1 for s in states.values() if s == "would-act"),
-        "not_completed": [o for o in wanted if o not in states],
-        "not_processed": [s["obs_id"] for s in skipped or []],
+        "selected": len(selected or []),
+        "acted": counted.count("done"),
+        "already_done": counted.count("verified"),
+        "dry_run": counted.count("would-act"),
+        "not_completed": not_completed,
+        "not_processed": not_processed,
         "select_failed": selected is None,
     }
-    summary["ok"] = not summary["select_failed"] and not summary["not_completed"]
+    summary["ok"] = not summary["select_failed"] and not not_completed and not not_processed
     return summary
+
+
+def verdict_lines(summary: dict) -> list[str]:
+    """One line per exposure asked for and not done, for the failure message (and so the alert)."""
+    return ([f"{n['obs_id']}: not completed: {n['reason']}" for n in summary["not_completed"]]
+            + [f"{n['obs_id']}: not processed ({n['state']}): {n['reason']}" for n in summary["not_processed"]])
+
+
+def unverified_in_sinks(exposures: list[dict], policy_path: str | Path | None = None) -> dict[str, str]:
+    """obs_id -> what the sinks lack, for every exposure a shallow check (steps.exposure_status) does not show
+    complete; read-only."""
+    from facility_data.rubin import steps
+
+    ctx = context_for(True, policy_path)  # dry_run: checking never writes
+    out = {}
+    for exposure in exposures:
+        status = steps.exposure_status(ctx, ExposureRef.from_dict(exposure))
+        if not status.complete:
+            step = status.first_missing
+            out[status.obs_id] = f"{step} {status.steps[step]}: {status.details.get(step)}"[:500]
+    return out
+
+
+def refuse_manual_params_in_window_runs(params: dict, run_type: str | None) -> None:
+    """Scheduled and backfill runs own their data interval: day_obs/obs_ids (which the backfill dialog offers)
+    mean nothing there and are refused rather than ignored."""
+    kind = str(getattr(run_type, "value", run_type) or "").lower()
+    if kind not in ("scheduled", "backfill"):
+        return
+    named = [k for k in ("day_obs", "obs_ids") if (params or {}).get(k) not in (None, "", [], ())]
+    if named:
+        raise BadRequest(f"{kind} runs unembargo exactly their data interval; Params {', '.join(named)} are for "
+                         f"manual runs only (trigger the DAG by hand to reprocess exposures)")
