@@ -155,13 +155,14 @@ class Site:
         """Stop the site and delete it: its directory and PostgreSQL's directory, also when that lies outside."""
         if self.root.exists() and not self.state_file.exists():
             raise SiteError(f"{self.root} is not a local site (no site.json): not removing it")
-        self.down()
         cluster = self.postgres.root
         if cluster.exists() and not (cluster.is_relative_to(self.root) or owned_by(cluster, self.root)):
             raise SiteError(f"PostgreSQL's directory {cluster} in {self.state_file} was not made for this site "
-                            "(a copied or moved site?): not removing it; the site directory is kept too")
-        shutil.rmtree(cluster, ignore_errors=True)
-        shutil.rmtree(self.root, ignore_errors=True)
+                            "(a copied or moved site?): not stopping or removing anything")
+        self.down()
+        for path in (cluster, self.root):
+            if path.exists():
+                shutil.rmtree(path)
 
     def status(self) -> dict[str, bool]:
         pids = self.state["pids"]
