@@ -159,3 +159,18 @@ def test_clean_refuses_a_directory_that_is_not_a_site(tmp_path):
     with pytest.raises(SiteError, match="not a local site"):
         Site(tmp_path).remove()
     assert (tmp_path / "notes.txt").exists()
+
+
+def test_airflow_start_that_times_out_leaves_nothing_running(tmp_path):
+    """`make demo` under load: a start that does not become healthy in time stops what it started."""
+    from facility_data.localsite.airflow_home import AirflowServer
+
+    s = Site(tmp_path / "site")
+    s.layout()
+    server = AirflowServer(s)
+    try:
+        with pytest.raises(SiteError, match="did not become healthy within 1 s"):
+            server.start(timeout=1)
+        assert server.pid and not alive(server.pid, AirflowServer.MARKER)
+    finally:
+        server.stop()
