@@ -47,5 +47,5 @@ airflow: venv site-up
 bench: venv site-up
 	@for b in bench/*.py; do $(PY) $$b || exit 1; done
 
-clean: site-down
-	rm -rf $(FACILITY_SITE)
+clean: venv
+	$(PY) -m facility_data.localsite.cli clean

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import pwd
+import stat
 import subprocess
 import sys
 
 import pytest
 
 from facility_data.localsite import Site, SiteError
+from facility_data.localsite.postgres import CLUSTER_PARENT, OWNER_FILE
 from facility_data.localsite.procs import alive, free_port, port_in_use
 
 pytestmark = pytest.mark.integration
@@ -78,14 +83,94 @@ def test_missing_postgres_binaries_say_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv("FACILITY_PG_BINDIR", str(tmp_path / "nowhere"))
     with pytest.raises(SiteError, match="apt-get install -y postgresql"):
         Site(tmp_path / "site").up(["postgres"])
+    assert "postgres_dir" not in json.loads((tmp_path / "site" / "site.json").read_text()), "made a cluster dir"
 
 
-def test_unreachable_site_directory_is_explained(tmp_path):
-    import os
-
+def _needs_root() -> None:
     if os.geteuid() != 0:
-        pytest.skip("only root runs PostgreSQL as another user; as a normal user the directory is our own")
-    private = tmp_path / "private"
-    private.mkdir(mode=0o700)
-    with pytest.raises(SiteError, match="postgres user cannot reach"):
-        Site(private / "site").up(["postgres"])
+        pytest.skip("only root runs PostgreSQL as another user (postgres), who cannot enter a mode-700 directory; "
+                    "as an ordinary user the cluster is the user's own, inside the site")
+
+
+def test_site_in_a_private_directory_runs_postgres_where_postgres_can_reach(tmp_path):
+    """Root in a mode-700 home (a new user's clone): the cluster lives outside it, the home stays private."""
+    _needs_root()
+    home = tmp_path / "home"
+    home.mkdir()
+    home.chmod(0o700)
+    first, second = Site(home / "site"), Site(home / "other")
+    try:
+        assert first.up(["postgres"]) == ["postgres"]
+        first.postgres.ensure_database("probe")
+        first.postgres.psql("CREATE TABLE kept (v int); INSERT INTO kept VALUES (42)", db="probe")
+        cluster = first.postgres.root
+        assert cluster.parent == CLUSTER_PARENT and not cluster.is_relative_to(home)
+        assert pwd.getpwuid(cluster.stat().st_uid).pw_name == "postgres"
+        assert stat.S_IMODE(cluster.stat().st_mode) == 0o700
+        assert json.loads(first.state_file.read_text())["postgres_dir"] == str(cluster)
+        assert stat.S_IMODE(home.stat().st_mode) == 0o700, "the user's directory was chmodded"
+        # two sites never share a cluster
+        assert second.up(["postgres"]) == ["postgres"]
+        assert second.postgres.root != cluster and second.postgres.psql("SELECT 1").strip() == "1"
+        # a new handle (the next `make` command) finds the recorded cluster; down keeps the databases
+        assert Site(first.root).up(["postgres"]) == []
+        assert first.down() == ["postgres"] and not first.status()["postgres"]
+        again = Site(first.root)
+        assert again.up(["postgres"]) == ["postgres"] and again.postgres.root == cluster
+        assert again.postgres.psql("SELECT v FROM kept", db="probe").strip() == "42"
+        # `make clean` removes the cluster with the site
+        again.remove()
+        assert not cluster.exists() and not first.root.exists()
+    finally:
+        for s in (first, second):
+            if s.root.exists():
+                s.remove()
+
+
+def test_cluster_made_inside_an_unreachable_site_is_explained_not_chmodded(tmp_path):
+    """A site whose cluster predates the move out (inside the site) keeps it; unreachable, it says why."""
+    _needs_root()
+    home = tmp_path / "home"
+    (home / "site" / "postgres" / "data").mkdir(parents=True)
+    (home / "site" / "postgres" / "data" / "PG_VERSION").write_text("15\n")
+    home.chmod(0o700)
+    with pytest.raises(SiteError, match="postgres user cannot reach PostgreSQL's directory .*make clean"):
+        Site(home / "site").up(["postgres"])
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    assert "postgres_dir" not in json.loads((home / "site" / "site.json").read_text())
+
+
+def test_clean_refuses_a_postgres_directory_made_for_another_site(tmp_path):
+    """A copied site.json must not make `make clean` delete a directory this site did not make."""
+    foreign = tmp_path / "foreign-cluster"
+    foreign.mkdir()
+    (foreign / OWNER_FILE).write_text(f"{tmp_path / 'original'}\n")
+    s = Site(tmp_path / "copy")
+    s.state["postgres_dir"] = str(foreign)
+    s.layout()
+    s._save()
+    with pytest.raises(SiteError, match="not made for this site"):
+        s.remove()
+    assert foreign.exists() and s.root.exists()
+
+
+def test_clean_refuses_a_directory_that_is_not_a_site(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SiteError, match="not a local site"):
+        Site(tmp_path).remove()
+    assert (tmp_path / "notes.txt").exists()
+
+
+def test_airflow_start_that_times_out_leaves_nothing_running(tmp_path):
+    """`make demo` under load: a start that does not become healthy in time stops what it started."""
+    from facility_data.localsite.airflow_home import AirflowServer
+
+    s = Site(tmp_path / "site")
+    s.layout()
+    server = AirflowServer(s)
+    try:
+        with pytest.raises(SiteError, match="did not become healthy within 1 s"):
+            server.start(timeout=1)
+        assert server.pid and not alive(server.pid, AirflowServer.MARKER)
+    finally:
+        server.stop()

@@ -2,8 +2,10 @@
 
 ``Site(root).up()`` brings up, idempotently and on loopback, PostgreSQL, a Rucio server (PostgreSQL-backed,
 bootstrapped for the Rubin pipeline) and an S3 API server; it lays out the directories that stand in for remote
-endpoints and storage, and records ports and pids in ``<root>/site.json``. ``down()`` stops only what the site
-started. Ports are taken from FACILITY_{PG,RUCIO,S3,AIRFLOW}_PORT, else kept from an earlier run, else free ones.
+endpoints and storage, and records ports, pids and PostgreSQL's directory (outside the site when root runs it,
+see facility_data.localsite.postgres) in ``<root>/site.json``. ``down()`` stops only what the site started;
+``remove()`` deletes the site and its databases. Ports are taken from FACILITY_{PG,RUCIO,S3,AIRFLOW}_PORT, else kept
+from an earlier run, else free ones.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
 from facility_data.config import expand_env, include_dir, temporary_env
-from facility_data.localsite.postgres import Postgres
+from facility_data.localsite.postgres import Postgres, new_cluster_dir, owned_by
 from facility_data.localsite.procs import SiteError, free_port
 from facility_data.localsite.rucio_server import RucioServer, server_venv
 from facility_data.localsite.s3 import S3Server
@@ -54,7 +57,8 @@ class Site:
     # --- services -------------------------------------------------------------------------------------------
     @property
     def postgres(self) -> Postgres:
-        return Postgres(self.root / "postgres", self.state["ports"]["postgres"])
+        # sites made before the directory was recorded keep their cluster inside the site
+        return Postgres(Path(self.state.get("postgres_dir") or self.root / "postgres"), self.state["ports"]["postgres"])
 
     @property
     def rucio(self) -> RucioServer:
@@ -94,7 +98,6 @@ class Site:
 
     def layout(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o755)  # the PostgreSQL server runs as its own user and must reach its directory
         for name in DIRECTORIES:
             (self.root / name).mkdir(exist_ok=True)
 
@@ -105,6 +108,9 @@ class Site:
         started: list[str] = []
         pids = self.state["pids"]
         if "postgres" in services or "rucio" in services:
+            if "postgres_dir" not in self.state and not (self.postgres.data / "PG_VERSION").exists():
+                self.state["postgres_dir"] = str(new_cluster_dir(self.root))
+                self._save()
             pg = self.postgres
             if not pg.running():
                 pg.start()
@@ -138,12 +144,25 @@ class Site:
             stopped.append("s3")
         if self.rucio.stop(pids.pop("rucio", None)):
             stopped.append("rucio")
-        if (self.root / "postgres" / "data" / "postmaster.pid").exists():
+        if (self.postgres.data / "postmaster.pid").exists():
             self.postgres.stop()
             stopped.append("postgres")
         if self.state_file.exists():
             self._save()
         return stopped
+
+    def remove(self) -> None:
+        """Stop the site and delete it: its directory and PostgreSQL's directory, also when that lies outside."""
+        if self.root.exists() and not self.state_file.exists():
+            raise SiteError(f"{self.root} is not a local site (no site.json): not removing it")
+        cluster = self.postgres.root
+        if cluster.exists() and not (cluster.is_relative_to(self.root) or owned_by(cluster, self.root)):
+            raise SiteError(f"PostgreSQL's directory {cluster} in {self.state_file} was not made for this site "
+                            "(a copied or moved site?): not stopping or removing anything")
+        self.down()
+        for path in (cluster, self.root):
+            if path.exists():
+                shutil.rmtree(path)
 
     def status(self) -> dict[str, bool]:
         pids = self.state["pids"]

@@ -87,15 +87,19 @@ class AirflowServer:
         self.pid: int | None = None
         self._token: str | None = None
 
-    def start(self, timeout: float = 180) -> None:
+    def start(self, timeout: float = 360) -> None:  # ~15 s when idle; over 3 min seen on 2 busy cores
         from facility_data.localsite.procs import http_ok, port_in_use, start, wait_until
 
         port = int(self.env["AIRFLOW__API__PORT"])
         if port_in_use(port):
             raise SiteError(f"port {port} for the Airflow api-server is taken: set FACILITY_AIRFLOW_PORT")
         self.pid = start([sys.executable, "-m", "airflow", "standalone"], log=self.log, env=self.env)
-        wait_until(lambda: http_ok(f"{self.url}/api/v2/monitor/health") and self._all_healthy(),
-                   what=f"Airflow on {self.url}", timeout=timeout, log=self.log)
+        try:
+            wait_until(lambda: http_ok(f"{self.url}/api/v2/monitor/health") and self._all_healthy(),
+                       what=f"Airflow on {self.url}", timeout=timeout, log=self.log)
+        except SiteError:
+            self.stop()  # a start that failed must not leave Airflow's components running
+            raise
 
     def _all_healthy(self) -> bool:
         import requests

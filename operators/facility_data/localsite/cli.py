@@ -1,4 +1,4 @@
-"""`facility-site up|down|status|env|airflow-init|airflow`: the local site from the command line."""
+"""`facility-site up|down|clean|status|env|airflow-init|airflow`: the local site from the command line."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from facility_data.localsite import SERVICES, Site, SiteError
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="facility-site", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status", "env", "airflow-init", "airflow"])
+    parser.add_argument("command", choices=["up", "down", "clean", "status", "env", "airflow-init", "airflow"])
     parser.add_argument("--services", default=",".join(SERVICES), help="comma-separated subset of " + ",".join(SERVICES))
     args = parser.parse_args(argv)
     site = Site.from_env()
@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "down":
             stopped = site.down()
             print(f"local site {site.root}: stopped {', '.join(stopped) or 'nothing (was not running)'}")
+        elif args.command == "clean":
+            site.remove()
+            print(f"local site {site.root}: stopped and removed, with its PostgreSQL directory {site.postgres.root}")
         elif args.command == "status":
             status = site.status()
             for name, ok in status.items():
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_ports(site: Site) -> None:
-    print(f"  PostgreSQL  127.0.0.1:{site.state['ports']['postgres']}")
+    print(f"  PostgreSQL  127.0.0.1:{site.state['ports']['postgres']}  (cluster in {site.postgres.root})")
     print(f"  Rucio       {site.rucio_url}  (account root)")
     print(f"  S3 API      {site.s3_url}")
     print(f"  Airflow UI  http://127.0.0.1:{site.state['ports']['airflow']} (make airflow)")

@@ -1,4 +1,9 @@
-"""A private PostgreSQL cluster for the local site (Rucio's database; optionally Airflow's metadata DB)."""
+"""A private PostgreSQL cluster for the local site (Rucio's database; optionally Airflow's metadata DB).
+
+PostgreSQL refuses to run as root, so under root its tools run as the ``postgres`` user, which cannot reach a site
+inside a private (mode 700) home. There the cluster (data, socket, log) lives in a directory of its own under
+/var/tmp, owned by ``postgres`` and recorded in the site's state; the rest of the site stays where the user put it.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from facility_data.localsite.procs import SiteError, port_in_use, wait_until
@@ -46,6 +52,31 @@ def _chown_for_db(path: Path) -> None:
         shutil.chown(path, "postgres", "postgres")
 
 
+# Traversable by every user (mode 1777) and, unlike /tmp, not emptied at boot. Not the system temp dir: TMPDIR
+# may point into the very private home that the postgres user cannot reach.
+CLUSTER_PARENT = Path("/var/tmp")
+OWNER_FILE = "facility-site"  # names the site a cluster directory belongs to, so it is found and removed safely
+
+
+def new_cluster_dir(site_root: Path) -> Path:
+    """A directory for a site's cluster: inside the site, or as root a fresh one the postgres user owns."""
+    bindir(), _as_db_user([])  # a missing server or postgres user fails before anything is recorded or made
+    if os.geteuid() != 0:
+        return site_root / "postgres"
+    path = Path(tempfile.mkdtemp(prefix="facility-pg-", dir=CLUSTER_PARENT))  # unique: two sites never share
+    (path / OWNER_FILE).write_text(f"{site_root}\n")
+    _chown_for_db(path)
+    return path
+
+
+def owned_by(path: Path, site_root: Path) -> bool:
+    """Is ``path`` a cluster directory made by new_cluster_dir for ``site_root``?"""
+    try:
+        return (path / OWNER_FILE).read_text() == f"{site_root}\n"
+    except OSError:
+        return False
+
+
 class Postgres:
     def __init__(self, root: Path, port: int):
         self.root = root
@@ -69,10 +100,10 @@ class Postgres:
     def start(self) -> None:
         bins = bindir()
         self.root.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o755)
         if subprocess.run(_as_db_user(["test", "-x", str(self.root)])).returncode:
-            raise SiteError(f"the postgres user cannot reach {self.root}: put the site under a directory "
-                            "every user may traverse (chmod o+x on its parents) or set FACILITY_SITE")
+            raise SiteError(f"the postgres user cannot reach PostgreSQL's directory {self.root} (a cluster made "
+                            "inside the site by an earlier version?): `make clean` removes the site and its "
+                            "databases; the next start puts the cluster where the postgres user can reach it")
         if not (self.data / "PG_VERSION").exists():
             self.data.mkdir(parents=True, exist_ok=True)
             _chown_for_db(self.data)
