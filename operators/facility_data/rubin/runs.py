@@ -68,6 +68,9 @@ def select(params: dict, *, data_interval: tuple[datetime, datetime] | None, run
     skipped: list[dict] = []
     if request is not None:
         exposures, skipped = select_manual(ctx.source, policy, request, now)
+        if not exposures and not skipped:  # asked for a night and found nothing: never a quiet green run
+            raise BadRequest(f"no exposure of {request.instrument} on day_obs {request.day_obs} in the source "
+                             "Butler; nothing done")
         window = None
         log.info("manual run: %d exposure(s) of %s requested (day_obs=%s, obs_ids=%s)", len(exposures),
                  request.instrument, request.day_obs, list(request.obs_ids))
