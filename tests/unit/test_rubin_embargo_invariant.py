@@ -161,7 +161,6 @@ def test_no_run_kind_selects_an_exposure_before_its_release(world, kind, hours, 
         if s["state"] == windows.STILL_EMBARGOED:
             assert _true_release(night, s["obs_id"], hours, calib_hours) > now
     if kind in ("manual_day", "reconcile"):  # every exposure of the night is accounted for, one way or the other
-        assert sorted(e["obs_id"] for e in ready) + sorted(s["obs_id"] for s in skipped) != []
         assert {e["obs_id"] for e in ready} | {s["obs_id"] for s in skipped} == set(night.obs_ids)
         due = {o for o in night.obs_ids if _true_release(night, o, hours, calib_hours) <= now}
         assert {e["obs_id"] for e in ready} == due

@@ -208,3 +208,24 @@ def test_shipped_policy_has_no_fallback_by_default(monkeypatch, tmp_path):
 
     monkeypatch.setenv("FACILITY_SITE", str(tmp_path))
     assert all(r.without_manifest is None for r in load_policy(include_dir() / "embargo_policy.yaml").rows)
+
+
+def test_size_problems_fail_closed_on_every_disagreement():
+    from facility_data.rubin.storage import StoredObject
+
+    objs = [StoredObject("I/1/o/a.fits", 10), StoredObject("I/1/o/b.fits", 20)]
+    assert steps.size_problems({"d1": [("a.fits", 10)], "d2": [("b.fits", 20)]}, ["d1", "d2"], objs) == []
+    problems = steps.size_problems({"d1": [("a.fits", 9)], "d2": [("b.fits", -1)], "d3": [("c.fits", 5)]},
+                                   ["d1", "d2", "d3", "d4"], objs)
+    assert problems == ["a.fits: 10 bytes in the store, 9 recorded by the embargo Butler",
+                        "b.fits: the embargo Butler recorded no size",
+                        "c.fits: in the embargo Butler, not in the embargo folder",
+                        "dataset d4 has no stored-file record in the embargo Butler"]
+
+
+def test_unreadable_manifest_is_reported_unknown_not_released(night, tmp_path):
+    obs_id = night.obs_ids[6]
+    _file(night, obs_id, steps.manifest_name(obs_id)).write_text('{"expectedSensors": ')
+    out = _select(night, _policy(night), obs_id, tmp_path)
+    assert out["ready"] == []
+    assert out["skipped"][0]["state"] == "unknown" and "gate not checkable" in out["skipped"][0]["reason"]
