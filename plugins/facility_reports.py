@@ -1,4 +1,5 @@
-"""Airflow plugin: the site's reports (prune audits, reconcile reports) under /facility-reports, linked from Browse."""
+"""Airflow plugin: the site's reports (prune audits, reconcile reports) under /facility-reports, linked from Browse,
+served only to users logged in to Airflow (see facility_data.reports_app.require_airflow_login)."""
 
 from __future__ import annotations
 

@@ -3,18 +3,20 @@
 Mounted into the Airflow api-server by ``plugins/facility_reports.py`` and linked from the UI's Browse menu, so an
 operator opens a report with one click instead of a shell. The index pages through the reports newest first and
 filters them by kind (``?kind=prune``), Rubin night (``?night=20261117``) and the date written (``?date=2026-11`` or
-``?date=2026-11-17``). Only files under the reports root are served.
+``?date=2026-11-17``). Only files under the reports root are served, and only to a user Airflow's own auth manager
+lets use the UI (see ``require_airflow_login``); no page names a server path and the app publishes no API docs.
 """
 
 from __future__ import annotations
 
 import html
+import logging
 import re
 from datetime import date as Date
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse
 
 from facility_data.reports import SUFFIXES, ReportFile, catalogue, reports_root
@@ -23,6 +25,39 @@ PER_PAGE, MAX_PER_PAGE = 100, 500
 _NIGHT = re.compile(r"[0-9]{8}")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}(-[0-9]{2})?")
 _KIND = re.compile(r"[A-Za-z0-9_]+")
+log = logging.getLogger(__name__)
+_UNAVAILABLE = "the reports are not served: Airflow's authentication is not available here"
+
+
+async def require_airflow_login(request: Request) -> None:
+    """Airflow's own check, as the api-server's routes make it: the JWT the UI holds (an ``Authorization: Bearer``
+    header, else the ``_token`` cookie the UI sets) must be valid and name a user the auth manager lets use the
+    website. Missing or expired: 401 (a browser is sent to the login page); invalid: 403; not allowed: 403.
+
+    Airflow's security module is imported here, not with the plugin, because every Airflow process (each task too)
+    loads the plugins and only the api-server needs it. If it cannot be loaded or run, the request is refused
+    (503), never served.
+    """
+    try:
+        from airflow.api_fastapi.app import get_auth_manager
+        from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
+        from airflow.api_fastapi.core_api.security import bearer_scheme, get_user, requires_access_view
+
+        auth_manager = get_auth_manager()  # raises unless the api-server initialised it
+    except Exception as exc:
+        log.error("facility reports refused: Airflow's auth manager cannot be loaded: %r", exc)
+        raise HTTPException(status_code=503, detail=_UNAVAILABLE) from exc
+    try:
+        user = await get_user(request, _oauth_token=None, bearer_credentials=await bearer_scheme(request))
+        requires_access_view(AccessView.WEBSITE)(request, user)
+    except HTTPException as exc:
+        if exc.status_code == 401 and request.method == "GET" and "text/html" in request.headers.get("accept", ""):
+            login = auth_manager.get_url_login(next_url=str(request.url))
+            raise HTTPException(status_code=303, detail="log in first", headers={"Location": login}) from exc
+        raise
+    except Exception as exc:
+        log.error("facility reports refused: Airflow's authentication failed: %r", exc)
+        raise HTTPException(status_code=503, detail=_UNAVAILABLE) from exc
 
 
 def resolve_report(root: Path, relative: str) -> Path:
@@ -67,7 +102,8 @@ def _matches(r: ReportFile, kind: str | None, night: str | None, date: str | Non
             and (date is None or r.modified.date().isoformat().startswith(date)))
 
 
-def index_page(top: Path, reports: list[ReportFile], f: dict) -> str:
+def index_page(reports: list[ReportFile], f: dict) -> str:
+    """The index; every name in it is relative to the reports root, whose server path it never shows."""
     esc = html.escape
     chosen = [r for r in reports if _matches(r, f["kind"], f["night"], f["date"])]
     pages = max(1, -(-len(chosen) // f["per_page"]))
@@ -101,7 +137,7 @@ def index_page(top: Path, reports: list[ReportFile], f: dict) -> str:
     if f["page"] < pages:
         nav.append(f'<a href="{esc(link(page=f["page"] + 1))}">older</a>')
     return (f"<html><head><meta charset='utf-8'><title>Facility reports</title></head><body>"
-            f"<h1>Facility reports</h1><p>{esc(str(top))}: {len(chosen)} of {len(reports)} file(s) match, newest "
+            f"<h1>Facility reports</h1><p>{len(chosen)} of {len(reports)} file(s) match, newest "
             f"first</p><p>{kind_links}</p>{form}<p>{' | '.join(nav)}</p>"
             f"<table><tr><th>report</th><th>kind</th><th>night</th><th>written</th><th>bytes</th></tr>"
             f"{rows or '<tr><td colspan=5>no reports match</td></tr>'}</table>"
@@ -109,7 +145,9 @@ def index_page(top: Path, reports: list[ReportFile], f: dict) -> str:
 
 
 def create_app(root: Path | None = None) -> FastAPI:
-    app = FastAPI(title="Facility reports")
+    # No public API docs, and every route behind Airflow's login.
+    app = FastAPI(title="Facility reports", docs_url=None, redoc_url=None, openapi_url=None,
+                  dependencies=[Depends(require_airflow_login)])
 
     def base() -> Path:
         return root if root is not None else reports_root()
@@ -118,8 +156,7 @@ def create_app(root: Path | None = None) -> FastAPI:
     def index(kind: str | None = None, night: str | None = None, date: str | None = None, page: str = "1",
               per_page: str = str(PER_PAGE)) -> str:
         f = _filters(kind, night, date, page, per_page)
-        top = base()
-        return index_page(top, catalogue(top), f)
+        return index_page(catalogue(base()), f)
 
     @app.get("/file/{relative:path}")
     def report(relative: str) -> FileResponse:
