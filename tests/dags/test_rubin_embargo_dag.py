@@ -70,6 +70,7 @@ def test_future_logical_date_releases_nothing_early(dag, airflow_db, site, tmp_p
     in_window = [o for o in on_sky if dr.data_interval_start <= night.ends[o] + timedelta(hours=80, minutes=5) < end]
     assert in_window and sorted(s["obs_id"] for s in skipped) == sorted(in_window)
     assert {s["state"] for s in skipped} == {"still_embargoed"}
+    assert states[("summary", -1)] == "failed" and dr.state == "failed"  # not done is never green
     _nothing_released(night, policy, site, night.obs_ids)
 
 
@@ -87,4 +88,5 @@ def test_manual_run_with_future_logical_date_releases_only_what_is_due(dag, airf
     assert {s["state"] for s in skipped} == {"still_embargoed"}
     exp = steps.ExposureRef("LSSTCam", night.day_obs, calib, night.exposure_ids[calib], "", "", 0)
     assert steps.paths(policy, exp).zip.exists()  # the calibration exposure was due: released
+    assert _ti_states(dr)[("summary", -1)] == "failed" and dr.state == "failed"
     _nothing_released(night, policy, site, on_sky)

@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from test_rubin_embargo_dag import _recent_night
 from test_rubin_unembargo_dag import _conf, _configure, _night, _ref, _release, _ti_states
 
 from facility_data.rubin import steps
@@ -217,24 +218,38 @@ def test_backfill_run_refuses_manual_only_params(dag, window_run):
 
 def test_manual_run_of_unknown_or_embargoed_obs_ids_fails_naming_each(dag, airflow_db, site, tmp_path,
                                                                        monkeypatch):
-    night = _night(tmp_path, n_exposures=3)
+    night = _recent_night(tmp_path)  # the calibration exposure is due by the wall clock, the on-sky ones are not
     prefix = site.root / "main" / f"verdict-{uuid.uuid4().hex[:8]}"
     policy = _configure(monkeypatch, tmp_path, night, prefix, site)
     site_dir = tmp_path / "site"
     site_dir.mkdir()
     monkeypatch.setenv("FACILITY_SITE", str(site_dir))
-    done, embargoed = night.obs_ids[0], night.obs_ids[2]
-    unknown = f"MC_O_{night.day_obs}_000099"
-    # run_after: the first exposure is released, the last one is not
-    dr = dag.test(logical_date=None, run_after=_release(night, done) + timedelta(minutes=1),
-                  run_conf=_conf(obs_ids=[done, embargoed, unknown]))
+    (done,) = night.calibs
+    embargoed = next(o for o in night.obs_ids if o != done)
+    unknown = f"MC_O_{night.day_obs}_099999"
+    dr = dag.test(logical_date=None, run_conf=_conf(obs_ids=[done, embargoed, unknown]))
     states = _ti_states(dr)
     assert states[("exposure.rucio", 0)] == "success"
     assert states[("summary", -1)] == "failed" and dr.state == "failed"
     [error] = _alerts(site_dir, "summary")
     assert embargoed in error and unknown in error and done not in error
+    assert "still embargoed" in error and "no such exposure" in error
     assert steps.paths(policy, _ref(night, policy, done)).zip.exists()
     assert not steps.paths(policy, _ref(night, policy, embargoed)).zip.exists()
+
+
+def test_manual_run_of_a_night_without_exposures_fails(dag, airflow_db, site, tmp_path, monkeypatch):
+    night = _night(tmp_path, n_exposures=1)
+    _configure(monkeypatch, tmp_path, night, site.root / "main" / f"verdict-{uuid.uuid4().hex[:8]}", site)
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    monkeypatch.setenv("FACILITY_SITE", str(site_dir))
+    empty_day = str(night.day_obs + 1 if night.day_obs % 100 < 28 else night.day_obs - 1)
+    dr = dag.test(logical_date=None, run_conf=_conf(day_obs=empty_day))
+    states = _ti_states(dr)
+    assert states[("select", -1)] == "failed" and dr.state == "failed"
+    [error] = _alerts(site_dir, "select")
+    assert f"no exposure of LSSTCam on day_obs {empty_day}" in error
 
 
 def test_window_run_with_an_incomplete_exposure_fails_with_the_reason(dag, airflow_db, site, tmp_path,
