@@ -49,9 +49,8 @@ def live_airflow(site):
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
-        # on 2 busy cores one api-server worker answers task processes in tens of seconds: the default 5 s
-        # execution-API timeout then fails tasks that did nothing wrong
-        "AIRFLOW__API__WORKERS": "2",
+        # on 2 busy cores the api-server can take tens of seconds to answer a task process: the default 5 s
+        # execution-API timeout would fail tasks that did nothing wrong
         "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
@@ -62,7 +61,7 @@ def live_airflow(site):
         **{f"AIRFLOW_CONN_{cid.upper()}": json.dumps(c) for cid, c in site.connections().items()},
     }
     server = AirflowServer(site, env=env)
-    server.start(timeout=300)  # `airflow standalone` migrates the fresh DB first
+    server.start(timeout=420)  # `airflow standalone` migrates the fresh DB first
     try:
         yield Live(server, site_dir, policy, root / "nights")
     finally:
