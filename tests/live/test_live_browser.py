@@ -32,16 +32,25 @@ def _open(page, live, dag_id: str):
 
 def _submit(page, dialog, before: str) -> tuple[bool, str]:
     """Press Trigger if the form lets us. Returns whether it was enabled and the refusals the dialog shows: every
-    line of text that was not there when it opened (field errors, the error box with the API's answer)."""
+    line of text that was not there when it opened (field errors, the error box with the API's answer). A dialog
+    that closes has accepted the run and shows no refusal."""
     button = dialog.get_by_role("button", name="Trigger", exact=True)
     enabled = button.is_enabled()
     if enabled:
         button.click()
         deadline = datetime.now(UTC) + timedelta(seconds=20)
-        while datetime.now(UTC) < deadline and dialog.is_visible() and not _new_lines(before, dialog.inner_text()):
+        while datetime.now(UTC) < deadline and _text(dialog) and not _new_lines(before, _text(dialog)):
             page.wait_for_timeout(250)
         page.wait_for_timeout(500)
-    return enabled, _new_lines(before, dialog.inner_text()) if dialog.is_visible() else ""
+    return enabled, _new_lines(before, _text(dialog))
+
+
+def _text(dialog) -> str:
+    """The dialog's text, or "" once it has closed."""
+    try:
+        return dialog.inner_text(timeout=2_000)
+    except Exception:  # playwright's TimeoutError: no dialog any more
+        return ""
 
 
 def _new_lines(before: str, after: str) -> str:
