@@ -39,13 +39,9 @@ class Live:
     def wait_runs(self, dag_id: str, run_ids: list[str], timeout: float = 240) -> dict[str, str]:
         """Bounded wait until every run in ``run_ids`` has finished; returns run_id -> state."""
         deadline = time.monotonic() + timeout
-        states: dict[str, str] = {}
-        while time.monotonic() < deadline:
-            states = {r: self.api("GET", f"/dags/{dag_id}/dagRuns/{r}")["state"] for r in run_ids}
-            if all(s in ("success", "failed") for s in states.values()):
-                return states
-            time.sleep(2)
-        raise AssertionError(f"{dag_id} runs not finished within {timeout:.0f} s: {states}")
+        states = {r: self.server.wait_run(dag_id, r, timeout=max(1.0, deadline - time.monotonic())) for r in run_ids}
+        assert all(s in ("success", "failed") for s in states.values()), f"{dag_id} runs not finished: {states}"
+        return states
 
     def task_log(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
         ti = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}"

@@ -21,7 +21,7 @@ from _live_support import CHROMIUM, CHROMIUM_ARGS, Live, floor15
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "live: drives the real Airflow (REST API or browser); about 30 s to start")
+    config.addinivalue_line("markers", "live: drives the real Airflow (REST API or browser), one per session, started on first use")
 
 
 @pytest.fixture(scope="session")
@@ -68,15 +68,16 @@ def live_airflow(site):
         server.stop()
 
 
+_failed = pytest.StashKey[bool]()
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
+    """Remember whether the test body failed, for ``browser_page``'s screenshot at teardown."""
     report = yield
     if report.when == "call":
         item.stash[_failed] = report.failed
     return report
-
-
-_failed = pytest.StashKey[bool]()
 
 
 @pytest.fixture
