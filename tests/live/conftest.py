@@ -61,8 +61,8 @@ def live_airflow(site):
         **{f"AIRFLOW_CONN_{cid.upper()}": json.dumps(c) for cid, c in site.connections().items()},
     }
     server = AirflowServer(site, env=env)
-    server.start(timeout=420)  # `airflow standalone` migrates the fresh DB first
-    try:
+    try:  # stop it also when it does not become healthy in time: start() has launched it by then
+        server.start(timeout=420)  # `airflow standalone` migrates the fresh DB first
         yield Live(server, site_dir, policy, root / "nights")
     finally:
         server.stop()
