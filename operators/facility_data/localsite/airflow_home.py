@@ -79,11 +79,14 @@ class AirflowServer:
 
     MARKER = "airflow standalone"
 
-    def __init__(self, site):
+    def __init__(self, site, *, env: dict[str, str] | None = None):
+        """``env`` overrides the site's Airflow environment: the live tests give it a home, metadata DB and ports
+        of its own, so it never touches a developer's Airflow."""
         self.site = site
-        self.env = airflow_env(site)
+        self.env = {**airflow_env(site), **(env or {})}
         self.url = self.env["AIRFLOW__API__BASE_URL"]
-        self.log = site.root / "logs" / "airflow-standalone.log"
+        self.log = (Path(self.env["AIRFLOW_HOME"]) / "standalone.log" if env
+                    else site.root / "logs" / "airflow-standalone.log")
         self.pid: int | None = None
         self._token: str | None = None
 
