@@ -94,10 +94,23 @@ def test_naive_or_empty_windows_are_refused(night, source):
     ({"instrument": "LSSTCam", "day_obs": "20250102", "obs_ids": ["MC_O_20250101_000001"]}, "not from day_obs"),
     ({"instrument": "LSSTCam"}, "needs day_obs and/or obs_ids"),
     ({"instrument": "LSSTCam", "day_obs": "20250101", "dry_run": "yes"}, "dry_run"),
+    ({"instrument": "LSSTCam", "day_obs": "20250101\n"}, "YYYYMMDD"),  # a trailing newline
+    ({"instrument": "LSSTCam", "day_obs": "\u0662\u0660\u0662\u0665\u0660\u0661\u0660\u0661"}, "YYYYMMDD"),
+    ({"instrument": "LSSTCam", "obs_ids": ["MC_O_20250101_000001\n"]}, "malformed obs_id"),
+    ({"instrument": "LSSTCam", "obs_ids": ["MC_O_2025010\u0661_000001"]}, "malformed obs_id"),  # Arabic-Indic 1
 ])
 def test_bad_manual_params_are_rejected(night, params, message):
     with pytest.raises(ValueError, match=message):
         windows.parse_manual(night.policy(), params)
+
+
+def test_every_bad_manual_field_is_named_at_once(night):
+    """Airflow's form stops at the first bad Param; the domain check names each one, so one fix cycle is enough."""
+    with pytest.raises(ValueError) as err:
+        windows.parse_manual(night.policy(), {"instrument": "NoCam", "day_obs": "2025-12-31", "obs_ids": ["x/y"],
+                                              "dry_run": "no"})
+    for field in ("instrument:", "day_obs:", "obs_ids:", "dry_run:"):
+        assert field in str(err.value), err.value
 
 
 def test_manual_selection_is_exact_and_refuses_embargoed(night, source):

@@ -20,7 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from facility_data.rubin.policy import EmbargoPolicy, PolicyRow
 
-OBS_ID = re.compile(r"^[A-Z]{2}_[A-Z]_(\d{8})_(\d{6})$")
+OBS_ID = re.compile(r"[A-Z]{2}_[A-Z]_([0-9]{8})_([0-9]{6})", re.ASCII)
 #: widening of the Butler OVERLAPS query (exact filtering on the end time happens in Python)
 _PAD = timedelta(minutes=1)
 #: states of an exposure a run does not process (runs.select's ``skipped`` entries)
@@ -146,36 +146,46 @@ class ManualRequest:
 
 
 def parse_manual(policy: EmbargoPolicy, params: dict) -> ManualRequest:
-    """Validate a manual run's Params against the policy; raise ValueError with a clear message (no side effect)."""
+    """Validate a manual run's Params against the policy; raise ValueError naming every bad field (no side effect).
+
+    Airflow's own Param validation stops at the first bad field; this second line names them all. Matching is
+    whole-string and ASCII-only: a trailing newline or non-ASCII digits are refused, not normalised."""
+    problems: list[str] = []
     instrument = params.get("instrument")
     if not isinstance(instrument, str) or instrument not in policy.instruments:
-        raise ValueError(f"unknown instrument {instrument!r}: the policy knows {policy.instruments}")
+        problems.append(f"instrument: unknown instrument {instrument!r}: the policy knows {policy.instruments}")
     day_obs = params.get("day_obs")
     if day_obs in ("", None):
         day_obs = None
     else:
         text = str(day_obs)
-        if not re.fullmatch(r"\d{8}", text):
-            raise ValueError(f"day_obs must be YYYYMMDD, got {day_obs!r}")
-        try:
-            date(int(text[:4]), int(text[4:6]), int(text[6:]))
-        except ValueError:
-            raise ValueError(f"day_obs {day_obs!r} is not a calendar date") from None
-        day_obs = int(text)
+        if not re.fullmatch(r"[0-9]{8}", text):
+            problems.append(f"day_obs: must be YYYYMMDD, got {day_obs!r}")
+            day_obs = None
+        else:
+            try:
+                date(int(text[:4]), int(text[4:6]), int(text[6:]))
+                day_obs = int(text)
+            except ValueError:
+                problems.append(f"day_obs: {day_obs!r} is not a calendar date")
+                day_obs = None
     obs_ids = params.get("obs_ids") or []
     if isinstance(obs_ids, str) or not isinstance(obs_ids, list):
-        raise ValueError(f"obs_ids must be a list of observation ids, got {obs_ids!r}")
+        problems.append(f"obs_ids: must be a list of observation ids, got {obs_ids!r}")
+        obs_ids = []
     for o in obs_ids:
-        m = OBS_ID.match(o) if isinstance(o, str) else None
+        m = OBS_ID.fullmatch(o) if isinstance(o, str) else None
         if not m:
-            raise ValueError(f"malformed obs_id {o!r}: expected e.g. MC_O_20251231_000010")
-        if day_obs is not None and int(m.group(1)) != day_obs:
-            raise ValueError(f"obs_id {o} is not from day_obs {day_obs}")
-    if day_obs is None and not obs_ids:
-        raise ValueError("a manual run needs day_obs and/or obs_ids")
+            problems.append(f"obs_ids: malformed obs_id {o!r}: expected e.g. MC_O_20251231_000010")
+        elif day_obs is not None and int(m.group(1)) != day_obs:
+            problems.append(f"obs_ids: obs_id {o} is not from day_obs {day_obs}")
+    if not problems and day_obs is None and not obs_ids:
+        problems.append("day_obs/obs_ids: a manual run needs day_obs and/or obs_ids")
     dry_run = params.get("dry_run", False)
     if not isinstance(dry_run, bool):
-        raise ValueError(f"dry_run must be true or false, got {dry_run!r}")
+        problems.append(f"dry_run: must be true or false, got {dry_run!r}")
+    if problems:
+        raise ValueError("; ".join(problems))
     return ManualRequest(instrument, day_obs, tuple(dict.fromkeys(obs_ids)), dry_run)
 
 
