@@ -135,12 +135,14 @@ def night_rules(client, scope: str, expression: str, instrument: str, day_obs: i
 
     Rucio filters rules by exact name only, so the listing is bounded by creation time instead: a night's rules are
     made after its exposures were taken (a day's margin covers the day_obs offset from UTC)."""
-    from datetime import UTC, datetime, timedelta
+    from datetime import datetime, timedelta
 
-    since = datetime.strptime(str(day_obs), "%Y%m%d").replace(tzinfo=UTC) - timedelta(days=1)
+    from rucio.common.utils import DATE_FORMAT  # the server's RFC 1123 form, in UTC
+
+    since = datetime.strptime(str(day_obs), "%Y%m%d") - timedelta(days=1)
     prefix = did_names(instrument, day_obs, "", [])[1]
     rules = client.list_replication_rules(filters={
-        "scope": scope, "rse_expression": expression, "created_after": since.strftime("%a, %d %b %Y %H:%M:%S UTC")})
+        "scope": scope, "rse_expression": expression, "created_after": since.strftime(DATE_FORMAT)})
     return [r for r in rules if r.get("name", "").startswith(prefix)]
 
 
