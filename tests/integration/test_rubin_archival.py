@@ -117,3 +117,16 @@ def test_unknown_archive_expression_fails_the_step_loudly(site, client, night):
     status = steps.exposure_status(steps.Context(policy, rucio=client), exp)
     assert status.first_missing == steps.RUCIO
     assert status.details[steps.RUCIO]["missing"] == [rucioreg.rule_part(_obs(exp), "NO_SUCH_ARCHIVE_RSE")]
+
+
+def test_embargo_copy_is_not_pruned_while_the_archival_rule_is_missing(site, client, night):
+    off = _policy(night, site, None)
+    exp = _exposures(night, off)[0]
+    steps.run_exposure(steps.Context(off, rucio=client), exp)
+    on = off.model_copy(update={"rucio": off.rucio.model_copy(update={"archive": ArchiveRule(rse_expression=ARCHIVE)})})
+    refused = reconcile.prune_exposure(steps.Context(on, rucio=client), exp, delete=True)
+    assert not refused["allowed"] and "rucio" in refused["reason"] and refused["deleted"] == 0
+    assert night.store.list_folder("LSSTCam", night.day_obs, exp.obs_id)
+    steps.run_step(steps.Context(on, rucio=client), exp, steps.RUCIO)
+    allowed = reconcile.prune_exposure(steps.Context(on, rucio=client, dry_run=True), exp, delete=True)
+    assert allowed["allowed"] and allowed["deleted"] == 0
