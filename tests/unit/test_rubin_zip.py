@@ -11,6 +11,7 @@ import zlib
 
 import pytest
 
+from facility_data.rubin.metaindex import metadata_index
 from facility_data.rubin.storage import LocalStore, StoredObject
 from facility_data.rubin.zipbuild import (
     BUTLER_INDEX,
@@ -19,7 +20,6 @@ from facility_data.rubin.zipbuild import (
     build_zip,
     file_hashes,
     install_bytes,
-    metadata_index,
     quick_check,
     verify_zip,
 )
@@ -144,9 +144,9 @@ def test_install_bytes_is_exclusive(tmp_path):
 
 
 def test_metadata_index_ignores_non_json_sidecars():
-    out = json.loads(metadata_index({"a.json": b'{"K": 1, "A": 2}', "b.json": b'{"K": 1, "A": 3}',
-                                     "c.json": b"not json"}))
-    assert out == {"__COMMON__": {"K": 1}, "a.fits": {"A": 2}, "b.fits": {"A": 3}}
+    out = json.loads(metadata_index({"a.fits": None, "b.fits": None, "c.fits": None},
+                                    {"a.json": b'{"K": 1, "A": 2}', "b.json": b'{"K": 1, "A": 3}', "c.json": b"not json"}))
+    assert out == {"__CONTENT__": "metadata", "__COMMON__": {"K": 1}, "a.fits": {"A": 2}, "b.fits": {"A": 3}}
 
 
 def test_store_refuses_keys_escaping_its_root(store):

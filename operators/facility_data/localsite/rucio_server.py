@@ -2,7 +2,8 @@
 
 The server pins SQLAlchemy 2.0.x, which Airflow's environment cannot share, so it lives in a cached venv built from
 include/local_site/rucio-server.lock. It is bootstrapped with what the Rubin pipeline needs: scope ``raw`` and the
-non-deterministic RSE ``SLAC_RAW_DISK`` (file protocol, prefix = the site's main storage).
+non-deterministic RSE ``SLAC_RAW_DISK`` (file protocol, prefix = the site's main storage), and the RSE standing for
+FrDF, ``FRDF_RAW_DISK``, where the archival rules point (no daemons run here: the rules stay REPLICATING).
 """
 
 from __future__ import annotations
@@ -18,7 +19,19 @@ from facility_data.localsite.procs import SiteError, alive, http_ok, port_in_use
 RUCIO_VERSION = "41.5.1"
 SCOPE = "raw"
 RSE = "SLAC_RAW_DISK"
+ARCHIVE_RSE = "FRDF_RAW_DISK"
 MARKER = "rucio.web.rest.flaskapi.v1.main"
+
+
+def ensure_archive_rse(client, name: str = ARCHIVE_RSE) -> None:
+    """The archive RSE (deterministic, unlimited quota for root), idempotent."""
+    from rucio.common.exception import Duplicate
+
+    try:
+        client.add_rse(name)
+    except Duplicate:
+        pass
+    client.set_local_account_limit("root", name, -1)
 
 
 def cache_dir() -> Path:
@@ -145,6 +158,7 @@ support = local site
         except (Duplicate, RSEProtocolPriorityError):
             pass
         client.set_local_account_limit("root", RSE, -1)
+        ensure_archive_rse(client)
 
     def client(self):
         from rucio.client import Client

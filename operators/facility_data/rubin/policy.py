@@ -77,12 +77,22 @@ class Storage(_Strict):
         return self
 
 
+class ArchiveRule(_Strict):
+    """Long-term archival (seed: "transfer raw data to FrDF"): a Rucio replication rule on each exposure's Obs
+    dataset to ``rse_expression``. Its state (REPLICATING until Rucio's transfer daemons have copied the files, then
+    OK) is reported, not awaited: the rule's existence is what the unembargo verifies."""
+
+    rse_expression: str = Field(min_length=1, pattern=r"^\S+$")  # e.g. an RSE name or an attribute such as FrDF=true
+    copies: int = Field(default=1, ge=1)
+
+
 class RucioTarget(_Strict):
     conn_id: str = "rucio_default"
     rse: str
     scope: str
     backup_rse: str = "SLAC_RAW_DISK_BKUP"  # arcBackup=<backup_rse>:need asks for the HPSS copy
     skymap: str = "lsst_cells_v1"
+    archive: ArchiveRule | None = None  # None: no archival rule is made or checked
 
 
 class EmbargoPolicy(_Strict):

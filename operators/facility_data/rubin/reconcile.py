@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from facility_data.rubin import steps
+from facility_data.rubin import rucioreg, steps
 from facility_data.rubin.policy import EmbargoPolicy
 from facility_data.rubin.storage import LocalStore, S3Store, StoredObject, folder_key
 from facility_data.rubin.windows import ExposureRef, ManualRequest, select_manual
@@ -312,6 +312,7 @@ class _RucioState:
     parents: dict[str, set[str]]  # file name -> datasets it is attached to (Obs and day datasets of the night)
     replicas: dict[str, dict]  # file name -> {bytes, md5, adler32, rses}
     file_meta: dict[str, dict]
+    rules: list[dict]  # archival rules on the night's Obs datasets (empty when the policy asks for none)
 
 
 def _rucio_state(client, policy: EmbargoPolicy, instrument: str, day_obs: int, files: list[str]) -> _RucioState:
@@ -338,7 +339,9 @@ def _rucio_state(client, policy: EmbargoPolicy, instrument: str, day_obs: int, f
     for chunk in _chunks([n for n in files if n in replicas or n in parents]):
         for m in client.get_metadata_bulk([{"scope": scope, "name": n} for n in chunk], plugin="JSON"):
             file_meta[m["name"]] = m
-    return _RucioState(obs_meta, day_sets, dict(parents), replicas, file_meta)
+    archive = policy.rucio.archive
+    rules = rucioreg.night_rules(client, scope, archive.rse_expression, instrument, day_obs) if archive else []
+    return _RucioState(obs_meta, day_sets, dict(parents), replicas, file_meta, rules)
 
 
 # ------------------------------------------------------------------------------------------------ classify
@@ -584,6 +587,9 @@ def _rucio(policy, exp: ExposureRef, tracts: list[int], st: _RucioState, dest_fi
             missing.append("meta SafeCopies")
     else:
         missing += ["meta arcBackup", "meta SafeCopies"]
+    archive = policy.rucio.archive
+    if archive and rucioreg.find_rule(st.rules, policy.rucio.scope, obs, archive.rse_expression) is None:
+        missing.append(rucioreg.rule_part(obs, archive.rse_expression))
     if bad:
         check.sinks[steps.RUCIO] = "inconsistent"
         check.problems += [f"rucio: {b}" for b in bad]

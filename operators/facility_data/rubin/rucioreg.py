@@ -3,7 +3,8 @@
 Parts, in order: file replicas (bytes/md5/adler32, ``rubin_butler`` metadata ``zip_file`` / ``dim_file``),
 attachment to each ``Tract<N>`` (or ``NoTract``) day dataset and last to the exposure's ``Obs`` dataset (datasets
 created when missing), the Obs dataset closed, then ``arcBackup=<backup RSE>:need`` and ``SafeCopies`` metadata on
-it. :func:`missing_parts` reads the state from Rucio; :func:`register` does only what is missing and tolerates a part
+it, and last (when the policy asks for archival) a replication rule on the Obs dataset to the archive RSE expression
+(FrDF). :func:`missing_parts` reads the state from Rucio; :func:`register` does only what is missing and tolerates a part
 that another run did meanwhile. A metadata value that is already set (e.g. arcBackup flipped by the archiver) is
 never overwritten.
 """
@@ -55,6 +56,8 @@ class Plan:
     datasets: tuple[str, ...]  # tract/NoTract datasets, then the Obs dataset last
     obs: str
     arc_backup: str
+    archive_expression: str | None = None  # None: no archival rule
+    archive_copies: int = 1
 
 
 def did_names(instrument: str, day_obs: int, obs_id: str, tracts: list[int]) -> tuple[list[str], str]:
@@ -97,6 +100,52 @@ def _file_state(client, plan: Plan, f: RucioFile) -> list[str]:
     return missing
 
 
+def rule_part(obs: str, expression: str) -> str:
+    return f"rule {obs} -> {expression}"
+
+
+def find_rule(rules, scope: str, obs: str, expression: str) -> dict | None:
+    """The replication rule on ``scope:obs`` to ``expression`` among ``rules`` (whoever owns it), or None."""
+    for r in rules:
+        if r.get("scope") == scope and r.get("name") == obs and r.get("rse_expression") == expression:
+            return r
+    return None
+
+
+def rule_summary(rule: dict | None) -> dict | None:
+    """What a report shows of an archival rule; its state is REPLICATING until Rucio's daemons have copied it."""
+    if rule is None:
+        return None
+    return {k: rule.get(k) for k in ("id", "rse_expression", "copies", "state", "account")}
+
+
+def archive_rule(client, plan: Plan) -> dict | None:
+    """The Obs dataset's archival rule, or None (also when the dataset does not exist yet)."""
+    if not plan.archive_expression:
+        return None
+    try:
+        rules = client.list_did_rules(plan.scope, plan.obs)
+    except _exc("DataIdentifierNotFound"):
+        return None
+    return find_rule(rules, plan.scope, plan.obs, plan.archive_expression)
+
+
+def night_rules(client, scope: str, expression: str, instrument: str, day_obs: int) -> list[dict]:
+    """Every rule to ``expression`` on an Obs dataset of the night, in one listing (for :func:`find_rule`).
+
+    Rucio filters rules by exact name only, so the listing is bounded by creation time instead: a night's rules are
+    made after its exposures were taken (a day's margin covers the day_obs offset from UTC)."""
+    from datetime import datetime, timedelta
+
+    from rucio.common.utils import DATE_FORMAT  # the server's RFC 1123 form, in UTC
+
+    since = datetime.strptime(str(day_obs), "%Y%m%d") - timedelta(days=1)
+    prefix = did_names(instrument, day_obs, "", [])[1]
+    rules = client.list_replication_rules(filters={
+        "scope": scope, "rse_expression": expression, "created_after": since.strftime(DATE_FORMAT)})
+    return [r for r in rules if r.get("name", "").startswith(prefix)]
+
+
 def missing_parts(client, plan: Plan) -> list[str]:
     """Every registration part not yet in Rucio, in the order :func:`register` does them."""
     missing = []
@@ -110,6 +159,8 @@ def missing_parts(client, plan: Plan) -> list[str]:
         missing.append("meta arcBackup")
     if "SafeCopies" not in meta:
         missing.append("meta SafeCopies")
+    if plan.archive_expression and (obs is None or archive_rule(client, plan) is None):
+        missing.append(rule_part(plan.obs, plan.archive_expression))
     return missing
 
 
@@ -161,4 +212,12 @@ def register(client, plan: Plan) -> list[str]:
     if "meta SafeCopies" in todo:
         client.set_metadata(plan.scope, plan.obs, "SafeCopies", "")
         done.append("meta SafeCopies")
+    if plan.archive_expression and rule_part(plan.obs, plan.archive_expression) in todo:
+        did = {"scope": plan.scope, "name": plan.obs}
+        if _tolerate(lambda: client.add_replication_rule(
+                [did], plan.archive_copies, plan.archive_expression, grouping="DATASET",
+                comment="long-term archival of raw data"), "DuplicateRule"):
+            done.append(rule_part(plan.obs, plan.archive_expression))
+            log.info("archival rule %s:%s -> %s (%d copies)", plan.scope, plan.obs, plan.archive_expression,
+                     plan.archive_copies)
     return done

@@ -425,7 +425,8 @@ def rucio_plan(ctx: Context, exp: ExposureRef, hashes: FileHashes | None) -> ruc
     files = (rucioreg.RucioFile(f"{base}/{p.zip.name}", str(p.zip), "zip_file", hashes),
              rucioreg.RucioFile(f"{base}/{p.yaml.name}", str(p.yaml), "dim_file", yaml_hashes))
     r = ctx.policy.rucio
-    return rucioreg.Plan(r.scope, r.rse, files, (*day_sets, obs), obs, f"{r.backup_rse}:need")
+    return rucioreg.Plan(r.scope, r.rse, files, (*day_sets, obs), obs, f"{r.backup_rse}:need",
+                         r.archive.rse_expression if r.archive else None, r.archive.copies if r.archive else 1)
 
 
 def check_rucio(ctx: Context, exp: ExposureRef, deep: bool = True, known_zip: dict | None = None,
@@ -433,7 +434,10 @@ def check_rucio(ctx: Context, exp: ExposureRef, deep: bool = True, known_zip: di
     hashes = zip_hashes(ctx, exp, known_zip) if deep and paths(ctx.policy, exp).zip.exists() else None
     plan = rucio_plan(ctx, exp, hashes)
     missing = rucioreg.missing_parts(ctx.rucio, plan)
-    return not missing, {"missing": missing, "obs": plan.obs, "datasets": list(plan.datasets)}
+    detail = {"missing": missing, "obs": plan.obs, "datasets": list(plan.datasets)}
+    if plan.archive_expression:  # the rule's transfer state, reported (Rucio's daemons do the copy)
+        detail["archive"] = rucioreg.rule_summary(rucioreg.archive_rule(ctx.rucio, plan))
+    return not missing, detail
 
 
 def run_rucio(ctx: Context, exp: ExposureRef, known_zip: dict | None = None) -> Outcome:

@@ -52,10 +52,18 @@ def detector_layout(n: int) -> list[Detector]:
     return out
 
 
-def fits_bytes(obs_id: str, detector: Detector, size: int) -> bytes:
-    """A valid minimal FITS file of about ``size`` bytes (header + 8-bit data, padded to 2880-byte blocks)."""
+def _card_value(v) -> str:
+    if isinstance(v, bool):
+        return "T" if v else "F"
+    return "'" + v.replace("'", "''") + "'" if isinstance(v, str) else str(v)
+
+
+def fits_bytes(obs_id: str, detector: Detector, size: int, extra: dict | None = None) -> bytes:
+    """A valid minimal FITS file of about ``size`` bytes (header + 8-bit data, padded to 2880-byte blocks); ``extra``
+    cards (str, int, float, bool values) follow the identifying ones."""
     cards = [("SIMPLE", "T"), ("BITPIX", "8"), ("NAXIS", "1"), ("NAXIS1", None), ("OBSID", f"'{obs_id}'"),
-             ("DETNAME", f"'{detector.name}'"), ("CCDSLOT", f"'{detector.purpose}'")]
+             ("DETNAME", f"'{detector.name}'"), ("CCDSLOT", f"'{detector.purpose}'"),
+             *((k, _card_value(v)) for k, v in (extra or {}).items() if k not in ("OBSID", "DETNAME", "CCDSLOT"))]
     ndata = max(0, size - 2880)
     header = b"".join(f"{k:<8}= {v if v is not None else ndata:>20}".ljust(80).encode() for k, v in cards)
     header = (header + b"END".ljust(80)).ljust(2880, b" ")
@@ -283,11 +291,13 @@ def _build_night(site_root, day_obs, n_exposures, detectors, file_size, start, s
             present = [d for d in members if d is not missing]
         by_type: dict[str, list] = {"raw": [], "guider_raw": []}
         for d in present:
-            data = fits_bytes(obs_id, d, file_size)
+            # the sidecar holds header cards, as the summit's do; the FITS header carries them too
+            cards = {"OBSID": obs_id, "DETNAME": d.name, "CCDSLOT": d.purpose, "INSTRUME": INSTRUMENT,
+                     "DAYOBS": day_obs, "SEQNUM": seq, "DATE-BEG": begin.isoformat(), "DATE-END": end.isoformat()}
+            data = fits_bytes(obs_id, d, file_size, cards)
             key = folder + f"{obs_id}_{d.name}.fits"
             store.put(key, data)
-            sidecar = json.dumps({"OBSID": obs_id, "DETNAME": d.name, "CCDSLOT": d.purpose, "DAYOBS": day_obs,
-                                  "SEQNUM": seq, "DATE-BEG": begin.isoformat(), "DATE-END": end.isoformat()}).encode()
+            sidecar = json.dumps(cards).encode()
             store.put(key.removesuffix(".fits") + ".json", sidecar)
             night.files += 2
             night.bytes += len(data) + len(sidecar)

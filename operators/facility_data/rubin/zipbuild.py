@@ -2,8 +2,8 @@
 
 The zip holds every object of the exposure's embargo folder under its own (flat) name, byte-identical (FITS members
 ZIP_STORED, others DEFLATED; downstream checks compare members with the embargo objects, and embargo pruning relies
-on that), plus ``_butler_zip_index.json`` (what ``Butler.ingest_zip`` reads) and ``_metadata_index.json`` (the
-sidecars' header metadata, ``__COMMON__`` + per file, the shape astro_metadata_translator's index uses).
+on that), plus ``_butler_zip_index.json`` (what ``Butler.ingest_zip`` reads) and ``_metadata_index.json`` (the FITS
+header cards, taken from the bytes as they stream, in astro_metadata_translator's index format: see metaindex).
 
 It is written to an exclusively created temporary file in the destination directory (same filesystem), its size, md5
 and adler32 computed from the bytes as they are written (the writer is unseekable so zipfile never rewrites a header
@@ -27,6 +27,7 @@ from pathlib import Path
 
 from zlib_ng import zlib_ng  # SIMD adler32/crc32, same values as zlib's, many times faster
 
+from facility_data.rubin.metaindex import FITS_SUFFIXES, HeaderCollector, metadata_index
 from facility_data.rubin.storage import EmbargoStore, StoredObject
 
 log = logging.getLogger(__name__)
@@ -185,27 +186,6 @@ def install_bytes(dest: Path, data: bytes) -> bool:
         tmp.unlink(missing_ok=True)
 
 
-def metadata_index(sidecars: dict[str, bytes], fits_names: set[str] | None = None) -> bytes:
-    """``{"__COMMON__": {...}, "<member>.fits": {...}}`` from the JSON sidecars of FITS members (others ignored)."""
-    per_file = {}
-    for name, data in sorted(sidecars.items()):
-        if fits_names is not None and name.removesuffix(".json") + ".fits" not in fits_names:
-            continue
-        try:
-            content = json.loads(data)
-        except ValueError:
-            continue
-        if isinstance(content, dict):
-            per_file[name.removesuffix(".json") + ".fits"] = content
-    common: dict = {}
-    if per_file:
-        first, *rest = per_file.values()
-        common = {k: v for k, v in first.items() if all(k in o and o[k] == v for o in rest)}
-    out = {"__COMMON__": common}
-    out.update({n: {k: v for k, v in c.items() if k not in common} for n, c in per_file.items()})
-    return json.dumps(out, indent=1, sort_keys=True).encode()
-
-
 def _member_info(name: str, size: int) -> zipfile.ZipInfo:
     info = zipfile.ZipInfo(name, date_time=_DATE)
     info.compress_type = zipfile.ZIP_STORED if name.endswith((".fits", ".fz")) else zipfile.ZIP_DEFLATED
@@ -216,24 +196,30 @@ def _member_info(name: str, size: int) -> zipfile.ZipInfo:
 
 def _write_members(zf: zipfile.ZipFile, store: EmbargoStore, objects: list[StoredObject], names: list[str],
                    sidecars: dict[str, bytes], butler_index: bytes) -> None:
+    headers: dict[str, dict | None] = {}
     with zf:
         for obj in objects:
             info = _member_info(obj.name, obj.size)
             n = 0
             keep = obj.name.endswith(".json") and obj.size < 1 << 20
             parts = []
+            fits = HeaderCollector(obj.name) if obj.name.endswith(FITS_SUFFIXES) else None
             with zf.open(info, "w", force_zip64=obj.size >= zipfile.ZIP64_LIMIT) as member:
                 for chunk in store.iter_chunks(obj.key):
                     member.write(chunk)
                     n += len(chunk)
                     if keep:
                         parts.append(chunk)
+                    if fits is not None:
+                        fits.feed(chunk)  # keeps the header blocks only
             if n != obj.size:
                 raise InconsistentArtifact(f"{obj.key}: read {n} bytes, listed {obj.size} (object changed?)")
             if keep:
                 sidecars[obj.name] = b"".join(parts)
+            if fits is not None:
+                headers[obj.name] = fits.cards()
         zf.writestr(_member_info(BUTLER_INDEX, len(butler_index)), butler_index)
-        meta = metadata_index(sidecars, {n for n in names if n.endswith(".fits")})
+        meta = metadata_index(headers, sidecars)
         zf.writestr(_member_info(METADATA_INDEX, len(meta)), meta)
 
 
