@@ -7,6 +7,7 @@ Per beamline:
   ``send_to_nersc`` is false, verifies and records each copy in the ledger, ingests into SciCat (a failure is a
   warning plus an alert, never a blocker), and emits one asset event per enabled reconstruction target.
 * ``<id>_recon_<target>`` for each configured target (local, nersc, alcf): asset-triggered (or manual with a conf).
+* ``<id>_reconcile``: the daily check that every scan went through its chain; repairs missing raw copies.
 * ``<id>_prune``: the daily retention sweep; deletes only where a location has ``delete: true`` (manual runs default
   to a dry run). ``<id>_prune_preview``: the same sweep as a dry run, unscheduled and never paused.
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, Asset, Param, task, task_group
 
@@ -600,6 +601,58 @@ def build_prune_dag(bl: Beamline, *, preview: bool = False) -> DAG:
     return dag
 
 
+# ---------------------------------------------------------------------------------------------- reconcile
+def build_reconcile_dag(bl: Beamline) -> DAG:
+    """``<id>_reconcile``: find every scan whose chain stopped (lost trigger, a copy missing or corrupt), repair the
+    raw copies with the chain's own steps, write a per-day report; anything left not done fails the run."""
+    raw = [r for r in ("spot", "data", "nersc") if r in bl.locations]
+    params = {
+        "first_day": Param(None, type=["null", "string"], format="date",
+                           description="First acquisition day (YYYY-MM-DD, from the file name); empty: "
+                                       f"{bl.reconcile.lookback_days - 1} days before last_day"),
+        "last_day": Param(None, type=["null", "string"], format="date",
+                          description="Last acquisition day (YYYY-MM-DD); empty: today (UTC); never in the future"),
+        "dry_run": Param(False, type="boolean", description="Report what would be repaired; copy and record nothing"),
+        "repair": Param(True, type="boolean", description="Repair not_started/partial scans (off: classify only)"),
+    }
+    with DAG(dag_id=f"{bl.id}_reconcile", schedule=bl.reconcile.schedule, start_date=START, catchup=False,
+             max_active_runs=1, default_args=default_args(), params=params,
+             description=f"BL {bl.beamline}: find and repair scans whose chain stopped ({', '.join(raw)}, ledger)",
+             tags=["als", bl.id, "reconcile"],
+             doc_md=f"Lists every scan at {', '.join(raw)} and in the ledger, classifies each (done, not_started, "
+                    "partial with the first missing step, export_controlled_held, inconsistent, error), repairs the "
+                    f"missing raw copies with {bl.id}_new_file's steps (export control decided exactly as there) "
+                    "and writes one report per acquisition day (JSON + text). Any scan not done or held fails the "
+                    "run. NOT IMPLEMENTED YET: SciCat ingest is not checked; a missing reconstruction is reported, "
+                    "not re-announced.") as dag:
+
+        @task
+        def reconcile() -> dict:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            from facility_data.als.reconcile import Reconcile, check_request, reports_dir, write_report
+
+            with _permanent():
+                request = check_request(bl, _run_conf(), today=datetime.now(UTC).date())
+                endpoints, ledger = _env(bl)
+                run = Reconcile(bl, endpoints, ledger, request, decision_override=_decision_override(bl),
+                                run_id=_run_id())
+            report = write_report(run.run(), reports_dir(bl))
+            summary = {"first_day": report.first_day, "last_day": report.last_day, "dry_run": report.dry_run,
+                       "repaired": sum(1 for s in report.scans if s.repaired and not report.dry_run),
+                       **{st: report.count(st) for st in ("done", "not_started", "partial", "export_controlled_held",
+                                                          "inconsistent", "error")}}
+            log.info("reconcile %s: %s; reports %s", bl.id, summary, report.files)
+            problems = report.problems()
+            if problems:
+                raise AirflowFailException(f"reconcile {bl.id}: {len(problems)} scan(s) not done: "
+                                           + "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else ""))
+            return summary
+
+        reconcile()
+    return dag
+
+
 # ---------------------------------------------------------------------------------------------- all
 def build_beamline_dags(bl: Beamline) -> dict[str, DAG]:
     dags = [build_new_file_dag(bl)]
@@ -607,6 +660,7 @@ def build_beamline_dags(bl: Beamline) -> dict[str, DAG]:
     dags += [builders[t](bl) for t in bl.recon_targets]
     if bl.prune.enabled and any(loc.retention_days is not None for loc in bl.locations.values()):
         dags += [build_prune_dag(bl), build_prune_dag(bl, preview=True)]
+    dags += [build_reconcile_dag(bl)] if bl.reconcile.enabled else []
     return {d.dag_id: d for d in dags}
 
 
