@@ -1,0 +1,235 @@
+"""The ALS reconcile as plain functions, on real files at the local endpoints: each injected loss (lost trigger, a
+chain stopped after each step, a corrupted copy) is found, classified and repaired with the chain's own steps, or
+reported so the run fails; export control is decided exactly as in the new-file DAG; bad Params touch nothing."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+
+from facility_data.als import synthetic
+from facility_data.als.beamline import load_beamline
+from facility_data.als.ledger import Ledger
+from facility_data.als.reconcile import Reconcile, Request, check_request, reports_dir, write_report
+from facility_data.als.steps import ConfError, record_copy, validate_new_scan
+from facility_data.transfer import LocalTransfer, load_endpoints
+
+FOLDER = "ALS-11111_synthetic"
+DAY = date(2024, 1, 1)
+ALL_DAYS = Request(DAY, DAY, dry_run=False, repair=True)
+NO_RECON = '{"local": false, "nersc": false, "alcf": false}'
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path):
+    monkeypatch.setenv("FACILITY_SITE", str(tmp_path))
+    return load_beamline("bl832"), load_endpoints(), Ledger(tmp_path / "als" / "ledger.sqlite")
+
+
+def path(env, role: str, name: str = "20240101_120000_shell") -> Path:
+    bl, eps, _ = env
+    loc = bl.location(role)
+    return eps[loc.endpoint].local_path(loc.path_of(f"{FOLDER}/{name}.h5"))
+
+
+def acquire(env, name: str = "20240101_120000_shell", *, seed: int = 3) -> str:
+    """A new scan on spot832, as the detector writes it; returns the watcher path."""
+    synthetic.write_scan(path(env, "spot", name), n_angles=31, size=32, n_slices=2, seed=seed)
+    return f"/global/raw/{FOLDER}/{name}.h5"
+
+
+def chain(env, watcher_path: str, *, until: str, export_controlled: bool = False) -> dict:
+    """The new-file DAG's steps up to and including ``until`` (validate, spot_to_data, data_to_nersc)."""
+    bl, eps, ledger = env
+    rec = validate_new_scan(bl, eps, ledger, {"file_path": watcher_path, "is_export_control": export_controlled})
+    for step, src, dst in (("validate", None, None), ("spot_to_data", "spot", "data"),
+                           ("data_to_nersc", "data", "nersc")):
+        if src is not None:
+            LocalTransfer().transfer(eps[bl.location(src).endpoint], rec["paths"][src]["raw"],
+                                     eps[bl.location(dst).endpoint], rec["paths"][dst]["raw"],
+                                     export_controlled=export_controlled)
+            record_copy(bl, eps, ledger, rec, source=src, destination=dst)
+        if step == until:
+            return rec
+    raise AssertionError(until)
+
+
+def run(env, request: Request = ALL_DAYS, decisions: str | None = NO_RECON):
+    bl, eps, ledger = env
+    return Reconcile(bl, eps, ledger, request, decision_override=decisions).run()
+
+
+def only(report):
+    assert len(report.scans) == 1, report.scans
+    return report.scans[0]
+
+
+def test_lost_trigger_is_copied_to_data832_but_never_off_site_with_an_unknown_status(env):
+    """Nobody ever declared the scan's export-control status: on site it is repaired, off site it is refused and
+    the scan stays partial (the run fails) until someone runs bl832_new_file for it."""
+    acquire(env)
+    report = run(env, Request(DAY, DAY, dry_run=False, repair=False))
+    st = only(report)
+    assert (st.state, st.step) == ("not_started", "copy_spot_to_data")
+    assert not path(env, "data").exists()
+
+    st = only(run(env))
+    assert st.repaired == ["copy_spot_to_data"]
+    assert path(env, "data").read_bytes() == path(env, "spot").read_bytes()
+    assert env[2].copy("bl832", "data", f"{FOLDER}/20240101_120000_shell.h5").state == "present"
+    assert (st.state, st.step, st.repairable) == ("partial", "copy_data_to_nersc", False)
+    assert "bl832_new_file" in st.reason and "is_export_control" in st.reason
+    assert not path(env, "nersc").exists()
+    assert st.unchecked == ["scicat_ingest"]
+
+
+def test_stopped_after_validation_is_repaired_to_done(env):
+    chain(env, acquire(env), until="validate")
+    before = only(run(env, Request(DAY, DAY, dry_run=False, repair=False)))
+    assert (before.state, before.step) == ("partial", "copy_spot_to_data")
+    st = only(run(env))
+    assert st.repaired == ["copy_spot_to_data", "copy_data_to_nersc"]
+    assert st.state == "done", st.reason
+    assert path(env, "nersc").read_bytes() == path(env, "spot").read_bytes()
+    assert env[2].copy("bl832", "nersc", f"{FOLDER}/20240101_120000_shell.h5").state == "present"
+
+
+def test_stopped_after_the_data832_copy_gets_its_nersc_copy(env):
+    chain(env, acquire(env), until="spot_to_data")
+    st = only(run(env))
+    assert st.repaired == ["copy_data_to_nersc"] and st.state == "done"
+    assert path(env, "nersc").read_bytes() == path(env, "data").read_bytes()
+
+
+def test_a_complete_chain_is_done_and_untouched(env):
+    chain(env, acquire(env), until="data_to_nersc")
+    events = len(env[2].events("bl832"))
+    st = only(run(env))
+    assert (st.state, st.repaired) == ("done", [])
+    assert len(env[2].events("bl832")) == events
+
+
+def test_spot_pruned_after_verification_is_still_done(env):
+    chain(env, acquire(env), until="data_to_nersc")
+    path(env, "spot").unlink()
+    env[2].mark_deleted("bl832", "spot", f"{FOLDER}/20240101_120000_shell.h5", reason="test prune")
+    assert only(run(env)).state == "done"
+
+
+def test_a_corrupted_copy_is_inconsistent_and_never_propagated(env):
+    chain(env, acquire(env), until="spot_to_data")
+    data = path(env, "data")
+    raw = bytearray(data.read_bytes())
+    raw[-1] ^= 0xFF  # same size, other bytes
+    data.write_bytes(bytes(raw))
+    st = only(run(env))
+    assert st.state == "inconsistent" and "data" in st.reason and st.repaired == []
+    assert not path(env, "nersc").exists()
+
+
+def test_a_lost_copy_the_ledger_says_is_present_is_inconsistent(env):
+    chain(env, acquire(env), until="data_to_nersc")
+    path(env, "nersc").unlink()
+    st = only(run(env))
+    assert st.state == "inconsistent" and "nersc" in st.reason
+    assert not path(env, "nersc").exists()
+
+
+def test_export_controlled_scan_is_held_at_als(env):
+    chain(env, acquire(env), until="spot_to_data", export_controlled=True)
+    st = only(run(env))
+    assert st.state == "export_controlled_held" and st.export_controlled is True
+    assert not path(env, "nersc").exists()
+
+
+def test_renamed_copy_of_an_export_controlled_scan_is_held_not_not_started(env):
+    """The same bytes under another name with no trigger: the ledger knows them by content, so they stay."""
+    chain(env, acquire(env), until="spot_to_data", export_controlled=True)
+    other = path(env, "spot", "20240101_130000_copy")
+    other.write_bytes(path(env, "spot").read_bytes())
+    states = {s.key.rsplit("/", 1)[1]: s for s in run(env).scans}
+    copy = states["20240101_130000_copy.h5"]
+    assert copy.export_controlled is True and copy.repaired == ["copy_spot_to_data"]
+    assert copy.state == "export_controlled_held"
+    assert not path(env, "nersc", "20240101_130000_copy").exists()
+
+
+def test_export_controlled_data_found_at_nersc_is_an_error(env):
+    chain(env, acquire(env), until="spot_to_data", export_controlled=True)
+    nersc = path(env, "nersc")
+    nersc.parent.mkdir(parents=True)
+    nersc.write_bytes(path(env, "data").read_bytes())
+    st = only(run(env))
+    assert st.state == "error" and "EXPORT-CONTROLLED" in st.reason
+
+
+def test_dry_run_copies_and_records_nothing(env):
+    chain(env, acquire(env), until="validate")
+    events = len(env[2].events("bl832"))
+    st = only(run(env, Request(DAY, DAY, dry_run=True, repair=True)))
+    assert st.state == "partial" and st.repaired == ["copy_spot_to_data (dry run: would copy)"]
+    assert not path(env, "data").exists() and len(env[2].events("bl832")) == events
+
+
+def test_missing_reconstruction_is_partial_and_loudly_not_implemented(env):
+    chain(env, acquire(env), until="data_to_nersc")
+    st = only(run(env, decisions=None))  # bl832.yaml enables the local reconstruction
+    assert (st.state, st.step) == ("partial", "reconstruction")
+    assert "NOT IMPLEMENTED YET" in st.reason
+
+
+def test_a_symlink_is_an_error_never_followed(env):
+    chain(env, acquire(env), until="data_to_nersc")
+    link = path(env, "spot", "20240101_140000_link")
+    link.symlink_to(path(env, "spot"))
+    states = {s.key.rsplit("/", 1)[1]: s for s in run(env).scans}
+    assert states["20240101_140000_link.h5"].state == "error"
+    assert "symlink" in states["20240101_140000_link.h5"].reason
+    assert not path(env, "data", "20240101_140000_link").exists()
+
+
+def test_only_the_date_range_is_reconciled(env):
+    acquire(env, "20240102_120000_next")
+    acquire(env)
+    report = run(env, Request(DAY + timedelta(days=1), DAY + timedelta(days=1), dry_run=False, repair=False))
+    assert [s.key for s in report.scans] == [f"{FOLDER}/20240102_120000_next.h5"]
+
+
+def test_one_report_per_day_in_its_own_directory(env):
+    chain(env, acquire(env), until="data_to_nersc")
+    bl = env[0]
+    report = write_report(run(env, Request(DAY, DAY + timedelta(days=1), dry_run=False, repair=True)),
+                          reports_dir(bl))
+    assert reports_dir(bl).name == "bl832" and reports_dir(bl).parent.name == "als_reconcile"
+    jsons = sorted(p for p in report.files if p.endswith(".json"))
+    assert [Path(p).name[:8] for p in jsons] == ["20240101", "20240102"]
+    first, second = (json.loads(Path(p).read_text()) for p in jsons)
+    assert first["counts"]["done"] == 1 and second["scans"] == []
+    assert "NOT IMPLEMENTED YET" in Path(jsons[0].removesuffix(".json") + ".txt").read_text()
+    assert not report.problems()
+
+
+@pytest.mark.parametrize("conf, field", [
+    ({"dry-run": True}, "dry-run"),
+    ({"first_day": "2024-1-1"}, "first_day"),
+    ({"last_day": "2024-01-01\n"}, "last_day"),
+    ({"last_day": "٢٠٢٤-٠١-٠١"}, "last_day"),
+    ({"last_day": "2024-02-30"}, "last_day"),
+    ({"last_day": "2999-01-01"}, "last_day"),
+    ({"first_day": "2024-01-02", "last_day": "2024-01-01"}, "first_day"),
+    ({"first_day": "2020-01-01", "last_day": "2024-01-01"}, "first_day"),
+    ({"dry_run": "false"}, "dry_run"),
+    ({"repair": 1}, "repair"),
+])
+def test_bad_params_are_refused_naming_the_field(env, conf, field):
+    with pytest.raises(ConfError, match=field):
+        check_request(env[0], conf, today=date(2024, 6, 1))
+
+
+def test_default_range_is_the_lookback_ending_today(env):
+    req = check_request(env[0], {}, today=date(2024, 6, 10))
+    assert (req.first_day, req.last_day, req.dry_run, req.repair) == (date(2024, 6, 4), date(2024, 6, 10), False,
+                                                                      True)
