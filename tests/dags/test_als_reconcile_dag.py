@@ -1,0 +1,131 @@
+"""bl832_reconcile (and its bl7012/bl733 twins) as DAGs, with dag.test() on real files at the local endpoints: each
+injected loss is repaired with the chain's steps or fails the run (the alert), a per-day report is written either
+way, and a bad conf fails before anything is read or touched."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import _als_support as s
+import pytest
+
+pytestmark = pytest.mark.dagtest
+
+DAY = {"first_day": "2024-01-01", "last_day": "2024-01-01"}
+
+
+@pytest.fixture
+def site(airflow_db, tmp_path, monkeypatch):
+    root = s.private_site(tmp_path, monkeypatch)
+    # No reconstruction expected: this file tests the raw chain (a missing reconstruction is its own test).
+    monkeypatch.setenv("AIRFLOW_VAR_BL832_DECISION_SETTINGS", '{"local": false, "nersc": false, "alcf": false}')
+    return root
+
+
+def raw(site: Path, endpoint: str, name: str = "20240101_120000_shell", subdir: str = "raw") -> Path:
+    return s.endpoint_dir(site, endpoint) / subdir / s.FOLDER / f"{name}.h5"
+
+
+def stop_after(site: Path, watcher_path: str, step: str) -> None:
+    """bl832_new_file's own steps up to ``step`` (validate or spot_to_data), as if the run had died there."""
+    from facility_data.als.beamline import load_beamline
+    from facility_data.als.steps import record_copy, validate_new_scan
+    from facility_data.transfer import LocalTransfer, load_endpoints
+
+    bl, eps = load_beamline("bl832"), load_endpoints()
+    rec = validate_new_scan(bl, eps, s.ledger(site), {"file_path": watcher_path})
+    if step == "spot_to_data":
+        LocalTransfer().transfer(eps["spot832"], rec["paths"]["spot"]["raw"], eps["data832_raw"],
+                                 rec["paths"]["data"]["raw"])
+        record_copy(bl, eps, s.ledger(site), rec, source="spot", destination="data")
+
+
+def reports(site: Path, beamline: str = "bl832") -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((site / "reports" / "als_reconcile" / beamline).glob("*.json"))]
+
+
+def test_the_three_beamlines_have_a_reconcile_dag(airflow_db):
+    assert {"bl832_reconcile", "bl7012_reconcile", "bl733_reconcile"} <= s.dag_ids()
+
+
+def test_stopped_chains_are_repaired_and_the_run_is_green(site):
+    stop_after(site, s.write_scan(site), "validate")
+    stop_after(site, s.write_scan(site, "20240101_130000_second"), "spot_to_data")
+    dr = s.dag("bl832_reconcile").test(run_conf=DAY)
+    assert str(dr.state) == "success", s.states(dr)
+    for name in ("20240101_120000_shell", "20240101_130000_second"):
+        spot = raw(site, "spot832", name).read_bytes()
+        assert raw(site, "data832", name).read_bytes() == spot
+        assert raw(site, "nersc832", name).read_bytes() == spot
+    (doc,) = reports(site)
+    assert doc["day"] == "2024-01-01" and doc["counts"]["done"] == 2
+    assert sorted(tuple(x["repaired"]) for x in doc["scans"]) == [
+        ("copy_data_to_nersc",), ("copy_spot_to_data", "copy_data_to_nersc")]
+
+    dr = s.dag("bl832_reconcile").test(run_conf=DAY)  # idempotent: nothing left to do
+    assert str(dr.state) == "success"
+    assert all(x["repaired"] == [] for x in reports(site)[-1]["scans"])
+
+
+def test_a_lost_trigger_is_copied_on_site_and_fails_the_run_until_declared(site):
+    s.write_scan(site)
+    dr = s.dag("bl832_reconcile").test(run_conf=DAY)
+    assert str(dr.state) == "failed" and s.states(dr)["reconcile"] == "failed"
+    assert raw(site, "data832").read_bytes() == raw(site, "spot832").read_bytes()
+    assert not raw(site, "nersc832").exists()  # unknown export-control status: never off site
+    (doc,) = reports(site)
+    (scan,) = doc["scans"]
+    assert (scan["state"], scan["step"], scan["repaired"]) == ("partial", "copy_data_to_nersc",
+                                                               ["copy_spot_to_data"])
+
+
+def test_a_corrupted_copy_fails_the_run_and_goes_nowhere(site):
+    stop_after(site, s.write_scan(site), "spot_to_data")
+    data = raw(site, "data832")
+    corrupt = bytearray(data.read_bytes())
+    corrupt[len(corrupt) // 2] ^= 0xFF  # same size, other bytes
+    data.write_bytes(bytes(corrupt))
+    dr = s.dag("bl832_reconcile").test(run_conf=DAY)
+    assert str(dr.state) == "failed"
+    assert not raw(site, "nersc832").exists()
+    assert reports(site)[0]["scans"][0]["state"] == "inconsistent"
+
+
+def test_dry_run_touches_nothing(site):
+    stop_after(site, s.write_scan(site), "validate")
+    events = len(s.ledger(site).events("bl832"))
+    dr = s.dag("bl832_reconcile").test(run_conf={**DAY, "dry_run": True})
+    assert str(dr.state) == "failed"  # a partial scan is not done, dry run or not
+    assert not raw(site, "data832").exists() and len(s.ledger(site).events("bl832")) == events
+    assert reports(site)[0]["dry_run"] is True
+
+
+@pytest.mark.parametrize("conf", [{**DAY, "dry-run": True}, {**DAY, "repair": "yes"}, {"last_day": "2999-01-01"}],
+                         ids=["unknown-key", "wrong-type", "future"])
+def test_bad_conf_fails_before_anything_is_touched(site, conf):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    stop_after(site, s.write_scan(site), "validate")
+    events = len(s.ledger(site).events("bl832"))
+    try:
+        dr = s.dag("bl832_reconcile").test(run_conf=conf)
+    except ParamValidationError:
+        pass  # refused by the form itself
+    else:
+        assert str(dr.state) == "failed"
+    assert not raw(site, "data832").exists() and len(s.ledger(site).events("bl832")) == events
+    assert reports(site) == []
+
+
+def test_bl7012_data_server_scan_gets_its_nersc_copy(site):
+    from facility_data.als.beamline import load_beamline
+    from facility_data.als.steps import validate_new_scan
+    from facility_data.transfer import load_endpoints
+
+    watcher_path = s.write_scan(site, endpoint="data7012")
+    validate_new_scan(load_beamline("bl7012"), load_endpoints(), s.ledger(site), {"file_path": watcher_path})
+    dr = s.dag("bl7012_reconcile").test(run_conf=DAY)
+    assert str(dr.state) == "success", s.states(dr)
+    assert raw(site, "nersc7012").read_bytes() == raw(site, "data7012").read_bytes()
+    assert reports(site, "bl7012")[0]["counts"]["done"] == 1
