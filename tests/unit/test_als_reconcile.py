@@ -233,3 +233,18 @@ def test_default_range_is_the_lookback_ending_today(env):
     req = check_request(env[0], {}, today=date(2024, 6, 10))
     assert (req.first_day, req.last_day, req.dry_run, req.repair) == (date(2024, 6, 4), date(2024, 6, 10), False,
                                                                       True)
+
+
+def test_report_retention_ages_out_old_reconcile_reports_never_prune_audits(env):
+    import os
+    import time
+
+    bl = env[0]
+    old = time.time() - 100 * 86400  # past als_reconcile's 90 days, well within prune's 730
+    stale, audit = reports_dir(bl) / "20231001_old.json", bl.reports_path() / "prune-20231001.json"
+    for p in (stale, audit):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("{}")
+        os.utime(p, (old, old))
+    write_report(run(env), reports_dir(bl))
+    assert not stale.exists() and audit.exists()
