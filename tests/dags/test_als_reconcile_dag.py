@@ -5,14 +5,17 @@ way, and a bad conf fails before anything is read or touched."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import _als_support as s
 import pytest
+import responses
 
 pytestmark = pytest.mark.dagtest
 
 DAY = {"first_day": "2024-01-01", "last_day": "2024-01-01"}
+API = "http://scicat.test/api/v3"
 
 
 @pytest.fixture
@@ -20,7 +23,27 @@ def site(airflow_db, tmp_path, monkeypatch):
     root = s.private_site(tmp_path, monkeypatch)
     # No reconstruction expected: this file tests the raw chain (a missing reconstruction is its own test).
     monkeypatch.setenv("AIRFLOW_VAR_BL832_DECISION_SETTINGS", '{"local": false, "nersc": false, "alcf": false}')
+    monkeypatch.setenv("AIRFLOW_CONN_SCICAT_DEFAULT", json.dumps(
+        {"conn_type": "scicat", "host": API, "login": "ingestor", "password": "canned-password"}))
     return root
+
+
+@contextmanager
+def scicat(*, up: bool = True):
+    """Canned SciCat answers: every dataset is created (or, ``up`` false, the login is refused)."""
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        if not up:
+            rsps.post(f"{API}/auth/login", status=401, json={"error": "Unauthorized"})
+            yield rsps
+            return
+        rsps.post(f"{API}/auth/login", json={"access_token": "tok", "userId": "ingestor"})
+        rsps.get(f"{API}/Datasets", json=[])
+        rsps.post(f"{API}/Datasets", json={"pid": "20.500.12269/x"})
+        rsps.get(f"{API}/Datasets/20.500.12269%2Fx/origdatablocks", json=[])
+        rsps.post(f"{API}/Datasets/20.500.12269%2Fx/origdatablocks", json={"id": "odb"})
+        rsps.get(f"{API}/Datasets/20.500.12269%2Fx/attachments", json=[])
+        rsps.post(f"{API}/Datasets/20.500.12269%2Fx/attachments", json={"id": "att"})
+        yield rsps
 
 
 def raw(site: Path, endpoint: str, name: str = "20240101_120000_shell", subdir: str = "raw") -> Path:
@@ -52,7 +75,8 @@ def test_the_three_beamlines_have_a_reconcile_dag(airflow_db):
 def test_stopped_chains_are_repaired_and_the_run_is_green(site):
     stop_after(site, s.write_scan(site), "validate")
     stop_after(site, s.write_scan(site, "20240101_130000_second"), "spot_to_data")
-    dr = s.dag("bl832_reconcile").test(run_conf=DAY)
+    with scicat():  # the chain never reached its ingest: the reconcile runs it
+        dr = s.dag("bl832_reconcile").test(run_conf=DAY)
     assert str(dr.state) == "success", s.states(dr)
     for name in ("20240101_120000_shell", "20240101_130000_second"):
         spot = raw(site, "spot832", name).read_bytes()
@@ -62,8 +86,10 @@ def test_stopped_chains_are_repaired_and_the_run_is_green(site):
     assert doc["day"] == "2024-01-01" and doc["counts"]["done"] == 2
     assert sorted(tuple(x["repaired"]) for x in doc["scans"]) == [
         ("copy_data_to_nersc",), ("copy_spot_to_data", "copy_data_to_nersc")]
+    assert all(x["scicat"] == "20.500.12269/x" and x["unchecked"] == [] for x in doc["scans"])
 
-    dr = s.dag("bl832_reconcile").test(run_conf=DAY)  # idempotent: nothing left to do
+    with scicat():
+        dr = s.dag("bl832_reconcile").test(run_conf=DAY)  # idempotent: nothing left to do
     assert str(dr.state) == "success"
     assert all(x["repaired"] == [] for x in reports(site)[-1]["scans"])
 
@@ -78,6 +104,16 @@ def test_a_lost_trigger_is_copied_on_site_and_fails_the_run_until_declared(site)
     (scan,) = doc["scans"]
     assert (scan["state"], scan["step"], scan["repaired"]) == ("partial", "copy_data_to_nersc",
                                                                ["copy_spot_to_data"])
+
+
+def test_a_scicat_ingest_that_still_fails_fails_the_run(site):
+    stop_after(site, s.write_scan(site), "spot_to_data")
+    with scicat(up=False):
+        dr = s.dag("bl832_reconcile").test(run_conf=DAY)
+    assert str(dr.state) == "failed"
+    assert raw(site, "nersc832").exists()  # the raw copies are repaired all the same
+    (scan,) = reports(site)[0]["scans"]
+    assert (scan["state"], scan["step"]) == ("partial", "scicat_ingest") and "401" in scan["reason"]
 
 
 def test_a_corrupted_copy_fails_the_run_and_goes_nowhere(site):
@@ -125,7 +161,8 @@ def test_bl7012_data_server_scan_gets_its_nersc_copy(site):
 
     watcher_path = s.write_scan(site, endpoint="data7012")
     validate_new_scan(load_beamline("bl7012"), load_endpoints(), s.ledger(site), {"file_path": watcher_path})
-    dr = s.dag("bl7012_reconcile").test(run_conf=DAY)
+    with scicat():
+        dr = s.dag("bl7012_reconcile").test(run_conf=DAY)
     assert str(dr.state) == "success", s.states(dr)
     assert raw(site, "nersc7012").read_bytes() == raw(site, "data7012").read_bytes()
     assert reports(site, "bl7012")[0]["counts"]["done"] == 1

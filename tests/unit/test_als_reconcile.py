@@ -83,7 +83,6 @@ def test_lost_trigger_is_copied_to_data832_but_never_off_site_with_an_unknown_st
     assert (st.state, st.step, st.repairable) == ("partial", "copy_data_to_nersc", False)
     assert "bl832_new_file" in st.reason and "is_export_control" in st.reason
     assert not path(env, "nersc").exists()
-    assert st.unchecked == ["scicat_ingest"]
 
 
 def test_stopped_after_validation_is_repaired_to_done(env):
@@ -109,7 +108,71 @@ def test_a_complete_chain_is_done_and_untouched(env):
     events = len(env[2].events("bl832"))
     st = only(run(env))
     assert (st.state, st.repaired) == ("done", [])
+    assert st.unchecked == ["scicat_ingest"]  # no SciCat given: said, never implied done
     assert len(env[2].events("bl832")) == events
+
+
+API = "http://scicat.test/api/v3"
+PID = "20.500.12269/reconcile-1"
+
+
+def scicat(rsps):
+    """Canned SciCat answers for a scan it does not hold yet (the chain's ingest failed): the dataset is created."""
+    quoted = PID.replace("/", "%2F")
+    rsps.post(f"{API}/auth/login", json={"access_token": "tok", "userId": "ingestor"})
+    rsps.get(f"{API}/Datasets", json=[])
+    created = rsps.post(f"{API}/Datasets", json={"pid": PID})
+    rsps.get(f"{API}/Datasets/{quoted}/origdatablocks", json=[])
+    rsps.post(f"{API}/Datasets/{quoted}/origdatablocks", json={"id": "odb"})
+    rsps.get(f"{API}/Datasets/{quoted}/attachments", json=[])
+    rsps.post(f"{API}/Datasets/{quoted}/attachments", json={"id": "att"})
+    return created
+
+
+def run_with_scicat(env, request: Request = ALL_DAYS):
+    from facility_data.als.reconcile import scicat_ingester
+    from facility_data.hooks.scicat import SciCatClient
+
+    bl, eps, ledger = env
+    client = SciCatClient(API, "ingestor", "canned-password")
+    return Reconcile(bl, eps, ledger, request, decision_override=NO_RECON,
+                     ingest=scicat_ingester(bl, eps, client)).run()
+
+
+def test_a_failed_scicat_ingest_is_retried_with_the_chain_s_idempotent_ingest(env):
+    import responses
+
+    chain(env, acquire(env), until="data_to_nersc")
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        created = scicat(rsps)
+        st = only(run_with_scicat(env))
+    assert (st.state, st.scicat, st.unchecked) == ("done", PID, [])
+    assert len(created.calls) == 1
+    sent = json.loads(created.calls[0].request.body)
+    assert sent["datasetName"] == "20240101_120000_shell"
+
+
+def test_a_scicat_ingest_that_fails_again_leaves_the_scan_partial(env, caplog):
+    import responses
+
+    chain(env, acquire(env), until="data_to_nersc")
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.post(f"{API}/auth/login", status=401, json={"error": "Unauthorized"})
+        report = run_with_scicat(env)
+    st = only(report)
+    assert (st.state, st.step, st.scicat) == ("partial", "scicat_ingest", None)
+    assert "401" in st.reason and report.problems()
+    assert "canned-password" not in st.reason + caplog.text
+
+
+def test_a_dry_run_never_asks_scicat(env):
+    import responses
+
+    chain(env, acquire(env), until="data_to_nersc")
+    with responses.RequestsMock() as rsps:  # any request would fail the test
+        st = only(run_with_scicat(env, Request(DAY, DAY, dry_run=True, repair=True)))
+        assert not rsps.calls
+    assert (st.state, st.unchecked) == ("done", ["scicat_ingest"])
 
 
 def test_spot_pruned_after_verification_is_still_done(env):

@@ -621,22 +621,30 @@ def build_reconcile_dag(bl: Beamline) -> DAG:
              tags=["als", bl.id, "reconcile"],
              doc_md=f"Lists every scan at {', '.join(raw)} and in the ledger, classifies each (done, not_started, "
                     "partial with the first missing step, export_controlled_held, inconsistent, error), repairs the "
-                    f"missing raw copies with {bl.id}_new_file's steps (export control decided exactly as there) "
-                    "and writes one report per acquisition day (JSON + text). Any scan not done or held fails the "
-                    "run. NOT IMPLEMENTED YET: SciCat ingest is not checked; a missing reconstruction is reported, "
-                    "not re-announced.") as dag:
+                    f"missing raw copies with {bl.id}_new_file's steps (export control decided exactly as there), "
+                    "retries the SciCat ingest (idempotent), and writes one report per acquisition day (JSON + "
+                    "text). Any scan not done or held fails the run. NOT IMPLEMENTED YET: a missing reconstruction is "
+                    "reported, not re-announced.") as dag:
 
         @task
         def reconcile() -> dict:
             from airflow.sdk.exceptions import AirflowFailException
 
-            from facility_data.als.reconcile import Reconcile, check_request, reports_dir, write_report
+            from facility_data.als.reconcile import (
+                Reconcile,
+                check_request,
+                reports_dir,
+                scicat_ingester,
+                write_report,
+            )
+            from facility_data.hooks.scicat import SciCatHook
 
             with _permanent():
                 request = check_request(bl, _run_conf(), today=datetime.now(UTC).date())
                 endpoints, ledger = _env(bl)
                 run = Reconcile(bl, endpoints, ledger, request, decision_override=_decision_override(bl),
-                                run_id=_run_id())
+                                run_id=_run_id(),
+                                ingest=scicat_ingester(bl, endpoints, SciCatHook(bl.scicat.conn_id)))
             report = write_report(run.run(), reports_dir(bl))
             summary = {"first_day": report.first_day, "last_day": report.last_day, "dry_run": report.dry_run,
                        "repaired": sum(1 for s in report.scans if s.repaired and not report.dry_run),

@@ -8,7 +8,7 @@ each:
   reconstruction the decision settings ask for is at data832 scratch.
 * ``not_started``: only at the source, nothing in the ledger (a lost trigger).
 * ``partial``: the chain stopped; ``step`` is the first missing step (``copy_spot_to_data``,
-  ``copy_data_to_nersc``, ``reconstruction``).
+  ``copy_data_to_nersc``, ``scicat_ingest``, ``reconstruction``).
 * ``export_controlled_held``: export-controlled, complete at ALS, and (as it must) never at NERSC.
 * ``inconsistent``: a copy whose size or checksum differs from the source or the ledger, or a copy the ledger
   records as present that is gone. Never repaired: somebody has to look.
@@ -20,9 +20,14 @@ the ledger). The NERSC copy is decided by :func:`facility_data.als.steps.nersc_c
 ``<id>_new_file``: a scan the new-file DAG never recorded has an unknown export-control status, so it is copied to
 data832 (on site) but never off site; the run fails with the reason until someone runs ``<id>_new_file`` for it.
 
-NOT IMPLEMENTED YET (reported, never shown as done): re-announcing a missing reconstruction (the scan stays
-``partial`` at step ``reconstruction`` and the run fails), and SciCat: whether a scan was catalogued is not checked
-(every scan carries ``unchecked: ["scicat_ingest"]``, and the report says so at the top).
+SciCat: a repairing run (not a dry run, ``repair`` on) re-runs the chain's ingest for every scan whose raw copies
+are complete; :func:`facility_data.als.scicat_ingest.ingest_scan` is idempotent (it finds the dataset by source
+folder and name and completes what is missing), so a failed ingest is retried and a good one only confirmed. A
+failure leaves the scan ``partial`` at ``scicat_ingest`` and fails the run. Runs that do not repair do not ask
+SciCat: their scans carry ``unchecked: ["scicat_ingest"]``.
+
+NOT IMPLEMENTED YET (reported, never shown as done): re-announcing a missing reconstruction. The scan stays
+``partial`` at step ``reconstruction`` and the run fails.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -60,7 +66,6 @@ RAW_ROLES = ("spot", "data", "nersc")
 RECONCILE_CONF = {"first_day": (str, type(None)), "last_day": (str, type(None)), "dry_run": (bool,),
                   "repair": (bool,)}
 MAX_DAYS = 366
-UNCHECKED = ["scicat_ingest"]  # NOT IMPLEMENTED YET: see the module docstring
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
 
 
@@ -111,7 +116,8 @@ class ScanState:
     copies: dict[str, dict] = field(default_factory=dict)  # role -> {size, checksum} as found live
     repaired: list[str] = field(default_factory=list)  # steps this run did (or, dry run, would do)
     repairable: bool = True  # False: the chain's own rules (or a missing source) forbid repairing it here
-    unchecked: list[str] = field(default_factory=lambda: list(UNCHECKED))
+    scicat: str | None = None  # the SciCat dataset pid, when this run ingested (or confirmed) it
+    unchecked: list[str] = field(default_factory=list)  # steps this run could not check (never shown as done)
 
 
 @dataclass
@@ -157,8 +163,7 @@ class ReconcileReport:
 
 
 _HELD = "held"
-_NOT_IMPLEMENTED = ("SciCat ingest is not checked (a failed ingest is not found); a missing reconstruction is "
-                    "reported (partial at reconstruction) but not re-announced")
+_NOT_IMPLEMENTED = "a missing reconstruction is reported (partial at reconstruction) but not re-announced"
 
 
 def scan_day(scan: ScanPath) -> date | None:
@@ -174,12 +179,15 @@ class Reconcile:
     """One reconcile pass over one beamline."""
 
     def __init__(self, bl: Beamline, endpoints: dict[str, Endpoint], ledger: Ledger, request: Request, *,
-                 decision_override=None, run_id: str | None = None, backend=backend_for):
+                 decision_override=None, run_id: str | None = None, backend=backend_for,
+                 ingest: Callable[[dict], str] | None = None):
+        """``ingest``: the SciCat ingest of a scan record (see :func:`scicat_ingester`); None when SciCat is off."""
         self.bl, self.endpoints, self.ledger, self.request = bl, endpoints, ledger, request
         self.eps = endpoints_for(bl, endpoints)
         self.roles = [r for r in RAW_ROLES if r in bl.locations]
         self.backend = backend
         self.run_id = run_id
+        self.ingest = ingest if bl.scicat.enabled else None
         self.decisions = bl.effective_decisions(decision_override)
         self.report = ReconcileReport(bl.id, datetime.now(UTC).isoformat(), request.first_day.isoformat(),
                                       request.last_day.isoformat(), request.dry_run, request.repair)
@@ -310,10 +318,11 @@ class Reconcile:
             st.state, st.reason = "done", "every raw copy is present and verified"
         return st
 
-    def _record(self, scan: ScanPath, st: ScanState, origin: Item) -> dict:
-        record = scan_record(self.bl, scan, export_controlled=st.export_controlled,
-                             send_to_nersc=self.bl.send_to_nersc)
-        record["fingerprint"] = {"size": origin.size, "checksum": origin.checksum}
+    def _record(self, scan: ScanPath, st: ScanState, origin: Item | None) -> dict:
+        record = _flat(scan_record(self.bl, scan, export_controlled=st.export_controlled,
+                                   send_to_nersc=self.bl.send_to_nersc))
+        if origin is not None:
+            record["fingerprint"] = {"size": origin.size, "checksum": origin.checksum}
         return record
 
     def _nersc_refusal(self, scan: ScanPath, st: ScanState, origin: Item) -> str | None:
@@ -381,6 +390,21 @@ class Reconcile:
             st.repaired = done
         return st
 
+    def catalogue(self, scan: ScanPath, st: ScanState) -> ScanState:
+        """The chain's SciCat ingest again, once the raw copies are complete (idempotent: confirms or completes)."""
+        raw_complete = st.state in ("done", "export_controlled_held") or st.step == "reconstruction"
+        if not self.bl.scicat.enabled or not raw_complete:
+            return st
+        if self.ingest is None or self.request.dry_run or not self.request.repair:
+            st.unchecked.append("scicat_ingest")
+            return st
+        try:
+            st.scicat = self.ingest(self._record(scan, st, None))
+        except Exception as exc:  # the chain only warns; here the scan is not done, so the run fails
+            st.state, st.step, st.repairable = "partial", "scicat_ingest", False
+            st.reason = f"SciCat ingest failed again: {type(exc).__name__}: {exc}"
+        return st
+
     # ---- the pass -----------------------------------------------------------------------------------------
     def run(self) -> ReconcileReport:
         first, last = self.request.first_day, self.request.last_day
@@ -399,11 +423,34 @@ class Reconcile:
                 except Exception as exc:
                     log.exception("reconcile %s: repair of %s failed", self.bl.id, scan.relative)
                     st.state, st.reason = "error", f"repair at {st.step} failed: {type(exc).__name__}: {exc}"
+            st = self.catalogue(scan, st)
             log.info("reconcile %s %s %s%s: %s", self.bl.id, st.state, st.scan, f" at {st.step}" if st.step else "",
                      st.reason)
             self.report.scans.append(st)
         self.report.finished = datetime.now(UTC).isoformat()
         return self.report
+
+
+def _flat(record: dict) -> dict:
+    """A scan record plus the flat ``<role>_<what>`` keys the chain's tasks read (``data_raw``)."""
+    return {**record, **{f"{role}_{what}": p for role, paths in record["paths"].items() for what, p in paths.items()}}
+
+
+def scicat_ingester(bl: Beamline, endpoints: dict[str, Endpoint], hook) -> Callable[[dict], str]:
+    """The chain's SciCat ingest of one scan record (as ``<id>_new_file``'s ``ingest_scicat`` does it), through
+    ``hook`` (a SciCatHook or SciCatClient); returns the dataset pid, raises on failure."""
+    from facility_data.als.scicat_ingest import ingest_scan
+
+    def ingest(record: dict) -> str:
+        if bl.scicat.h5_root:
+            h5 = Path(bl.scicat.h5_root) / record["relative"]
+        else:
+            h5 = endpoints_for(bl, endpoints)["data"].local_path(record["data_raw"])
+        return ingest_scan(hook, h5, source_path=record["file_path"], source_root=bl.scicat.source_root,
+                           storage_root=bl.scicat.storage_root,
+                           owner_group_fallback=bl.scicat.owner_group_fallback or bl.beamline)
+
+    return ingest
 
 
 def reports_dir(bl: Beamline) -> Path:
