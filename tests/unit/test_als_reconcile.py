@@ -254,6 +254,19 @@ def test_a_symlink_is_an_error_never_followed(env):
     assert not path(env, "data", "20240101_140000_link").exists()
 
 
+def test_a_symlinked_folder_is_reported_never_followed(env, tmp_path):
+    elsewhere = tmp_path / "elsewhere" / "20240101_150000_hidden.h5"
+    elsewhere.parent.mkdir()
+    synthetic.write_scan(elsewhere, n_angles=31, size=32, n_slices=2, seed=5)
+    link = path(env, "spot").parent.parent / "ALS-22222_linked"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(elsewhere.parent, target_is_directory=True)
+    report = run(env)
+    (st,) = [x for x in report.scans if x.key == "ALS-22222_linked"]
+    assert st.state == "error" and "symlink" in st.reason and report.problems()
+    assert not (path(env, "data").parent.parent / "ALS-22222_linked").exists()
+
+
 def test_only_the_date_range_is_reconciled(env):
     acquire(env, "20240102_120000_next")
     acquire(env)

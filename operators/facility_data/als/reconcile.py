@@ -271,7 +271,8 @@ class Reconcile:
             for what, size, checksum in (("the source copy", origin.size, origin.checksum),
                                          ("the fingerprint recorded at validation", fp_size, fp_sum),
                                          ("its ledger record", *((recorded[role].size, recorded[role].checksum)
-                                                                 if recorded[role] else (None, None)))):
+                                                                 if recorded[role] and recorded[role].state ==
+                                                                 "present" else (None, None)))):
                 if size is None:
                     continue
                 if item.size != size or (checksum and item.checksum and item.checksum != checksum):
@@ -408,7 +409,13 @@ class Reconcile:
     # ---- the pass -----------------------------------------------------------------------------------------
     def run(self) -> ReconcileReport:
         first, last = self.request.first_day, self.request.last_day
-        for key in self.keys():
+        keys = self.keys()
+        for role, links in self.links.items():  # a linked folder hides its scans: never followed, always reported
+            for folder in sorted(k for k in links if "/" not in k):
+                self.report.scans.append(ScanState(f"{self.bl.paths.raw_dir}/{folder}", folder, "unknown", "error",
+                                                   f"the folder at {role} is a symlink: not followed, its scans are "
+                                                   "not reconciled; replace it by the data or remove it"))
+        for key in keys:
             scan, day = self._in_range(key)
             if scan is None:
                 self.report.scans.append(ScanState(f"{self.bl.paths.raw_dir}/{key}", key, "unknown", "error",
