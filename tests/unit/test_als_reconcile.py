@@ -324,3 +324,24 @@ def test_report_retention_ages_out_old_reconcile_reports_never_prune_audits(env)
         os.utime(p, (old, old))
     write_report(run(env), reports_dir(bl))
     assert not stale.exists() and audit.exists()
+
+
+def test_any_date_text_is_a_valid_request_or_a_conf_error_naming_the_field(env):
+    from hypothesis import given, settings
+    from hypothesis import strategies as hst
+
+    today = date(2024, 6, 1)
+
+    @settings(max_examples=150, deadline=None)
+    @given(hst.one_of(hst.text(max_size=12), hst.dates().map(date.isoformat),
+                      hst.dates().map(lambda d: d.isoformat() + "\n")))
+    def check(value):
+        try:
+            req = check_request(env[0], {"last_day": value}, today=today)
+        except ConfError as exc:
+            assert "last_day" in str(exc) or "first_day" in str(exc)
+            return
+        assert value.isascii() and len(value) == 10 and req.last_day == date.fromisoformat(value) <= today
+        assert (req.last_day - req.first_day).days == env[0].reconcile.lookback_days - 1
+
+    check()
