@@ -64,6 +64,19 @@ def stop_after(site: Path, watcher_path: str, step: str) -> None:
         record_copy(bl, eps, s.ledger(site), rec, source="spot", destination="data")
 
 
+def settled(site: Path) -> None:
+    """Age every scan file and ledger event past the 120-minute settle time, as if the chain had stopped then."""
+    import os
+    import sqlite3
+    from datetime import UTC, datetime, timedelta
+
+    then = datetime.now(UTC) - timedelta(hours=3)
+    for p in (site / "endpoints").rglob("*"):
+        os.utime(p, (then.timestamp(), then.timestamp()), follow_symlinks=False)
+    with sqlite3.connect(s.ledger(site).path) as db:
+        db.execute("UPDATE events SET time=?", (then.isoformat(),))
+
+
 def reports(site: Path, beamline: str = "bl832") -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((site / "reports" / "als_reconcile" / beamline).glob("*.json"))]
 
@@ -75,6 +88,7 @@ def test_the_three_beamlines_have_a_reconcile_dag(airflow_db):
 def test_stopped_chains_are_repaired_and_the_run_is_green(site):
     stop_after(site, s.write_scan(site), "validate")
     stop_after(site, s.write_scan(site, "20240101_130000_second"), "spot_to_data")
+    settled(site)
     with scicat():  # the chain never reached its ingest: the reconcile runs it
         dr = s.dag("bl832_reconcile").test(run_conf=DAY)
     assert str(dr.state) == "success", s.states(dr)
@@ -88,14 +102,25 @@ def test_stopped_chains_are_repaired_and_the_run_is_green(site):
         ("copy_data_to_nersc",), ("copy_spot_to_data", "copy_data_to_nersc")]
     assert all(x["scicat"] == "20.500.12269/x" and x["unchecked"] == [] for x in doc["scans"])
 
+    settled(site)
     with scicat():
         dr = s.dag("bl832_reconcile").test(run_conf=DAY)  # idempotent: nothing left to do
     assert str(dr.state) == "success"
     assert all(x["repaired"] == [] for x in reports(site)[-1]["scans"])
 
 
+def test_a_scan_still_in_flight_is_left_alone_and_the_run_is_green(site):
+    s.write_scan(site)
+    dr = s.dag("bl832_reconcile").test(run_conf=DAY)
+    assert str(dr.state) == "success"
+    assert not raw(site, "data832").exists()
+    (doc,) = reports(site)
+    assert doc["scans"] == [] and len(doc["in_flight"]) == 1
+
+
 def test_a_lost_trigger_is_copied_on_site_and_fails_the_run_until_declared(site):
     s.write_scan(site)
+    settled(site)
     dr = s.dag("bl832_reconcile").test(run_conf=DAY)
     assert str(dr.state) == "failed" and s.states(dr)["reconcile"] == "failed"
     assert raw(site, "data832").read_bytes() == raw(site, "spot832").read_bytes()
@@ -108,6 +133,7 @@ def test_a_lost_trigger_is_copied_on_site_and_fails_the_run_until_declared(site)
 
 def test_a_scicat_ingest_that_still_fails_fails_the_run(site):
     stop_after(site, s.write_scan(site), "spot_to_data")
+    settled(site)
     with scicat(up=False):
         dr = s.dag("bl832_reconcile").test(run_conf=DAY)
     assert str(dr.state) == "failed"
@@ -122,6 +148,7 @@ def test_a_corrupted_copy_fails_the_run_and_goes_nowhere(site):
     corrupt = bytearray(data.read_bytes())
     corrupt[len(corrupt) // 2] ^= 0xFF  # same size, other bytes
     data.write_bytes(bytes(corrupt))
+    settled(site)
     dr = s.dag("bl832_reconcile").test(run_conf=DAY)
     assert str(dr.state) == "failed"
     assert not raw(site, "nersc832").exists()
@@ -130,6 +157,7 @@ def test_a_corrupted_copy_fails_the_run_and_goes_nowhere(site):
 
 def test_dry_run_touches_nothing(site):
     stop_after(site, s.write_scan(site), "validate")
+    settled(site)
     events = len(s.ledger(site).events("bl832"))
     dr = s.dag("bl832_reconcile").test(run_conf={**DAY, "dry_run": True})
     assert str(dr.state) == "failed"  # a partial scan is not done, dry run or not
@@ -143,6 +171,7 @@ def test_bad_conf_fails_before_anything_is_touched(site, conf):
     from airflow.sdk.exceptions import ParamValidationError
 
     stop_after(site, s.write_scan(site), "validate")
+    settled(site)
     events = len(s.ledger(site).events("bl832"))
     try:
         dr = s.dag("bl832_reconcile").test(run_conf=conf)
@@ -161,6 +190,7 @@ def test_bl7012_data_server_scan_gets_its_nersc_copy(site):
 
     watcher_path = s.write_scan(site, endpoint="data7012")
     validate_new_scan(load_beamline("bl7012"), load_endpoints(), s.ledger(site), {"file_path": watcher_path})
+    settled(site)
     with scicat():
         dr = s.dag("bl7012_reconcile").test(run_conf=DAY)
     assert str(dr.state) == "success", s.states(dr)

@@ -5,7 +5,7 @@ reported so the run fails; export control is decided exactly as in the new-file 
 from __future__ import annotations
 
 import json
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ FOLDER = "ALS-11111_synthetic"
 DAY = date(2024, 1, 1)
 ALL_DAYS = Request(DAY, DAY, dry_run=False, repair=True)
 NO_RECON = '{"local": false, "nersc": false, "alcf": false}'
+LATER = timedelta(hours=3)  # past the 120-minute settle time: the chains set up here are not in flight
 
 
 @pytest.fixture
@@ -59,7 +60,7 @@ def chain(env, watcher_path: str, *, until: str, export_controlled: bool = False
 
 def run(env, request: Request = ALL_DAYS, decisions: str | None = NO_RECON):
     bl, eps, ledger = env
-    return Reconcile(bl, eps, ledger, request, decision_override=decisions).run()
+    return Reconcile(bl, eps, ledger, request, decision_override=decisions, now=datetime.now(UTC) + LATER).run()
 
 
 def only(report):
@@ -82,6 +83,21 @@ def test_lost_trigger_is_copied_to_data832_but_never_off_site_with_an_unknown_st
     assert env[2].copy("bl832", "data", f"{FOLDER}/20240101_120000_shell.h5").state == "present"
     assert (st.state, st.step, st.repairable) == ("partial", "copy_data_to_nersc", False)
     assert "bl832_new_file" in st.reason and "is_export_control" in st.reason
+    assert not path(env, "nersc").exists()
+
+
+@pytest.mark.parametrize("until", [None, "validate", "spot_to_data"])
+def test_a_chain_that_may_still_be_running_is_left_alone(env, until):
+    """Within the settle time (a fresh source file, or a recent ledger event) the new-file DAG may still be at
+    work: the reconcile lists the scan as in flight, does not race it, and does not alert."""
+    watcher_path = acquire(env)
+    if until:
+        chain(env, watcher_path, until=until)
+    events = len(env[2].events("bl832"))
+    bl, eps, ledger = env
+    report = Reconcile(bl, eps, ledger, ALL_DAYS, decision_override=NO_RECON).run()
+    assert report.scans == [] and len(report.in_flight) == 1 and not report.problems()
+    assert len(env[2].events("bl832")) == events
     assert not path(env, "nersc").exists()
 
 
@@ -135,8 +151,8 @@ def run_with_scicat(env, request: Request = ALL_DAYS):
 
     bl, eps, ledger = env
     client = SciCatClient(API, "ingestor", "canned-password")
-    return Reconcile(bl, eps, ledger, request, decision_override=NO_RECON,
-                     ingest=scicat_ingester(bl, eps, client)).run()
+    return Reconcile(bl, eps, ledger, request, decision_override=NO_RECON, ingest=scicat_ingester(bl, eps, client),
+                     now=datetime.now(UTC) + LATER).run()
 
 
 def test_a_failed_scicat_ingest_is_retried_with_the_chain_s_idempotent_ingest(env):

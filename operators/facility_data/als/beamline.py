@@ -152,6 +152,9 @@ class ReconcileSettings(_Strict):
     enabled: bool = True
     schedule: str = "@daily"
     lookback_days: int = Field(default=7, ge=1, le=366, description="today and the days before it")
+    #: A scan whose chain moved (a ledger event) or whose source file changed less than this long ago may still be
+    #: in flight: it is listed as such and left alone, so the sweep never races the new-file DAG.
+    settle_minutes: int = Field(default=120, ge=0)
 
 
 class Beamline(_Strict):

@@ -130,6 +130,7 @@ class ReconcileReport:
     repair: bool
     scans: list[ScanState] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # raw locations that could not be listed
+    in_flight: list[str] = field(default_factory=list)  # scans left alone: their chain may still be running
     finished: str = ""
     files: list[str] = field(default_factory=list)
 
@@ -155,6 +156,7 @@ class ReconcileReport:
                  f"NOT IMPLEMENTED YET: {_NOT_IMPLEMENTED}",
                  "counts: " + ", ".join(f"{st} {sum(1 for s in scans if s.state == st)}" for st in STATES)]
         lines += [f"SKIPPED {s}" for s in self.skipped]
+        lines += [f"IN FLIGHT (left alone) {s}" for s in self.in_flight]
         for s in scans:
             step = f" at {s.step}" if s.step else ""
             fixed = f" [repaired: {', '.join(s.repaired)}]" if s.repaired else ""
@@ -180,7 +182,7 @@ class Reconcile:
 
     def __init__(self, bl: Beamline, endpoints: dict[str, Endpoint], ledger: Ledger, request: Request, *,
                  decision_override=None, run_id: str | None = None, backend=backend_for,
-                 ingest: Callable[[dict], str] | None = None):
+                 ingest: Callable[[dict], str] | None = None, now: datetime | None = None):
         """``ingest``: the SciCat ingest of a scan record (see :func:`scicat_ingester`); None when SciCat is off."""
         self.bl, self.endpoints, self.ledger, self.request = bl, endpoints, ledger, request
         self.eps = endpoints_for(bl, endpoints)
@@ -188,6 +190,7 @@ class Reconcile:
         self.backend = backend
         self.run_id = run_id
         self.ingest = ingest if bl.scicat.enabled else None
+        self.now = now or datetime.now(UTC)
         self.decisions = bl.effective_decisions(decision_override)
         self.report = ReconcileReport(bl.id, datetime.now(UTC).isoformat(), request.first_day.isoformat(),
                                       request.last_day.isoformat(), request.dry_run, request.repair)
@@ -219,6 +222,25 @@ class Reconcile:
         except ScanPathError:
             return None, None
         return scan, scan_day(scan)
+
+    def in_flight(self, scan: ScanPath) -> str | None:
+        """Why the scan's chain may still be running (a recent ledger event, or a recently written source file
+        on a local endpoint), or None. Globus listings give no times: only the ledger guards those."""
+        settle = timedelta(minutes=self.bl.reconcile.settle_minutes)
+        times = [datetime.fromisoformat(e["time"]) for e in self._events
+                 if e["key"] in (scan.relative, scan.key) and e["action"] in ("scan", "copy")]
+        if times and self.now - max(times) < settle:
+            return f"{scan.relative}: ledger event at {max(times).isoformat()}, less than {settle} ago"
+        ep = self.eps[self.bl.source_role]
+        if ep.kind == "local":
+            local = ep.local_path(self.bl.location(self.bl.source_role).path_of(scan.key))
+            try:
+                written = datetime.fromtimestamp(local.lstat().st_mtime, UTC)
+            except FileNotFoundError:
+                return None
+            if self.now - written < settle:
+                return f"{scan.relative}: written at the source at {written.isoformat()}, less than {settle} ago"
+        return None
 
     # ---- classification -----------------------------------------------------------------------------------
     def _fingerprint(self, relative: str) -> tuple[int | None, str | None]:
@@ -422,6 +444,11 @@ class Reconcile:
                                                    "not a scan name of the path contract"))
                 continue
             if day is None or not first <= day <= last:
+                continue
+            busy = self.in_flight(scan)
+            if busy:
+                log.info("reconcile %s: in flight, left alone: %s", self.bl.id, busy)
+                self.report.in_flight.append(busy)
                 continue
             st = self.classify(scan)
             if self.request.repair and st.state in REPAIRABLE:
