@@ -122,7 +122,7 @@ def test_a_lost_trigger_is_copied_on_site_and_fails_the_run_until_declared(site)
     s.write_scan(site)
     settled(site)
     dr = s.dag("bl832_reconcile").test(run_conf=DAY)
-    assert str(dr.state) == "failed" and s.states(dr)["reconcile"] == "failed"
+    assert str(dr.state) == "failed" and s.states(dr)["verdict"] == "failed"
     assert raw(site, "data832").read_bytes() == raw(site, "spot832").read_bytes()
     assert not raw(site, "nersc832").exists()  # unknown export-control status: never off site
     (doc,) = reports(site)
@@ -140,6 +140,28 @@ def test_a_scicat_ingest_that_still_fails_fails_the_run(site):
     assert raw(site, "nersc832").exists()  # the raw copies are repaired all the same
     (scan,) = reports(site)[0]["scans"]
     assert (scan["state"], scan["step"]) == ("partial", "scicat_ingest") and "401" in scan["reason"]
+
+
+def test_a_missing_reconstruction_is_re_announced_and_the_run_fails_until_it_exists(site, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_VAR_BL832_DECISION_SETTINGS", '{"local": true, "nersc": true, "alcf": false}')
+    stop_after(site, s.write_scan(site), "spot_to_data")
+    settled(site)
+    before = len(s.asset_events("x-als://bl832/recon/local"))
+    with scicat():
+        dr = s.dag("bl832_reconcile").test(run_conf=DAY)
+    states = s.states(dr)
+    assert str(dr.state) == "failed" and states["verdict"] == "failed"
+    assert states["announce_local[0]"] == "success" and states["announce_nersc[0]"] == "success", states
+    (event,) = s.asset_events("x-als://bl832/recon/local")[before:]
+    assert event["file_path"] == f"/global/raw/{s.FOLDER}/20240101_120000_shell.h5"
+    assert event["export_controlled"] is False and event["checksum"].startswith("sha256:")
+    (scan,) = reports(site)[0]["scans"]
+    assert (scan["state"], scan["step"]) == ("partial", "reconstruction")
+    assert scan["repaired"] == ["copy_data_to_nersc", "announce_local", "announce_nersc"]
+
+    settled(site)
+    dr = s.dag("bl832_reconcile").test(run_conf={**DAY, "dry_run": True})
+    assert len(s.asset_events("x-als://bl832/recon/local")) == before + 1  # a dry run announces nothing
 
 
 def test_a_corrupted_copy_fails_the_run_and_goes_nowhere(site):

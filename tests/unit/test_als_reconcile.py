@@ -253,11 +253,37 @@ def test_dry_run_copies_and_records_nothing(env):
     assert not path(env, "data").exists() and len(env[2].events("bl832")) == events
 
 
-def test_missing_reconstruction_is_partial_and_loudly_not_implemented(env):
+def test_a_missing_reconstruction_is_re_announced_but_never_done(env):
+    from facility_data.als.reconcile import announcements
+
     chain(env, acquire(env), until="data_to_nersc")
-    st = only(run(env, decisions=None))  # bl832.yaml enables the local reconstruction
-    assert (st.state, st.step) == ("partial", "reconstruction")
-    assert "NOT IMPLEMENTED YET" in st.reason
+    report = run(env, decisions=None)  # bl832.yaml enables the local reconstruction
+    st = only(report)
+    assert (st.state, st.step, st.announce, st.repaired) == ("partial", "reconstruction", ["local"],
+                                                             ["announce_local"])
+    assert report.problems()  # announced is not reconstructed
+    (extra,) = announcements(env[0], report)["local"]
+    assert extra["file_path"] == f"/global/raw/{FOLDER}/20240101_120000_shell.h5" and not extra["export_controlled"]
+
+    bl, eps, _ = env
+    scratch = eps["data832_scratch"].local_path(f"{FOLDER}/rec20240101_120000_shell")
+    for d in (scratch, scratch.with_name(scratch.name + ".zarr")):
+        d.mkdir(parents=True)
+        (d / "0").write_bytes(b"x")
+    assert only(run(env, decisions=None)).state == "done"
+
+
+@pytest.mark.parametrize("export_controlled", [True, None], ids=["export-controlled", "status-unknown"])
+def test_a_reconstruction_off_site_is_announced_only_as_the_chain_would(env, export_controlled):
+    """NERSC reconstruction enabled: an export-controlled scan, or one of unknown status (a lost trigger), is
+    announced to the local target only."""
+    if export_controlled:
+        chain(env, acquire(env), until="spot_to_data", export_controlled=True)
+    else:
+        acquire(env)
+    st = only(run(env, decisions='{"local": true, "nersc": true}'))
+    assert "announce_nersc" not in st.repaired
+    assert st.announce == (["local"] if export_controlled else [])
 
 
 def test_a_symlink_is_an_error_never_followed(env):
@@ -300,7 +326,8 @@ def test_one_report_per_day_in_its_own_directory(env):
     assert [Path(p).name[:8] for p in jsons] == ["20240101", "20240102"]
     first, second = (json.loads(Path(p).read_text()) for p in jsons)
     assert first["counts"]["done"] == 1 and second["scans"] == []
-    assert "NOT IMPLEMENTED YET" in Path(jsons[0].removesuffix(".json") + ".txt").read_text()
+    text = Path(jsons[0].removesuffix(".json") + ".txt").read_text()
+    assert f"DONE                   raw/{FOLDER}/20240101_120000_shell.h5" in text
     assert not report.problems()
 
 

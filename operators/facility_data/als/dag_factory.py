@@ -623,15 +623,15 @@ def build_reconcile_dag(bl: Beamline) -> DAG:
                     "partial with the first missing step, export_controlled_held, inconsistent, error), repairs the "
                     f"missing raw copies with {bl.id}_new_file's steps (export control decided exactly as there), "
                     "retries the SciCat ingest (idempotent), and writes one report per acquisition day (JSON + "
-                    "text). Any scan not done or held fails the run. NOT IMPLEMENTED YET: a missing reconstruction is "
-                    "reported, not re-announced.") as dag:
+                    "text), re-announces missing reconstructions (asset events, as the new-file DAG emits them). Any "
+                    "scan not done or held fails the run (`verdict`), after the announcements.") as dag:
 
-        @task
+        @task(multiple_outputs=True)
         def reconcile() -> dict:
-            from airflow.sdk.exceptions import AirflowFailException
-
+            """Classify, repair the raw copies, retry SciCat, write the reports; what to announce and what failed."""
             from facility_data.als.reconcile import (
                 Reconcile,
+                announcements,
                 check_request,
                 reports_dir,
                 scicat_ingester,
@@ -651,13 +651,39 @@ def build_reconcile_dag(bl: Beamline) -> DAG:
                        **{st: report.count(st) for st in ("done", "not_started", "partial", "export_controlled_held",
                                                           "inconsistent", "error")}}
             log.info("reconcile %s: %s; reports %s", bl.id, summary, report.files)
-            problems = report.problems()
+            return {"summary": summary, "problems": report.problems(),
+                    **{f"announce_{t}": extras for t, extras in announcements(bl, report).items()}}
+
+        result = reconcile()
+        announced = []
+        for target in bl.recon_targets:
+            asset = recon_asset(bl, target)
+
+            @task(task_id=f"announce_{target}", outlets=[asset])
+            def announce(extra: dict, asset: Asset = asset) -> dict:
+                """One scan's asset event for <bl>_recon_<target>, as <bl>_new_file emits it."""
+                _context()["outlet_events"][asset].extra = extra
+                log.info("re-announced %s to %s: %s", extra["relative"], asset.name, extra)
+                return extra
+
+            @task(task_id=f"to_announce_{target}")
+            def to_announce(extras: list[dict]) -> list[dict]:
+                """The scans to announce (Airflow maps only over a task's return value)."""
+                return extras
+
+            announced.append(announce.expand(extra=to_announce(result[f"announce_{target}"])))
+
+        @task(trigger_rule="none_failed")
+        def verdict(summary: dict, problems: list[str]) -> dict:
+            """Green only when every scan is done or held; otherwise fail (the alert) naming them."""
+            from airflow.sdk.exceptions import AirflowFailException
+
             if problems:
                 raise AirflowFailException(f"reconcile {bl.id}: {len(problems)} scan(s) not done: "
                                            + "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else ""))
             return summary
 
-        reconcile()
+        announced >> verdict(result["summary"], result["problems"])
     return dag
 
 

@@ -26,8 +26,10 @@ folder and name and completes what is missing), so a failed ingest is retried an
 failure leaves the scan ``partial`` at ``scicat_ingest`` and fails the run. Runs that do not repair do not ask
 SciCat: their scans carry ``unchecked: ["scicat_ingest"]``.
 
-NOT IMPLEMENTED YET (reported, never shown as done): re-announcing a missing reconstruction. The scan stays
-``partial`` at step ``reconstruction`` and the run fails.
+A missing reconstruction (one the decision settings enable, not at data832 scratch) is re-announced: the DAG emits
+the same asset event ``<id>_new_file`` would (a target off site only when ``leave_site_decision`` allows it), and
+the scan stays ``partial`` at ``reconstruction`` (the run fails) until the reconstruction DAG has written it: an
+announcement is not a result.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from facility_data.als.steps import (
     check_conf,
     endpoints_for,
     export_evidence,
+    leave_site_decision,
     nersc_copy_decision,
     record_copy,
     scan_record,
@@ -117,6 +120,7 @@ class ScanState:
     repaired: list[str] = field(default_factory=list)  # steps this run did (or, dry run, would do)
     repairable: bool = True  # False: the chain's own rules (or a missing source) forbid repairing it here
     scicat: str | None = None  # the SciCat dataset pid, when this run ingested (or confirmed) it
+    announce: list[str] = field(default_factory=list)  # reconstruction targets this run re-announces it to
     unchecked: list[str] = field(default_factory=list)  # steps this run could not check (never shown as done)
 
 
@@ -145,7 +149,7 @@ class ReconcileReport:
     def as_dict(self, scans: list[ScanState] | None = None) -> dict:
         scans = self.scans if scans is None else scans
         head = {k: v for k, v in asdict(self).items() if k not in ("scans", "files")}
-        return {**head, "not_implemented": _NOT_IMPLEMENTED, "scans": [asdict(s) for s in scans],
+        return {**head, "scans": [asdict(s) for s in scans],
                 "counts": {st: sum(1 for s in scans if s.state == st) for st in STATES}}
 
     def text(self, day: str, scans: list[ScanState]) -> str:
@@ -153,7 +157,6 @@ class ReconcileReport:
                                                                             "report only (repair off)")
         lines = [f"Reconcile report for {self.beamline}, acquisition day {day}: {mode}",
                  f"run {self.started} .. {self.finished}, range {self.first_day} .. {self.last_day}",
-                 f"NOT IMPLEMENTED YET: {_NOT_IMPLEMENTED}",
                  "counts: " + ", ".join(f"{st} {sum(1 for s in scans if s.state == st)}" for st in STATES)]
         lines += [f"SKIPPED {s}" for s in self.skipped]
         lines += [f"IN FLIGHT (left alone) {s}" for s in self.in_flight]
@@ -165,7 +168,6 @@ class ReconcileReport:
 
 
 _HELD = "held"
-_NOT_IMPLEMENTED = "a missing reconstruction is reported (partial at reconstruction) but not re-announced"
 
 
 def scan_day(scan: ScanPath) -> date | None:
@@ -331,7 +333,7 @@ class Reconcile:
                 st.reason += f"; and the copy at {src} it is made from is gone: not repairable here"
                 st.repairable = False
             return st
-        missing = self._missing_reconstruction(scan, st)
+        missing = self._missing_reconstruction(scan, st, origin)
         if missing:
             st.state, st.step, st.reason = "partial", "reconstruction", missing
             return st
@@ -359,8 +361,17 @@ class Reconcile:
             return None
         return _HELD if st.export_controlled else f"{reason}; not repairable here"
 
-    def _missing_reconstruction(self, scan: ScanPath, st: ScanState) -> str | None:
-        targets = [t for t in self.decisions.enabled() if t == "local" or st.export_controlled is False]
+    def _missing_reconstruction(self, scan: ScanPath, st: ScanState, origin: Item) -> str | None:
+        """Why the reconstruction the decision settings ask for is missing at data832 scratch (None: it is there,
+        or none is asked for); sets ``st.announce`` to the targets the new-file DAG would announce it to."""
+        targets = []
+        for t in self.decisions.enabled():
+            try:
+                if t == "local" or leave_site_decision(self.bl, self.endpoints, self.ledger,
+                                                       self._record(scan, st, origin), t).allowed:
+                    targets.append(t)
+            except SafetyError:  # unknown export-control status: never announced off site, exactly as the chain
+                pass
         if not targets or "data_scratch" not in self.bl.locations:
             return None
         ep, loc = self.eps["data_scratch"], self.bl.location("data_scratch")
@@ -369,8 +380,8 @@ class Reconcile:
                 and not ((rec := self.ledger.copy(self.bl.id, "data_scratch", key)) and rec.state == "deleted")]
         if not gone:
             return None
-        return (f"no {' or '.join(gone)} at {ep.name} although {', '.join(targets)} reconstruction is enabled; "
-                f"NOT IMPLEMENTED YET: re-announce it by hand (trigger {self.bl.id}_recon_<target> with file_path)")
+        st.announce = targets
+        return f"no {' or '.join(gone)} at {ep.name} although {', '.join(targets)} reconstruction is enabled"
 
     # ---- repair -------------------------------------------------------------------------------------------
     def _transfer(self, src: Endpoint, src_path: str, dst: Endpoint, dst_path: str, *, export_controlled: bool,
@@ -428,6 +439,20 @@ class Reconcile:
             st.reason = f"SciCat ingest failed again: {type(exc).__name__}: {exc}"
         return st
 
+    def _reannounce(self, st: ScanState) -> ScanState:
+        if st.step != "reconstruction" or not st.announce:
+            st.announce = []
+            return st
+        if self.request.dry_run or not self.request.repair:
+            if self.request.dry_run:
+                st.repaired.append(f"announce to {', '.join(st.announce)} (dry run: would announce)")
+            st.announce = []
+            return st
+        st.repaired += [f"announce_{t}" for t in st.announce]
+        st.reason += (f"; re-announced to {', '.join(st.announce)} by this run: done once "
+                      f"{', '.join(f'{self.bl.id}_recon_{t}' for t in st.announce)} has written it")
+        return st
+
     # ---- the pass -----------------------------------------------------------------------------------------
     def run(self) -> ReconcileReport:
         first, last = self.request.first_day, self.request.last_day
@@ -458,6 +483,7 @@ class Reconcile:
                     log.exception("reconcile %s: repair of %s failed", self.bl.id, scan.relative)
                     st.state, st.reason = "error", f"repair at {st.step} failed: {type(exc).__name__}: {exc}"
             st = self.catalogue(scan, st)
+            st = self._reannounce(st)
             log.info("reconcile %s %s %s%s: %s", self.bl.id, st.state, st.scan, f" at {st.step}" if st.step else "",
                      st.reason)
             self.report.scans.append(st)
@@ -485,6 +511,18 @@ def scicat_ingester(bl: Beamline, endpoints: dict[str, Endpoint], hook) -> Calla
                            owner_group_fallback=bl.scicat.owner_group_fallback or bl.beamline)
 
     return ingest
+
+
+def announcements(bl: Beamline, report: ReconcileReport) -> dict[str, list[dict]]:
+    """target -> the asset-event extras to emit (as ``<id>_new_file``'s ``announce_<target>`` does), one per scan."""
+    out: dict[str, list[dict]] = {t: [] for t in bl.recon_targets}
+    for st in report.scans:
+        checksum = next((c["checksum"] for c in st.copies.values() if c.get("checksum")), None)
+        for target in st.announce:
+            out[target].append({"file_path": f"{bl.paths.watcher_prefix.rstrip('/')}/{st.scan}",
+                                "relative": st.scan, "export_controlled": st.export_controlled is not False,
+                                "sizes": {role: c["size"] for role, c in st.copies.items()}, "checksum": checksum})
+    return out
 
 
 def reports_dir(bl: Beamline) -> Path:
