@@ -123,6 +123,8 @@ def test_a_lost_trigger_is_copied_on_site_and_fails_the_run_until_declared(site)
     settled(site)
     dr = s.dag("bl832_reconcile").test(run_conf=DAY)
     assert str(dr.state) == "failed" and s.states(dr)["verdict"] == "failed"
+    alerts = [json.loads(x) for x in (site / "alerts.jsonl").read_text().splitlines()]
+    assert alerts[-1]["task_id"] == "verdict" and "is_export_control" in json.dumps(alerts[-1])
     assert raw(site, "data832").read_bytes() == raw(site, "spot832").read_bytes()
     assert not raw(site, "nersc832").exists()  # unknown export-control status: never off site
     (doc,) = reports(site)
