@@ -22,7 +22,7 @@ from facility_data.config import include_dir, load_model, site_root
 
 log = logging.getLogger(__name__)
 
-KINDS = ("prune", "rubin_reconcile")
+KINDS = ("prune", "rubin_reconcile", "als_reconcile")
 SUFFIXES = {".html", ".htm", ".png", ".json", ".txt", ".csv", ".md", ".svg"}
 _NIGHTS = re.compile(r"^(?:states_)?([0-9]{8})(?:-([0-9]{8}))?_")  # <night>_<stamp>.html, states_<a>-<b>_<stamp>.png
 

@@ -27,7 +27,7 @@ def aged(path: Path, days: float, data: str = "x") -> Path:
 
 def test_shipped_configuration_keeps_prune_audits_longer_than_reconcile_reports():
     config = load_config()
-    assert config.retention_days == {"prune": 730, "rubin_reconcile": 90}
+    assert config.retention_days == {"prune": 730, "rubin_reconcile": 90, "als_reconcile": 90}
 
 
 @pytest.mark.parametrize("text, key", [("retention_days: {prunes: 3}\n", "unknown report kind(s) ['prunes']"),

@@ -146,6 +146,17 @@ class PruneSettings(_Strict):
     schedule: str = "@daily"
 
 
+class ReconcileSettings(_Strict):
+    """``<id>_reconcile``: when it runs and which acquisition days a run without a date range looks at."""
+
+    enabled: bool = True
+    schedule: str = "@daily"
+    lookback_days: int = Field(default=7, ge=1, le=366, description="today and the days before it")
+    #: A scan whose chain moved (a ledger event) or whose source file changed less than this long ago may still be
+    #: in flight: it is listed as such and left alone, so the sweep never races the new-file DAG.
+    settle_minutes: int = Field(default=120, ge=0)
+
+
 class Beamline(_Strict):
     id: str = Field(pattern=r"^bl[0-9a-z]+$", description="used in DAG ids, e.g. bl832")
     beamline: str = Field(pattern=r"^\d+(\.\d+)+$", description="e.g. 8.3.2")
@@ -158,6 +169,7 @@ class Beamline(_Strict):
     decision_settings: DecisionSettings = DecisionSettings()
     recon: ReconSettings | None = None
     prune: PruneSettings = PruneSettings()
+    reconcile: ReconcileSettings = ReconcileSettings()
     transfer_deadline_minutes: int = Field(default=60, gt=0)
     #: The durable copy ledger (SQLite) and where prune reports go; relative paths are under the site
     #: directory ($FACILITY_SITE), resolved when a task runs (never at DAG parse time).
