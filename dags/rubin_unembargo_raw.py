@@ -53,11 +53,12 @@ with DAG(
         process (return value, mapped over) and, under key "skipped", those not processed and why."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from facility_data.rubin.runs import BadRequest, refuse_manual_params_in_window_runs
+        from facility_data.rubin.runs import BadRequest, check_run_conf, refuse_manual_params_in_window_runs
         from facility_data.rubin.runs import select as select_exposures
 
         start, end = context.get("data_interval_start"), context.get("data_interval_end")
         try:
+            check_run_conf(context["dag_run"].conf)
             refuse_manual_params_in_window_runs(context["params"], context["dag_run"].run_type)
             out = select_exposures(context["params"], data_interval=(start, end) if start and end else None,
                                    run_after=context["dag_run"].run_after)

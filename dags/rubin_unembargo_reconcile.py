@@ -66,16 +66,19 @@ with DAG(
         from airflow.sdk.exceptions import AirflowFailException
 
         from facility_data.rubin.policy import load_policy
-        from facility_data.rubin.reconcile import BadParams, parse_request
+        from facility_data.rubin.reconcile import BadParams, check_run_conf, parse_request
 
         params = dict(context["params"])
+        # "now" is never later than the wall clock: a run dated in the future must not treat exposures as released
+        now = min(context["dag_run"].run_after, datetime.now(UTC))
         try:
-            request = parse_request(params, load_policy(), now=context["dag_run"].run_after,
+            check_run_conf(context["dag_run"].conf)
+            request = parse_request(params, load_policy(), now=now,
                                     lookback_days=int(params.get("lookback_nights") or 7))
         except BadParams as exc:  # an expected refusal: the message is the whole story (no chained traceback)
             context["ti"].xcom_push(key="refused", value=str(exc))  # for finish, which fails the run with it
             raise AirflowFailException(f"bad Params, nothing done: {exc}") from None
-        return {**request.to_dict(), "now": context["dag_run"].run_after.isoformat()}
+        return {**request.to_dict(), "now": now.isoformat()}
 
     @task(show_return_value_in_logs=False)  # logs one line per exposure to repair instead
     def check(request: dict, **context) -> list[dict]:

@@ -97,6 +97,7 @@ def test_reconcile_run_repairs_reports_and_alerts(dag, airflow_db, configured, s
 @pytest.mark.parametrize("conf, message", [
     ({"instrument": "NoCam"}, "unknown instrument"),
     ({"day_obs_first": "20250302", "day_obs_last": "20250301"}, "before"),
+    ({"dryrun": True}, "unknown conf key(s) ['dryrun']"),  # a misspelt dry_run must never repair for real
 ])
 def test_bad_params_fail_before_any_side_effect(dag, airflow_db, configured, conf, message, caplog):
     night, policy, site_dir = configured

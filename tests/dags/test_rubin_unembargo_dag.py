@@ -142,8 +142,10 @@ def test_dry_run_changes_nothing(dag, airflow_db, tmp_path, monkeypatch):
     ({"instrument": "HSC", "day_obs": "20250101"}, "unknown instrument"),
     ({"instrument": "LSSTCam", "day_obs": "20251340"}, "not a calendar date"),
     ({"instrument": "LSSTCam", "day_obs": "20250102", "obs_ids": ["MC_O_20250101_000001"]}, "not from day_obs"),
+    # a misspelt dry_run must not turn a preview into a real release: unknown conf keys are refused, not ignored
+    ({"day_obs": "20250101", "dryrun": True}, "unknown conf key(s) ['dryrun']"),
 ])
-def test_bad_params_fail_before_any_side_effect(dag, airflow_db, tmp_path, monkeypatch, conf, message):
+def test_bad_params_fail_before_any_side_effect(dag, airflow_db, tmp_path, monkeypatch, conf, message, caplog):
     night = _night(tmp_path, n_exposures=1)
     prefix = tmp_path / "dest"
     _configure(monkeypatch, tmp_path, night, prefix)
@@ -152,6 +154,7 @@ def test_bad_params_fail_before_any_side_effect(dag, airflow_db, tmp_path, monke
     assert dr.state == "failed" and states[("select", -1)] == "failed"
     assert not [k for k, s in states.items() if k[0].startswith("exposure.") and s == "success"]
     assert not prefix.exists()
+    assert message in caplog.text
 
 
 @pytest.mark.parametrize("conf", [{"obs_ids": ["../../etc/passwd"]}, {"day_obs": "2025-01-01"},

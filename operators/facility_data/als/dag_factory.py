@@ -79,7 +79,7 @@ def _permanent():
     """Bad input and safety refusals fail the task at once: retrying cannot fix them."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from facility_data.als.steps import ConfError
+    from facility_data.conf import ConfError
     from facility_data.config import ConfigError
     from facility_data.safety import SafetyError
 

@@ -48,8 +48,6 @@ from facility_data.als.ledger import Ledger
 from facility_data.als.paths import ScanPath, ScanPathError, scan_from_key
 from facility_data.als.prune import discover
 from facility_data.als.steps import (
-    ConfError,
-    check_conf,
     endpoints_for,
     export_evidence,
     leave_site_decision,
@@ -57,6 +55,7 @@ from facility_data.als.steps import (
     record_copy,
     scan_record,
 )
+from facility_data.conf import ConfError, check_conf
 from facility_data.safety import SafetyError, export_status
 from facility_data.transfer.endpoints import Endpoint
 

@@ -13,15 +13,12 @@ from facility_data.als.beamline import Beamline, check_endpoints
 from facility_data.als.inventory import backend_for, inspect
 from facility_data.als.ledger import Ledger
 from facility_data.als.paths import ScanPath, ScanPathError, check_scan_file, parse_scan_path, scan_from_key
+from facility_data.conf import ConfError, check_conf
 from facility_data.config import ConfigError
 from facility_data.safety import ExportEvidence, SafetyError, export_status, may_scan_leave_site
 from facility_data.transfer.endpoints import Endpoint, PathError
 
 log = logging.getLogger(__name__)
-
-
-class ConfError(ValueError):
-    """A run's conf (or asset-event extra) is malformed; raised before any side effect."""
 
 
 class CopyMismatch(RuntimeError):
@@ -31,28 +28,6 @@ class CopyMismatch(RuntimeError):
 #: The closed schemas of the manual confs: key -> accepted JSON types (anything else is refused, naming the key).
 NEW_FILE_CONF = {"file_path": (str,), "is_export_control": (bool,), "send_to_nersc": (bool,)}
 RECON_CONF = {"file_path": (str, type(None)), "is_export_control": (bool, type(None))}
-_JSON = {str: "a string", bool: "true or false", type(None): "null"}
-
-
-def check_conf(conf: object, schema: dict[str, tuple[type, ...]], *, what: str) -> dict:
-    """``conf`` (a run's ``dag_run.conf`` as given, not Airflow's merged params) against a closed schema.
-
-    Raises :class:`ConfError` naming every unknown key (a misspelt ``is_export_controlled`` must never be
-    silently ignored) and the first value of a wrong type.
-    """
-    if conf is None:
-        return {}
-    if not isinstance(conf, dict):
-        raise ConfError(f"{what}: conf must be an object, got {type(conf).__name__}")
-    unknown = sorted(set(conf) - set(schema), key=str)
-    if unknown:
-        raise ConfError(f"{what}: unknown conf key(s) {unknown}; expected only {', '.join(schema)}")
-    for key, types in schema.items():
-        if key in conf and not isinstance(conf[key], types):
-            expected = " or ".join(_JSON[t] for t in types)
-            raise ConfError(f"{what}: conf key {key} must be {expected}, got {type(conf[key]).__name__} "
-                            f"({conf[key]!r})")
-    return dict(conf)
 
 
 def endpoints_for(bl: Beamline, endpoints: dict[str, Endpoint]) -> dict[str, Endpoint]:

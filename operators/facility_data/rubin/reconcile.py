@@ -102,6 +102,22 @@ def day_obs_of(t: datetime) -> int:
     return int((t.astimezone(UTC) - timedelta(hours=12)).strftime("%Y%m%d"))
 
 
+#: rubin_unembargo_reconcile's conf, a closed schema (see facility_data.conf)
+RECONCILE_CONF = {"instrument": (str,), "day_obs_first": (str, type(None)), "day_obs_last": (str, type(None)),
+                  "lookback_nights": (int,), "repair": (bool,), "dry_run": (bool,), "deep": (bool,),
+                  "prune_embargo": (str,)}
+
+
+def check_run_conf(conf: object) -> None:
+    """Refuse unknown keys and wrong types in the run's own conf (BadParams), before anything is read."""
+    from facility_data.conf import ConfError, check_conf
+
+    try:
+        check_conf(conf, RECONCILE_CONF, what="rubin_unembargo_reconcile")
+    except ConfError as exc:
+        raise BadParams(str(exc)) from None
+
+
 def parse_request(params: dict, policy: EmbargoPolicy, *, now: datetime, lookback_days: int = 7) -> Request:
     """Validate Params against the policy (clear BadParams, no side effect).
 

@@ -191,6 +191,20 @@ def unverified_in_sinks(exposures: list[dict], policy_path: str | Path | None = 
     return out
 
 
+#: rubin_unembargo_raw's conf, a closed schema (types are also checked by the Params' JSON schema at trigger time)
+RAW_CONF = {"instrument": (str,), "day_obs": (str, type(None)), "obs_ids": (list,), "dry_run": (bool,)}
+
+
+def check_run_conf(conf: object) -> None:
+    """Refuse unknown keys and wrong types in the run's own conf (BadRequest), before anything is read."""
+    from facility_data.conf import ConfError, check_conf
+
+    try:
+        check_conf(conf, RAW_CONF, what="rubin_unembargo_raw")
+    except ConfError as exc:
+        raise BadRequest(str(exc)) from None
+
+
 def refuse_manual_params_in_window_runs(params: dict, run_type: str | None) -> None:
     """Scheduled and backfill runs own their data interval: day_obs/obs_ids (which the backfill dialog offers)
     mean nothing there and are refused rather than ignored."""
