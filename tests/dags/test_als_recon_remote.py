@@ -129,3 +129,22 @@ def test_nersc_job_waits_poke_when_deferrable_is_off(site, monkeypatch, caplog):
     monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "False")
     d = s.dag("bl832_recon_nersc")
     assert not d.get_task("scan.wait_recon").deferrable
+
+
+def test_send_to_nersc_false_is_not_announced_and_a_manual_nersc_recon_is_refused(site, monkeypatch):
+    nersc = s.FakeNERSC().install(monkeypatch)
+    before = len(s.asset_events("x-als://bl832/recon/nersc"))
+    dr = s.dag("bl832_new_file").test(run_conf={"file_path": s.write_scan(site, STEM), "is_export_control": False,
+                                                "send_to_nersc": False})
+    st = s.states(dr)
+    assert str(dr.state) == "success", st
+    assert st["copy_data_to_nersc"] == "skipped" and st["announce_nersc"] == "skipped"
+    assert st["announce_alcf"] == "success"
+    assert len(s.asset_events("x-als://bl832/recon/nersc")) == before
+
+    watcher_path = f"/global/raw/{s.FOLDER}/{STEM}.h5"
+    dr = s.dag("bl832_recon_nersc").test(run_conf={"file_path": watcher_path, "is_export_control": False,
+                                                   "send_to_nersc": False})
+    st = s.states(dr)
+    assert str(dr.state) == "failed" and st["collect"] == "failed", st
+    assert nersc.scripts == [] and s.tree(s.endpoint_dir(site, "nersc832")) == []
