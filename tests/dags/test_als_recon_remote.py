@@ -44,6 +44,9 @@ def test_nersc_reconstruction_submits_jobs_and_copies_results_back(site, monkeyp
     assert len(nersc.scripts) == 2
     assert "python -m facility_data.als.recon" in nersc.scripts[0] and "#SBATCH" in nersc.scripts[0]
     assert "python -m facility_data.als.multiscale" in nersc.scripts[1]
+    # the beamline's recon.nersc settings (runtime none: the local job runner runs the commands directly)
+    for script in nersc.scripts:
+        assert {"#SBATCH --time=0:45:00", "#SBATCH --qos=realtime", "#SBATCH --account=als"} <= set(script.splitlines())
     tiff, zarr = _outputs(site)
     assert len(list(tiff.glob("*.tif*"))) == s.SLICES and (zarr / "zarr.json").exists()
     assert tiff.stat().st_mode & stat.S_IWGRP and zarr.stat().st_mode & stat.S_IWGRP

@@ -471,7 +471,7 @@ def build_recon_nersc_dag(bl: Beamline) -> DAG:
             tiff = _fs_path(eps["nersc_pscratch"], record["nersc_pscratch_tiff"])
             zarr = _fs_path(eps["nersc_pscratch"], record["nersc_pscratch_zarr"])
             q = shlex.quote
-            common = {"walltime": f"0:{cfg.timeout_minutes:02d}:00" if cfg.timeout_minutes < 60 else "1:00:00"}
+            common = cfg.job_params()
             return {**record,
                     "recon_job": {**common, "scratch_dir": scratch_dir, "folder": record["folder"],
                                   "raw_file": raw_file, "output_dir": tiff,
