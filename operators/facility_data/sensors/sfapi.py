@@ -80,15 +80,23 @@ class SFAPIJobSensor(BaseSensorOperator):
         event = job_event(self._hook(), str(self.jobid), self.machine, first_seen=self._first_seen or time.time(),
                           not_found_grace=self.not_found_grace)
         self.log.info("%s", event["message"])
+        if event["status"] != "pending":
+            self._report(event)
         if event["status"] == "failed":
             raise AirflowException(event["message"])
         return PokeReturnValue(is_done=event["status"] == "success", xcom_value=event["job"] or None)
 
     def execute_complete(self, context, event: dict[str, Any]) -> dict:
+        self._report(event)
         if event.get("status") != "success":
             raise AirflowException(f"{event.get('status')}: {event.get('message')}")
         self.log.info("%s", event["message"])
         return event.get("job") or {}
+
+    def _report(self, event: dict[str, Any]) -> None:
+        from facility_data.metrics import job_metrics
+
+        job_metrics(self.machine, str(event.get("status")), event.get("job") or {})
 
     def _cancel(self, why: str) -> None:
         try:
