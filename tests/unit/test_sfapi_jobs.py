@@ -248,3 +248,20 @@ def test_nersc_runtime_none_runs_the_command_directly_and_bad_container_config_i
         NERSCRecon(qos="realtime\n#SBATCH --account=other")
     with pytest.raises(ConfigError, match="runtime_must_be_podman_hpc_shifter_or_none"):
         render_job("batch.slurm.j2", job_name="j", command="echo hi", runtime="docker", image="x")
+
+
+def test_sensor_default_follows_default_deferrable_when_the_dag_is_parsed(sfapi, monkeypatch):
+    """Read when the sensor is built (DAG parse), not when its module was first imported; then it defers to the
+    trigger, which runs against the stand-in, and resumes on the trigger's event."""
+    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "False")
+    assert SFAPIJobSensor(task_id="w", jobid="1").deferrable is False
+    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "True")
+    sfapi.states["31"] = ["RUNNING", "COMPLETED"]
+    sensor = SFAPIJobSensor(task_id="wait", jobid="31", conn_id="sfapi_test", poke_interval=0.01, timeout=30)
+    with pytest.raises(TaskDeferred) as info:
+        sensor.execute(ctx("wait"))
+    assert info.value.timeout.total_seconds() == 330  # backstop past the trigger's own deadline
+    trigger = info.value.trigger
+    assert trigger.deadline == pytest.approx(time.time() + 30, abs=5)
+    event = run_trigger(SFAPIJobTrigger(**trigger.serialize()[1]))
+    assert sensor.execute_complete(ctx("wait"), event)["state"] == "COMPLETED"
