@@ -4,8 +4,9 @@ OpenTelemetry, as ``[metrics]`` configures it; nothing is sent when metrics are 
 
 * ``facility_data.transfer.<source>_to_<destination>.{bytes,files,bytes_per_second}`` (gauges),
   ``.seconds`` (timer) and ``.count`` (counter), per completed transfer hop;
-* ``facility_data.job.<machine>.{queue_seconds,run_seconds}`` (timers, from Slurm accounting) and
-  ``facility_data.job.<machine>.<outcome>`` (counter: success, failed, timeout), per finished job.
+* ``facility_data.job.<machine>.{queue_seconds,run_seconds}`` (timers, from Slurm accounting; run time as measured
+  for the local and ALCF controllers) and ``facility_data.job.<machine>.<outcome>`` (counter: success, failed,
+  timeout), per finished job (SFAPIJobSensor, HPCJobOperator).
 """
 
 from __future__ import annotations
@@ -54,12 +55,14 @@ def _queue_seconds(job: dict[str, Any]) -> float | None:
     return waited if waited >= 0 else None
 
 
-def job_metrics(machine: str, outcome: str, job: dict[str, Any]) -> None:
-    """One finished Slurm job: its queue and run time from the accounting record, and its outcome."""
+def job_metrics(machine: str, outcome: str, job: dict[str, Any], *, run_seconds: float | None = None) -> None:
+    """One finished job: its queue and run time from the (Slurm) accounting record, else ``run_seconds`` as the
+    caller measured it, and its outcome."""
     Stats.incr(_name("job", machine, outcome))
     queued = _queue_seconds(job)
     if queued is not None:
         Stats.timing(_name("job", machine, "queue_seconds"), timedelta(seconds=queued))
     ran = slurm_seconds(job.get("elapsed"))
+    ran = run_seconds if ran is None else ran
     if ran is not None:
         Stats.timing(_name("job", machine, "run_seconds"), timedelta(seconds=ran))

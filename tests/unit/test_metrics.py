@@ -120,6 +120,22 @@ def test_deferred_job_emits_on_the_trigger_event(statsd):
     assert "airflow.facility_data.job.perlmutter.queue_seconds" not in got  # never started: no queue time
 
 
+def test_local_job_emits_its_run_time_and_failures_count(statsd, monkeypatch, tmp_path):
+    from facility_data.operators.hpc import HPCJobOperator
+
+    monkeypatch.setenv("FACILITY_SITE", str(tmp_path))
+    ok = HPCJobOperator(task_id="job", template="batch.slurm.j2", job_params={"command": "sleep 0.2"}, hpc="local")
+    result = ok.execute(ctx("job"))
+    bad = HPCJobOperator(task_id="bad", template="batch.slurm.j2", job_params={"command": "exit 3"}, hpc="local")
+    with pytest.raises(AirflowException):
+        bad.execute(ctx("bad"))
+    got = statsd()
+    name = f"airflow.facility_data.job.{result['hpc']}"
+    assert got[f"{name}.run_seconds"][0] == pytest.approx(result["seconds"] * 1000, abs=2)
+    assert got[f"{name}.run_seconds"][0] >= 200
+    assert got[f"{name}.success"] == got[f"{name}.failed"] == (1, "c")
+
+
 @pytest.mark.parametrize(("text", "seconds"), [("00:03:12", 192), ("3:12", 192), ("1-02:03:04", 93784),
                                                ("12:00:00", 43200), ("00:00:01.5", 1), ("", None), (None, None),
                                                ("Unknown", None), ("١٢:٠٠", None)])
