@@ -44,6 +44,9 @@ def test_nersc_reconstruction_submits_jobs_and_copies_results_back(site, monkeyp
     assert len(nersc.scripts) == 2
     assert "python -m facility_data.als.recon" in nersc.scripts[0] and "#SBATCH" in nersc.scripts[0]
     assert "python -m facility_data.als.multiscale" in nersc.scripts[1]
+    # the beamline's recon.nersc settings (runtime none: the local job runner runs the commands directly)
+    for script in nersc.scripts:
+        assert {"#SBATCH --time=0:45:00", "#SBATCH --qos=realtime", "#SBATCH --account=als"} <= set(script.splitlines())
     tiff, zarr = _outputs(site)
     assert len(list(tiff.glob("*.tif*"))) == s.SLICES and (zarr / "zarr.json").exists()
     assert tiff.stat().st_mode & stat.S_IWGRP and zarr.stat().st_mode & stat.S_IWGRP
@@ -96,3 +99,55 @@ def test_failed_compute_function_stops_every_later_step(site, monkeypatch):
                   "scan.verify_and_record[0]"):
         assert st[later] == "upstream_failed", later
     assert s.tree(s.endpoint_dir(site, "data832_scratch")) == []
+
+
+
+def _deferred_tasks(records) -> set[str]:
+    """The tasks whose dag.test() run deferred and ran their trigger inline, from dag.test()'s own log lines."""
+    out, current = set(), None
+    for r in records:
+        msg = r.getMessage()
+        if msg.startswith("[DAG TEST] starting task_id="):
+            current = msg.split("task_id=")[1].split()[0]
+        elif msg == "[DAG TEST] running trigger in line" and current:
+            out.add(current)
+    return out
+
+
+def test_nersc_job_waits_defer_by_default_and_resume_on_the_trigger_event(site, monkeypatch, caplog):
+    """With [operators] default_deferrable (as the local site and docker-compose set it) the job sensors defer to
+    SFAPIJobTrigger; dag.test() runs the trigger inline and the sensors resume on its event."""
+    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "True")
+    nersc = s.FakeNERSC().install(monkeypatch)
+    d = s.dag("bl832_recon_nersc")
+    assert d.get_task("scan.wait_recon").deferrable and d.get_task("scan.wait_multires").deferrable
+    with caplog.at_level("INFO", logger="airflow.sdk.definitions.dag"):
+        dr = d.test(run_conf={"file_path": _raw_on_data832(site), "is_export_control": False})
+    assert str(dr.state) == "success", s.states(dr)
+    assert {"scan.wait_recon", "scan.wait_multires"} <= _deferred_tasks(caplog.records)
+    assert len(nersc.scripts) == 2 and nersc.server.cancelled == []
+
+
+def test_nersc_job_waits_poke_when_deferrable_is_off(site, monkeypatch, caplog):
+    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "False")
+    d = s.dag("bl832_recon_nersc")
+    assert not d.get_task("scan.wait_recon").deferrable
+
+
+def test_send_to_nersc_false_is_not_announced_and_a_manual_nersc_recon_is_refused(site, monkeypatch):
+    nersc = s.FakeNERSC().install(monkeypatch)
+    before = len(s.asset_events("x-als://bl832/recon/nersc"))
+    dr = s.dag("bl832_new_file").test(run_conf={"file_path": s.write_scan(site, STEM), "is_export_control": False,
+                                                "send_to_nersc": False})
+    st = s.states(dr)
+    assert str(dr.state) == "success", st
+    assert st["copy_data_to_nersc"] == "skipped" and st["announce_nersc"] == "skipped"
+    assert st["announce_alcf"] == "success"
+    assert len(s.asset_events("x-als://bl832/recon/nersc")) == before
+
+    watcher_path = f"/global/raw/{s.FOLDER}/{STEM}.h5"
+    dr = s.dag("bl832_recon_nersc").test(run_conf={"file_path": watcher_path, "is_export_control": False,
+                                                   "send_to_nersc": False})
+    st = s.states(dr)
+    assert str(dr.state) == "failed" and st["collect"] == "failed", st
+    assert nersc.scripts == [] and s.tree(s.endpoint_dir(site, "nersc832")) == []

@@ -13,7 +13,8 @@ CLIENT_ID = "abcdefghijklm"
 
 def sacct_record(jobid: str, state: str, **extra) -> dict:
     return {"jobid": jobid, "jobname": "recon-af1234", "state": state, "exitcode": "0:0" if state == "COMPLETED"
-            else "1:0", "elapsed": "00:03:12", "timelimit": "00:15:00", "start": "2026-11-21T09:00:00",
+            else "1:0", "elapsed": "00:03:12", "timelimit": "00:15:00", "submit": "2026-11-21T08:58:30",
+            "start": "2026-11-21T09:00:00",
             "end": "2026-11-21T09:03:12", "nodelist": "nid001234", "account": "als", "qos": "realtime",
             "partition": "regular_milan_ss11", "user": "alsdev", **extra}
 

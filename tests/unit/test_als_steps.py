@@ -13,6 +13,7 @@ from facility_data.als.steps import (
     nersc_copy_decision,
     recon_requests,
     record_copy,
+    send_to_nersc_refusal,
     validate_new_scan,
 )
 from facility_data.safety import SafetyError
@@ -127,6 +128,38 @@ def test_recon_requests(env):
     with pytest.raises(ConfError, match="traversal"):
         recon_requests(bl, eps, ledger, "local", event_extras=[{"file_path": "/global/raw/../x.h5"}], conf=None,
                        decision_override=on)
+
+
+def test_nersc_recon_honours_send_to_nersc(env):
+    """A scan whose send_to_nersc is false (said by the new-file run's event or the manual conf) is refused for NERSC
+    reconstruction before anything moves; not said: the beamline's default. ALCF is not affected."""
+    bl, eps, ledger, _ = env
+    on = {"local": True, "nersc": True, "alcf": True}
+    data = eps["data832_raw"].local_path(f"{FOLDER}/{NAME}")
+    data.parent.mkdir(parents=True)
+    data.write_bytes(CONTENT)
+    extra = {"file_path": WATCHED, "export_controlled": False}
+
+    def nersc(extras, conf=None, beamline=bl):
+        return recon_requests(beamline, eps, ledger, "nersc", event_extras=extras, conf=conf, decision_override=on)
+
+    with pytest.raises(SafetyError, match=r"REFUSED nersc reconstruction: send_to_nersc is false for "
+                                          rf"raw/{FOLDER}/{NAME} \(the new-file run's asset event\)"):
+        nersc([{**extra, "send_to_nersc": False}])
+    with pytest.raises(SafetyError, match=r"send_to_nersc is false .*\(conf.send_to_nersc\)"):
+        nersc([], {"file_path": WATCHED, "is_export_control": False, "send_to_nersc": False})
+    assert len(nersc([{**extra, "send_to_nersc": True}])) == len(nersc([extra])) == 1
+    no_nersc = bl.model_copy(update={"send_to_nersc": False})
+    with pytest.raises(SafetyError, match=r"send_to_nersc is false .*\(the beamline's default\)"):
+        nersc([extra], beamline=no_nersc)
+    assert len(nersc([{**extra, "send_to_nersc": True}], beamline=no_nersc)) == 1  # said explicitly: honoured
+    assert len(recon_requests(bl, eps, ledger, "alcf", event_extras=[{**extra, "send_to_nersc": False}], conf=None,
+                              decision_override=on)) == 1
+    with pytest.raises(ConfError, match="send_to_nersc must be true or false, got 'no'"):
+        nersc([{**extra, "send_to_nersc": "no"}])
+    with pytest.raises(ConfError, match="conf key send_to_nersc must be true or false"):
+        nersc([], {"file_path": WATCHED, "send_to_nersc": 0})
+    assert send_to_nersc_refusal(bl, "x", None) is None
 
 
 def test_ledger_never_relaxes_export_control(tmp_path):

@@ -35,6 +35,11 @@ def test_bundle_is_mounted_and_package_installed(compose):
     assert "requirements.lock" in dockerfile and "pip install --no-cache-dir --no-deps /opt/facility" in dockerfile
 
 
+def test_remote_waits_defer_by_default(compose):
+    assert compose["x-airflow-common"]["environment"]["AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE"] == "true"
+    assert "airflow-triggerer" in compose["services"]
+
+
 def test_no_secret_is_hard_coded(compose):
     env = compose["x-airflow-common"]["environment"]
     assert env["AIRFLOW__API_AUTH__JWT_SECRET"].startswith("${"), "the JWT secret must come from the environment"

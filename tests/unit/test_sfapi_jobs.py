@@ -194,3 +194,74 @@ def test_rejected_credentials_fail_the_connection_test_without_leaking_the_key(s
     monkeypatch.setenv("AIRFLOW_CONN_SFAPI_BAD", sfapi.connection_json(other.as_dict(private=True)))
     ok, message = SFAPIHook("sfapi_bad").test_connection()
     assert not ok and "invalid_client" in message and other.as_dict(private=True)["d"] not in message
+
+
+@pytest.mark.parametrize(("minutes", "walltime"), [(1, "0:01:00"), (45, "0:45:00"), (59, "0:59:00"),
+                                                   (60, "1:00:00"), (61, "1:01:00"), (150, "2:30:00"),
+                                                   (1440, "24:00:00")])
+def test_nersc_walltime_is_the_configured_timeout_without_a_cap(minutes, walltime):
+    from facility_data.als.beamline import NERSCRecon
+
+    assert NERSCRecon(timeout_minutes=minutes).walltime == walltime
+
+
+@pytest.mark.parametrize(("runtime", "line"), [
+    ("podman-hpc", "srun podman-hpc run --rm --volume /global/cfs/cdirs/als:/cfs --volume /pscratch/sd/a:/ps "
+                   "ghcr.io/als-computing/microct:master python -m facility_data.als.recon /ps/a.h5 /ps/f"),
+    ("shifter", "srun shifter --image=ghcr.io/als-computing/microct:master --volume=/global/cfs/cdirs/als:/cfs "
+                "--volume=/pscratch/sd/a:/ps python -m facility_data.als.recon /ps/a.h5 /ps/f"),
+])
+def test_nersc_job_runs_the_beamline_image_with_configured_slurm_settings(sfapi, runtime, line):
+    """The shipped recon template, with the beamline's recon.nersc parameters, submitted through the SFAPI."""
+    from facility_data.als.beamline import NERSCRecon
+
+    cfg = NERSCRecon(image="ghcr.io/als-computing/microct:master", runtime=runtime, qos="debug", account="m1234",
+                     constraint="gpu", timeout_minutes=90,
+                     mounts=["/global/cfs/cdirs/als:/cfs", "/pscratch/sd/a:/ps"])
+    params = {**cfg.job_params(), "scratch_dir": "/ps", "folder": "f", "raw_file": "/cfs/a.h5", "output_dir": "/ps/o",
+              "command": "python -m facility_data.als.recon /ps/a.h5 /ps/f"}
+    SFAPISubmitJobOperator(task_id="submit", template=cfg.recon_template, conn_id="sfapi_test",
+                           job_params=params).execute(ctx())
+    lines = sfapi.submitted[0].splitlines()
+    assert {"#SBATCH --time=1:30:00", "#SBATCH --qos=debug", "#SBATCH --account=m1234",
+            "#SBATCH --constraint=gpu"} <= set(lines)
+    assert line in lines
+
+
+def test_nersc_runtime_none_runs_the_command_directly_and_bad_container_config_is_refused():
+    from pydantic import ValidationError
+
+    from facility_data.als.beamline import NERSCRecon
+    from facility_data.config import ConfigError
+    from facility_data.hpc.jobs import render_job
+
+    cfg = NERSCRecon(image="ghcr.io/als-computing/microct:master")  # runtime none: the local job runner's default
+    script = render_job("batch.slurm.j2", job_name="j", **cfg.job_params(), command="echo hi")
+    assert "\necho hi\n" in script and "podman" not in script and "shifter" not in script
+    with pytest.raises(ValidationError, match="recon.nersc.runtime is 'podman-hpc' but recon.nersc.image is empty"):
+        NERSCRecon(runtime="podman-hpc")
+    with pytest.raises(ValidationError, match="runtime"):
+        NERSCRecon(runtime="docker", image="x")
+    with pytest.raises(ValidationError, match="not an absolute host:container pair"):
+        NERSCRecon(runtime="shifter", image="x", mounts=["relative:/in"])
+    with pytest.raises(ValidationError, match="qos"):
+        NERSCRecon(qos="realtime\n#SBATCH --account=other")
+    with pytest.raises(ConfigError, match="runtime_must_be_podman_hpc_shifter_or_none"):
+        render_job("batch.slurm.j2", job_name="j", command="echo hi", runtime="docker", image="x")
+
+
+def test_sensor_default_follows_default_deferrable_when_the_dag_is_parsed(sfapi, monkeypatch):
+    """Read when the sensor is built (DAG parse), not when its module was first imported; then it defers to the
+    trigger, which runs against the stand-in, and resumes on the trigger's event."""
+    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "False")
+    assert SFAPIJobSensor(task_id="w", jobid="1").deferrable is False
+    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "True")
+    sfapi.states["31"] = ["RUNNING", "COMPLETED"]
+    sensor = SFAPIJobSensor(task_id="wait", jobid="31", conn_id="sfapi_test", poke_interval=0.01, timeout=30)
+    with pytest.raises(TaskDeferred) as info:
+        sensor.execute(ctx("wait"))
+    assert info.value.timeout.total_seconds() == 330  # backstop past the trigger's own deadline
+    trigger = info.value.trigger
+    assert trigger.deadline == pytest.approx(time.time() + 30, abs=5)
+    event = run_trigger(SFAPIJobTrigger(**trigger.serialize()[1]))
+    assert sensor.execute_complete(ctx("wait"), event)["state"] == "COMPLETED"

@@ -125,7 +125,37 @@ class NERSCRecon(_Strict):
     machine: str = "perlmutter"
     recon_template: str = "tomo_recon.slurm.j2"
     multires_template: str = "batch.slurm.j2"
+    #: Each job's Slurm walltime and the deadline of its wait (at which the job is cancelled); not capped.
     timeout_minutes: int = Field(default=45, gt=0)
+    qos: str = Field(default="realtime", pattern=r"^[A-Za-z0-9_.-]+$")
+    account: str = Field(default="als", pattern=r"^[A-Za-z0-9_.-]+$")
+    constraint: str = Field(default="cpu", pattern=r"^[A-Za-z0-9_.&|-]+$")
+    #: The beamline's container image and how the job runs it: ``podman-hpc`` or ``shifter`` at NERSC; ``none``
+    #: runs the commands directly (the embedded default, whose local job runner has no container runtime).
+    image: str = ""
+    runtime: Literal["none", "podman-hpc", "shifter"] = "none"
+    #: ``host:container`` bind mounts for the container (the CFS and pscratch trees the jobs read and write).
+    mounts: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _container(self) -> NERSCRecon:
+        if self.runtime != "none" and not self.image:
+            raise ValueError(f"recon.nersc.runtime is {self.runtime!r} but recon.nersc.image is empty")
+        for m in self.mounts:
+            host, _, inside = m.partition(":")
+            if not (host.startswith("/") and inside.startswith("/")):
+                raise ValueError(f"recon.nersc.mounts entry {m!r} is not an absolute host:container pair")
+        return self
+
+    @property
+    def walltime(self) -> str:
+        """``timeout_minutes`` as Slurm's H:MM:SS."""
+        return f"{self.timeout_minutes // 60}:{self.timeout_minutes % 60:02d}:00"
+
+    def job_params(self) -> dict:
+        """The Slurm and container parameters every NERSC job template takes."""
+        return {"walltime": self.walltime, "qos": self.qos, "account": self.account, "constraint": self.constraint,
+                "image": self.image, "runtime": self.runtime, "mounts": list(self.mounts)}
 
 
 class ALCFRecon(_Strict):

@@ -255,11 +255,15 @@ the decision settings (Variable `{bl.decision_variable}`, defaults in `include/b
                 """Emit the asset event that starts <bl>_recon_<target>, if enabled and allowed."""
                 from airflow.sdk.exceptions import AirflowSkipException
 
-                from facility_data.als.steps import leave_site_decision
+                from facility_data.als.steps import leave_site_decision, send_to_nersc_refusal
 
                 decisions = bl.effective_decisions(_decision_override(bl))
                 if not getattr(decisions, target):
                     raise AirflowSkipException(f"{target} reconstruction disabled by the decision settings")
+                refusal = target == "nersc" and send_to_nersc_refusal(bl, record["relative"], record["send_to_nersc"])
+                if refusal:
+                    log.warning("not announcing %s to nersc reconstruction: %s", record["relative"], refusal)
+                    raise AirflowSkipException(refusal)
                 if target != "local":
                     endpoints, ledger = _env(bl)
                     with _permanent():
@@ -269,7 +273,7 @@ the decision settings (Variable `{bl.decision_variable}`, defaults in `include/b
                                     decision.reason)
                         raise AirflowSkipException(decision.reason)
                 extra = {"file_path": record["file_path"], "relative": record["relative"],
-                         "export_controlled": record["export_controlled"],
+                         "export_controlled": record["export_controlled"], "send_to_nersc": record["send_to_nersc"],
                          "sizes": {role: c["size"] for role, c in where.items()},
                          "checksum": next((c["checksum"] for c in where.values() if c.get("checksum")), None)}
                 _context()["outlet_events"][asset].extra = extra
@@ -289,6 +293,9 @@ def _recon_params(bl: Beamline) -> dict:
         "is_export_control": Param(None, type=["null", "boolean"],
                                    description="Leave empty unless you know: a scan the ledger does not know, with "
                                                "no answer here, never leaves ALS"),
+        "send_to_nersc": Param(None, type=["null", "boolean"],
+                               description="NERSC reconstruction of a scan whose send_to_nersc is false is refused; "
+                                           "empty: the beamline's default"),
     }
 
 
@@ -465,7 +472,7 @@ def build_recon_nersc_dag(bl: Beamline) -> DAG:
             tiff = _fs_path(eps["nersc_pscratch"], record["nersc_pscratch_tiff"])
             zarr = _fs_path(eps["nersc_pscratch"], record["nersc_pscratch_zarr"])
             q = shlex.quote
-            common = {"walltime": f"0:{cfg.timeout_minutes:02d}:00" if cfg.timeout_minutes < 60 else "1:00:00"}
+            common = cfg.job_params()
             return {**record,
                     "recon_job": {**common, "scratch_dir": scratch_dir, "folder": record["folder"],
                                   "raw_file": raw_file, "output_dir": tiff,

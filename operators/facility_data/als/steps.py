@@ -27,7 +27,8 @@ class CopyMismatch(RuntimeError):
 
 #: The closed schemas of the manual confs: key -> accepted JSON types (anything else is refused, naming the key).
 NEW_FILE_CONF = {"file_path": (str,), "is_export_control": (bool,), "send_to_nersc": (bool,)}
-RECON_CONF = {"file_path": (str, type(None)), "is_export_control": (bool, type(None))}
+RECON_CONF = {"file_path": (str, type(None)), "is_export_control": (bool, type(None)),
+              "send_to_nersc": (bool, type(None))}
 
 
 def endpoints_for(bl: Beamline, endpoints: dict[str, Endpoint]) -> dict[str, Endpoint]:
@@ -210,9 +211,20 @@ def nersc_copy_decision(bl: Beamline, endpoints: dict[str, Endpoint], ledger: Le
     decision = leave_site_decision(bl, endpoints, ledger, scan, "nersc")
     if not decision.allowed:
         return False, decision.reason
-    if not scan["send_to_nersc"]:
-        return False, f"send_to_nersc is false for {scan['relative']}"
+    refusal = send_to_nersc_refusal(bl, scan["relative"], scan["send_to_nersc"])
+    if refusal:
+        return False, refusal
     return True, decision.reason
+
+
+def send_to_nersc_refusal(bl: Beamline, relative: str, declared: bool | None, source: str = "") -> str | None:
+    """Why scan ``relative`` must not go to NERSC (its ``send_to_nersc`` is false), or None. ``declared`` None
+    (not said) means the beamline's default. Export control is separate: :func:`leave_site_decision`."""
+    wanted = bl.send_to_nersc if declared is None else declared
+    if wanted:
+        return None
+    said = f" ({source})" if source else ("" if declared is not None else " (the beamline's default)")
+    return f"send_to_nersc is false for {relative}{said}"
 
 
 # ---- reconstruction requests --------------------------------------------------------------------------------
@@ -245,9 +257,14 @@ def recon_requests(bl: Beamline, endpoints: dict[str, Endpoint], ledger: Ledger,
         declared = extra.get("export_controlled", True)  # an event that does not say is treated as controlled
         if not isinstance(declared, bool):
             raise ConfError(f"asset event extra export_controlled must be true or false, got {declared!r}")
-        raw.append({"file_path": extra["file_path"], "declared": declared})
+        nersc = extra.get("send_to_nersc")
+        if not isinstance(nersc, (bool, type(None))):
+            raise ConfError(f"asset event extra send_to_nersc must be true or false, got {nersc!r}")
+        raw.append({"file_path": extra["file_path"], "declared": declared, "send_to_nersc": nersc,
+                    "said_by": "the new-file run's asset event"})
     if not raw and conf.get("file_path"):
-        raw.append({"file_path": conf["file_path"], "declared": conf.get("is_export_control")})
+        raw.append({"file_path": conf["file_path"], "declared": conf.get("is_export_control"),
+                    "send_to_nersc": conf.get("send_to_nersc"), "said_by": "conf.send_to_nersc"})
     if not raw:
         raise ConfError(f"{bl.id}_recon_{target}: no triggering asset event and no conf.file_path")
     decisions = bl.effective_decisions(decision_override)
@@ -267,6 +284,12 @@ def recon_requests(bl: Beamline, endpoints: dict[str, Endpoint], ledger: Ledger,
         except SafetyError as exc:
             raise SafetyError(f"REFUSED {target} reconstruction: {exc}. No data was moved and no job was "
                               "started.") from None
+        if target == "nersc":
+            refusal = send_to_nersc_refusal(bl, scan.relative, r["send_to_nersc"],
+                                            r["said_by"] if r["send_to_nersc"] is not None else "")
+            if refusal:
+                raise SafetyError(f"REFUSED nersc reconstruction: {refusal}. No data was moved and no job was "
+                                  "started.")
         what = f"scan {scan.relative} (from {r['file_path']!r})"
         size = checksum = None
         if eps[dest_role].site != eps["data"].site:  # hashing is needed only where the scan would leave

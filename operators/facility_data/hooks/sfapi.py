@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 SUCCESS_STATE = "COMPLETED"
 FAILURE_STATES = frozenset({"FAILED", "TIMEOUT", "CANCELLED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
                             "DEADLINE", "PREEMPTED", "REVOKED", "SPECIAL_EXIT"})
-ACCOUNTING_FIELDS = ("jobid", "jobname", "state", "exitcode", "derivedexitcode", "elapsed", "timelimit", "start",
-                     "end", "nodelist", "reason", "maxrss", "account", "qos", "partition")
+ACCOUNTING_FIELDS = ("jobid", "jobname", "state", "exitcode", "derivedexitcode", "elapsed", "timelimit", "submit",
+                     "start", "end", "nodelist", "reason", "maxrss", "account", "qos", "partition")
 
 
 class JobNotFound(LookupError):

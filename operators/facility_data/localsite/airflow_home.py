@@ -41,6 +41,7 @@ def airflow_env(site) -> dict[str, str]:
         "AIRFLOW__SCHEDULER__DAG_DIR_LIST_INTERVAL": "5",
         "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "8",
         "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "True",  # remote waits free their worker slot (the triggerer polls)
     }
 
 

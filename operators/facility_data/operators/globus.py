@@ -126,7 +126,7 @@ class GlobusTransferOperator(_GlobusTaskOperator):
                                              export_controlled=export_controlled,
                                              verify_checksum=self.verify_checksum, label=self.globus_label,
                                              deadline_seconds=self.deadline.total_seconds())
-            return stats.as_dict()
+            return self._report(stats.as_dict())
         backend = GlobusHook(self.conn_id).get_transfer_backend(poll_interval=self.poll_interval)
         task_id, _ = backend.submit_transfer(src, self.source_path, dst, self.destination_path,
                                              label=task_label(self.globus_label, _identity(context)), recursive=recursive,
@@ -142,7 +142,13 @@ class GlobusTransferOperator(_GlobusTaskOperator):
                           event.get("stats") or {})
         stats = transfer_stats(state, seconds)
         self.log.info("Globus task %s SUCCEEDED: %s", state.task_id, stats.summary())
-        return stats.as_dict()
+        return self._report(stats.as_dict())
+
+    def _report(self, stats: dict) -> dict:
+        from facility_data.metrics import transfer_metrics
+
+        transfer_metrics(self.source_endpoint, self.destination_endpoint, stats)
+        return stats
 
 
 class GlobusDeleteOperator(_GlobusTaskOperator):

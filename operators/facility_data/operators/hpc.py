@@ -30,6 +30,7 @@ class HPCJobOperator(BaseOperator):
 
     def execute(self, context) -> dict:
         from facility_data.hpc import JobFailed, get_controller, render_job
+        from facility_data.metrics import job_metrics
 
         name = self.job_name or self.task_id
         script = render_job(self.template, **{**self.job_params, "job_name": name})  # errors before any side effect
@@ -37,7 +38,9 @@ class HPCJobOperator(BaseOperator):
         try:
             result = controller.run_job(script, job_name=name, deadline_seconds=self.deadline.total_seconds())
         except JobFailed as exc:
+            job_metrics(controller.name, "failed", {})
             raise AirflowException(str(exc)) from exc
+        job_metrics(controller.name, "success", result.info, run_seconds=result.seconds)
         self.log.info("%s job %s %s in %.1f s", controller.name, result.job_id, result.state, result.seconds)
         return {"hpc": controller.name, "job_id": result.job_id, "state": result.state,
                 "seconds": round(result.seconds, 3), **result.info}

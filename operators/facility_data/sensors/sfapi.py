@@ -42,8 +42,7 @@ class SFAPIJobSensor(BaseSensorOperator):
 
     def __init__(self, *, jobid: str, machine: str = "perlmutter", conn_id: str = SFAPIHook.default_conn_name,
                  not_found_grace: float = 600.0,
-                 deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
-                 **kwargs) -> None:
+                 deferrable: bool | None = None, **kwargs) -> None:
         kwargs.setdefault("poke_interval", 30)
         kwargs.setdefault("timeout", timedelta(hours=6).total_seconds())
         super().__init__(**kwargs)
@@ -51,7 +50,9 @@ class SFAPIJobSensor(BaseSensorOperator):
         self.machine = machine
         self.conn_id = conn_id
         self.not_found_grace = not_found_grace
-        self.deferrable = deferrable
+        # read when the DAG is parsed, not when this module is first imported: a conf set later still applies
+        self.deferrable = (conf.getboolean("operators", "default_deferrable", fallback=False)
+                           if deferrable is None else deferrable)
         self._first_seen: float | None = None
 
     def _hook(self) -> SFAPIHook:
@@ -79,15 +80,23 @@ class SFAPIJobSensor(BaseSensorOperator):
         event = job_event(self._hook(), str(self.jobid), self.machine, first_seen=self._first_seen or time.time(),
                           not_found_grace=self.not_found_grace)
         self.log.info("%s", event["message"])
+        if event["status"] != "pending":
+            self._report(event)
         if event["status"] == "failed":
             raise AirflowException(event["message"])
         return PokeReturnValue(is_done=event["status"] == "success", xcom_value=event["job"] or None)
 
     def execute_complete(self, context, event: dict[str, Any]) -> dict:
+        self._report(event)
         if event.get("status") != "success":
             raise AirflowException(f"{event.get('status')}: {event.get('message')}")
         self.log.info("%s", event["message"])
         return event.get("job") or {}
+
+    def _report(self, event: dict[str, Any]) -> None:
+        from facility_data.metrics import job_metrics
+
+        job_metrics(self.machine, str(event.get("status")), event.get("job") or {})
 
     def _cancel(self, why: str) -> None:
         try:
