@@ -42,10 +42,11 @@ def acquire(env, name: str = "20240101_120000_shell", *, seed: int = 3) -> str:
     return f"/global/raw/{FOLDER}/{name}.h5"
 
 
-def chain(env, watcher_path: str, *, until: str, export_controlled: bool = False) -> dict:
+def chain(env, watcher_path: str, *, until: str, export_controlled: bool = False, **conf) -> dict:
     """The new-file DAG's steps up to and including ``until`` (validate, spot_to_data, data_to_nersc)."""
     bl, eps, ledger = env
-    rec = validate_new_scan(bl, eps, ledger, {"file_path": watcher_path, "is_export_control": export_controlled})
+    rec = validate_new_scan(bl, eps, ledger, {"file_path": watcher_path, "is_export_control": export_controlled,
+                                              **conf})
     for step, src, dst in (("validate", None, None), ("spot_to_data", "spot", "data"),
                            ("data_to_nersc", "data", "nersc")):
         if src is not None:
@@ -117,6 +118,13 @@ def test_stopped_after_the_data832_copy_gets_its_nersc_copy(env):
     st = only(run(env))
     assert st.repaired == ["copy_data_to_nersc"] and st.state == "done"
     assert path(env, "nersc").read_bytes() == path(env, "data").read_bytes()
+
+
+def test_a_scan_whose_new_file_run_said_send_to_nersc_false_never_gets_a_nersc_copy(env):
+    chain(env, acquire(env), until="spot_to_data", send_to_nersc=False)
+    st = only(run(env))
+    assert st.state == "done" and st.repaired == [], st.reason
+    assert not path(env, "nersc").exists()
 
 
 def test_a_complete_chain_is_done_and_untouched(env):

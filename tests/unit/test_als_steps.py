@@ -162,6 +162,41 @@ def test_nersc_recon_honours_send_to_nersc(env):
     assert send_to_nersc_refusal(bl, "x", None) is None
 
 
+def test_nersc_recon_honours_the_send_to_nersc_recorded_by_the_new_file_run(env):
+    """Neither the event nor the conf says: the new-file run's recorded send_to_nersc decides, then the default."""
+    bl, eps, ledger, _ = env
+    on = {"local": True, "nersc": True, "alcf": True}
+    data = eps["data832_raw"].local_path(f"{FOLDER}/{NAME}")
+    data.parent.mkdir(parents=True)
+    data.write_bytes(CONTENT)
+    validate_new_scan(bl, eps, ledger, {"file_path": WATCHED, "is_export_control": False, "send_to_nersc": False})
+    assert ledger.send_to_nersc(bl.id, f"raw/{FOLDER}/{NAME}") is False
+    with pytest.raises(SafetyError, match=r"send_to_nersc is false .*\(recorded by the new-file run\)"):
+        recon_requests(bl, eps, ledger, "nersc", event_extras=[], decision_override=on,
+                       conf={"file_path": WATCHED, "is_export_control": False})
+    validate_new_scan(bl, eps, ledger, {"file_path": WATCHED, "is_export_control": False, "send_to_nersc": True})
+    assert len(recon_requests(bl, eps, ledger, "nersc", event_extras=[], decision_override=on,
+                              conf={"file_path": WATCHED, "is_export_control": False})) == 1
+
+
+def test_ledger_records_the_latest_send_to_nersc_and_upgrades_old_files(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)  # a ledger written before fingerprints and send_to_nersc were recorded
+    db.executescript("CREATE TABLE scans (beamline TEXT NOT NULL, scan TEXT NOT NULL, export_controlled INTEGER "
+                     "NOT NULL, file_path TEXT, first_seen TEXT NOT NULL, PRIMARY KEY (beamline, scan));"
+                     "INSERT INTO scans VALUES ('bl832', 'raw/P-1_u/a.h5', 0, 'x', '2024-01-01T00:00:00+00:00');")
+    db.close()
+    ledger = Ledger(path)
+    assert ledger.send_to_nersc("bl832", "raw/P-1_u/a.h5") is None
+    ledger.record_scan("bl832", "raw/P-1_u/a.h5", export_controlled=False, file_path="x", send_to_nersc=False)
+    ledger.record_scan("bl832", "raw/P-1_u/a.h5", export_controlled=False, file_path="x")  # not said: kept
+    assert ledger.send_to_nersc("bl832", "raw/P-1_u/a.h5") is False
+    ledger.record_scan("bl832", "raw/P-1_u/a.h5", export_controlled=False, file_path="x", send_to_nersc=True)
+    assert ledger.send_to_nersc("bl832", "raw/P-1_u/a.h5") is True
+
+
 def test_ledger_never_relaxes_export_control(tmp_path):
     ledger = Ledger(tmp_path / "l.sqlite")
     scan = "raw/P-1_u/20240101_000000_a.h5"

@@ -71,7 +71,8 @@ class Ledger:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)  # executescript commits on its own
             columns = {row[1] for row in db.execute("PRAGMA table_info(scans)")}
-            for column, kind in (("size", "INTEGER"), ("checksum", "TEXT")):  # ledgers from before fingerprints
+            # ledgers from before fingerprints and before send_to_nersc was recorded
+            for column, kind in (("size", "INTEGER"), ("checksum", "TEXT"), ("send_to_nersc", "INTEGER")):
                 if column not in columns:
                     db.execute(f"ALTER TABLE scans ADD COLUMN {column} {kind}")
             db.execute("CREATE INDEX IF NOT EXISTS scans_content ON scans (size, checksum)")
@@ -101,27 +102,32 @@ class Ledger:
 
     # ---- scans ----------------------------------------------------------------------------------------------
     def record_scan(self, beamline: str, scan: str, *, export_controlled: bool, file_path: str,
-                    size: int | None = None, checksum: str | None = None) -> bool:
+                    size: int | None = None, checksum: str | None = None,
+                    send_to_nersc: bool | None = None) -> bool:
         """Record a scan's export-control status (and its content fingerprint); returns the status in force.
 
         Once a scan was recorded as export-controlled it stays so: a later conf saying otherwise cannot relax it.
-        A fingerprint, once known, is kept; a different one later is recorded in the event log.
+        A fingerprint, once known, is kept; a different one later is recorded in the event log. ``send_to_nersc``
+        is what the latest new-file conf asked for (None keeps what was recorded): later runs honour it.
         """
         with self._connect() as db:
             row = db.execute("SELECT export_controlled, size, checksum FROM scans WHERE beamline=? AND scan=?",
                              (beamline, scan)).fetchone()
             status = bool(export_controlled) or bool(row and row[0])
+            nersc = None if send_to_nersc is None else int(send_to_nersc)
             if row is None:
                 db.execute("INSERT INTO scans (beamline, scan, export_controlled, file_path, first_seen, size, "
-                           "checksum) VALUES (?,?,?,?,?,?,?)",
-                           (beamline, scan, int(status), file_path, _now(), size, checksum))
+                           "checksum, send_to_nersc) VALUES (?,?,?,?,?,?,?,?)",
+                           (beamline, scan, int(status), file_path, _now(), size, checksum, nersc))
             else:
                 keep = row[2] is not None
-                db.execute("UPDATE scans SET export_controlled=?, size=?, checksum=? WHERE beamline=? AND scan=?",
-                           (int(status), row[1] if keep else size, row[2] if keep else checksum, beamline, scan))
+                db.execute("UPDATE scans SET export_controlled=?, size=?, checksum=?, "
+                           "send_to_nersc=COALESCE(?, send_to_nersc) WHERE beamline=? AND scan=?",
+                           (int(status), row[1] if keep else size, row[2] if keep else checksum, nersc, beamline,
+                            scan))
             self._event(db, beamline, "scan", None, scan,
                         {"export_controlled": status, "requested": bool(export_controlled), "file_path": file_path,
-                         "size": size, "checksum": checksum})
+                         "size": size, "checksum": checksum, "send_to_nersc": send_to_nersc})
         return status
 
     def same_content(self, size: int, checksum: str) -> dict[str, bool]:
@@ -130,6 +136,12 @@ class Ledger:
             rows = db.execute("SELECT beamline, scan, export_controlled FROM scans WHERE size=? AND checksum=?",
                               (size, checksum)).fetchall()
         return {f"{b}:{scan}": bool(ec) for b, scan, ec in rows}
+
+    def send_to_nersc(self, beamline: str, scan: str) -> bool | None:
+        """What the scan's new-file conf asked for, None when not recorded."""
+        with self._connect() as db:
+            row = db.execute("SELECT send_to_nersc FROM scans WHERE beamline=? AND scan=?", (beamline, scan)).fetchone()
+        return None if row is None or row[0] is None else bool(row[0])
 
     def export_controlled(self, beamline: str, scan: str) -> bool | None:
         """True/False as recorded, None when the ledger does not know the scan."""

@@ -316,7 +316,7 @@ class Reconcile:
             if dst in live or (recorded[dst] is not None and recorded[dst].state == "deleted"):
                 continue  # there, or pruned after it was verified
             if dst == "nersc":
-                if not self.bl.send_to_nersc:
+                if not self._send_to_nersc(scan):
                     continue
                 refusal = self._nersc_refusal(scan, st, origin)
                 if refusal == _HELD:
@@ -336,15 +336,20 @@ class Reconcile:
         if missing:
             st.state, st.step, st.reason = "partial", "reconstruction", missing
             return st
-        if st.export_controlled and "nersc" in self.bl.locations and self.bl.send_to_nersc:
+        if st.export_controlled and "nersc" in self.bl.locations and self._send_to_nersc(scan):
             st.state, st.reason = "export_controlled_held", "complete at ALS; export-controlled, so never at NERSC"
         else:
             st.state, st.reason = "done", "every raw copy is present and verified"
         return st
 
+    def _send_to_nersc(self, scan: ScanPath) -> bool:
+        """What the scan's new-file run asked for (the ledger), else the beamline's default."""
+        recorded = self.ledger.send_to_nersc(self.bl.id, scan.relative)
+        return self.bl.send_to_nersc if recorded is None else recorded
+
     def _record(self, scan: ScanPath, st: ScanState, origin: Item | None) -> dict:
         record = _flat(scan_record(self.bl, scan, export_controlled=st.export_controlled,
-                                   send_to_nersc=self.bl.send_to_nersc))
+                                   send_to_nersc=self._send_to_nersc(scan)))
         if origin is not None:
             record["fingerprint"] = {"size": origin.size, "checksum": origin.checksum}
         return record

@@ -141,7 +141,8 @@ def validate_new_scan(bl: Beamline, endpoints: dict[str, Endpoint], ledger: Ledg
     twins = ledger.same_content(size, checksum) if checksum else {}
     controlled_twins = sorted(n for n, ec in twins.items() if ec and n != f"{bl.id}:{scan.relative}")
     status = ledger.record_scan(bl.id, scan.relative, export_controlled=requested or bool(controlled_twins),
-                                file_path=conf["file_path"], size=size, checksum=checksum)
+                                file_path=conf["file_path"], size=size, checksum=checksum,
+                                send_to_nersc=send_to_nersc)
     if status and not requested:
         log.warning("%s is export-controlled (%s) although the conf does not say so; it stays at ALS",
                     scan.relative, f"same content as {controlled_twins}" if controlled_twins else "recorded before")
@@ -285,8 +286,10 @@ def recon_requests(bl: Beamline, endpoints: dict[str, Endpoint], ledger: Ledger,
             raise SafetyError(f"REFUSED {target} reconstruction: {exc}. No data was moved and no job was "
                               "started.") from None
         if target == "nersc":
-            refusal = send_to_nersc_refusal(bl, scan.relative, r["send_to_nersc"],
-                                            r["said_by"] if r["send_to_nersc"] is not None else "")
+            nersc, said_by = r["send_to_nersc"], r["said_by"]
+            if nersc is None:  # not said by the event or the conf: what the scan's new-file run asked for
+                nersc, said_by = ledger.send_to_nersc(bl.id, scan.relative), "recorded by the new-file run"
+            refusal = send_to_nersc_refusal(bl, scan.relative, nersc, said_by if nersc is not None else "")
             if refusal:
                 raise SafetyError(f"REFUSED nersc reconstruction: {refusal}. No data was moved and no job was "
                                   "started.")
