@@ -18,7 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -50,37 +52,48 @@ def lease_path(zip_path: Path) -> Path:
     return zip_path.parent / f".{zip_path.stem}.lease"
 
 
-def _pid_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), to tell a reused pid from its first owner."""
+def _proc_stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat after the command name: [state, ppid, ...] (Linux; empty elsewhere or if gone)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return None
+        return []
+
+
+def _pid_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot, to tell a reused pid from its first owner."""
+    fields = _proc_stat(pid)
+    return fields[19] if len(fields) > 19 else None
 
 
 def pid_alive(pid: int, start: str | None = None) -> bool:
+    """Whether ``pid`` runs on this host (a zombie, killed but not yet reaped, does not; nor a reused pid)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
         pass
-    return start is None or _pid_start(pid) in (None, start)
+    fields = _proc_stat(pid)
+    if fields and fields[0] in ("Z", "X"):
+        return False
+    return start is None or not fields or fields[19] == start
 
 
 HOST = socket.gethostname()
+_TOKEN_HOST = re.sub(r"[^A-Za-z0-9-]", "-", HOST)  # no dot or underscore: a token parses inside a file name
 
 
 def owner_token() -> str:
     """``<host>_<pid>_<random>``: names a lease and the temporary files written under it."""
-    return f"{HOST}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    return f"{_TOKEN_HOST}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
 
 
 def parse_token(token: str | None) -> tuple[str, int] | None:
     """(host, pid) named by an owner token; None if ``token`` is not one."""
     try:
         host, pid, rand = (token or "").rsplit("_", 2)
-        return (host, int(pid)) if host and len(rand) == 8 else None
+        return (host, int(pid)) if re.fullmatch(r"[A-Za-z0-9-]+", host) and len(rand) == 8 else None
     except ValueError:
         return None
 
@@ -88,10 +101,18 @@ def parse_token(token: str | None) -> tuple[str, int] | None:
 def token_owner_dead(token: str) -> bool:
     """Whether a token's process is known dead: it ran on this host and its pid is gone (other hosts: unknown)."""
     owner = parse_token(token)
-    return owner is not None and owner[0] == HOST and not pid_alive(owner[1])
+    return owner is not None and owner[0] == _TOKEN_HOST and not pid_alive(owner[1])
+
+
+def token_owner_alive_here(token: str) -> bool:
+    """Whether a token's process runs on this host now."""
+    owner = parse_token(token)
+    return owner is not None and owner[0] == _TOKEN_HOST and pid_alive(owner[1])
 
 
 def _airflow_task() -> dict:
+    if "airflow.sdk" not in sys.modules:  # not in a task (importing Airflow to find out costs seconds)
+        return {}
     try:
         from airflow.sdk import get_current_context
 

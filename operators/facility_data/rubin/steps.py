@@ -354,8 +354,8 @@ def remove_dead_temps(dest: Path, token: str | None) -> int:
         named = lease.parse_token(owner)
         try:
             st = tmp.stat()
-            if named and named[0] == lease.HOST and not lease.token_owner_dead(owner):
-                continue  # alive on this host
+            if named and lease.token_owner_alive_here(owner):
+                continue
             if not named and time.time() - st.st_mtime <= STALE_TEMP_S:
                 continue
             tmp.unlink()
