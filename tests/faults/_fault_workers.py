@@ -29,14 +29,15 @@ def _report(out: Path, body: dict) -> None:
     tmp.rename(out)
 
 
-def run_exposures(policy, exposures, start_at: float, out: str, wait_s: float) -> None:
-    """One run (scheduled or backfill): steps.run_exposure over ``exposures`` in the given order, from ``start_at``
-    (epoch seconds, the same for every run, so they overlap); writes per exposure its step states or error."""
+def run_exposures(policy, exposures, barrier, out: str, wait_s: float) -> None:
+    """One run (scheduled or backfill): steps.run_exposure over ``exposures`` in the given order, started with the
+    other runs at the barrier; writes per exposure its step states or its error."""
     from facility_data.rubin import steps
 
     ctx = steps.Context(policy, lease_wait_s=wait_s)
+    ctx.source  # noqa: B018 - opened before the start, so the runs overlap from their first step
+    barrier.wait(timeout=300)
     results = {}
-    time.sleep(max(0.0, start_at - time.time()))
     for exp in exposures:
         try:
             results[exp.obs_id] = [[o.step, o.state] for o in steps.run_exposure(ctx, exp)]
@@ -45,15 +46,17 @@ def run_exposures(policy, exposures, start_at: float, out: str, wait_s: float) -
     _report(Path(out), {"pid": os.getpid(), "results": results})
 
 
-def run_reconcile(policy, day_obs: int, now, start_at: float, out: str, wait_s: float, reports: str) -> None:
+def run_reconcile(policy, day_obs: int, now, barrier, out: str, wait_s: float, reports: str) -> None:
     """A reconcile repair run over the night, as rubin_unembargo_reconcile does it (check, repair, re-check)."""
     from facility_data.rubin import reconcile, steps
 
-    time.sleep(max(0.0, start_at - time.time()))
     req = reconcile.Request(instrument="LSSTCam", nights=(day_obs,), repair=True, dry_run=False, deep=False,
                             prune_embargo="off")
+    ctx = steps.Context(policy, lease_wait_s=wait_s)
+    ctx.source  # noqa: B018
+    barrier.wait(timeout=300)
     try:
-        result = reconcile.run(steps.Context(policy, lease_wait_s=wait_s), req, now=now, reports_dir=reports)
+        result = reconcile.run(ctx, req, now=now, reports_dir=reports)
     except Exception as exc:  # noqa: BLE001 - reported to the test
         result = {"error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"}
     _report(Path(out), {"pid": os.getpid(), "result": result})
