@@ -6,6 +6,12 @@ Butler registry and datastore, Rucio DIDs), never from a marker, so rerunning an
 number of times, after a crash anywhere, converges to the same end state. :func:`exposure_status` answers "which
 steps are verified and which is the first missing" without changing anything (used by reconciliation).
 
+Every acting step (and :func:`run_exposure`, over all its steps) holds the exposure's lease
+(:mod:`facility_data.rubin.lease`, a file next to the zip), so no two runs of any DAG, on any worker, check and act
+on the same exposure at once: a check never sees another run mid-step, and a step that finds a live holder waits
+boundedly, then raises ``lease.ExposureBusy`` (retry later), never a verdict about the artifacts. Temporary files
+name the lease that writes them; the next holder removes a dead owner's at once.
+
 Two safety rules hold in the steps themselves, whatever called them: the gate releases nothing that is not provably
 complete and consistent at source (expected-sensors manifest, or the policy row's documented fallback; object sizes
 equal to the embargo Butler's records), and every step that puts an exposure into main storage first re-derives its

@@ -5,7 +5,8 @@ ZIP_STORED, others DEFLATED; downstream checks compare members with the embargo 
 on that), plus ``_butler_zip_index.json`` (what ``Butler.ingest_zip`` reads) and ``_metadata_index.json`` (the
 sidecars' header metadata, ``__COMMON__`` + per file, the shape astro_metadata_translator's index uses).
 
-It is written to an exclusively created temporary file in the destination directory (same filesystem), its size, md5
+It is written to an exclusively created temporary file in the destination directory (same filesystem; named after
+its owner's lease, so a killed owner's leftover is recognised and removed at the next attempt), its size, md5
 and adler32 computed from the bytes as they are written (the writer is unseekable so zipfile never rewrites a header
 behind our back; it uses data descriptors instead), then installed with a hard link, which fails if the zip already
 exists: a racer never overwrites, and the loser verifies the winner's zip against the source instead.
