@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from _fault_workers import hold_lease, released, slow_zip
 
-from facility_data.rubin import lease, steps
+from facility_data.rubin import lease, reconcile, steps
 from facility_data.rubin.synthetic import build_night, unique_day_obs, write_policy
 from facility_data.rubin.zipbuild import WriteFailed
 
@@ -147,6 +147,12 @@ def test_sigkill_mid_zip_leaves_nothing_at_the_final_path_and_the_next_attempt_c
     assert len(temps) == 1 and not p.zip.exists()
     holder = lease.read_holder(lease.lease_path(p.zip))
     assert holder.pid == proc.pid and holder.token in temps[0].name  # the temporary file names its owner's lease
+    # reconciliation lists it: its bytes, its owner, and that the owner is dead
+    listed = reconcile.temporary_files(policy, exp.instrument, exp.day_obs)
+    assert listed == [{"path": str(temps[0]), "bytes": temps[0].stat().st_size, "owner": holder.token,
+                       "owner_dead": True}] and listed[0]["bytes"] > 0
+    assert f"temporary files: 1, {listed[0]['bytes']} bytes (1 of dead owners" in reconcile.summary(
+        {"temporary": listed})
     # fresh temp (seconds old, far below the old 6 h rule) of a dead owner: removed at once by the next attempt
     began = time.monotonic()
     assert steps.run_zip(steps.Context(policy, lease_wait_s=0), exp).state == "done"
@@ -192,7 +198,7 @@ def test_enospc_while_zipping_names_the_path_and_leaves_nothing(tiny_fs, night):
 
 
 def test_operator_maps_busy_to_a_retryable_failure(tmp_path, night):
-    from airflow.exceptions import AirflowException, AirflowFailException
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
     from facility_data.operators.embargo import run_rubin_step
 
