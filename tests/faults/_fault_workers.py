@@ -97,3 +97,17 @@ def hold_lease(path: str, ready: str, release: str, dead: bool) -> None:
     while not Path(release).exists():
         time.sleep(0.05)
     held.release()
+
+
+def contend(path: str, barrier, log: str, hold_s: float) -> None:
+    """Take the lease (waiting), record when it held it (O_APPEND lines), hold it ``hold_s``, release."""
+    from facility_data.rubin import lease
+
+    barrier.wait(timeout=120)
+    held = lease.acquire(Path(path), wait_s=60)
+    began = time.monotonic()
+    time.sleep(hold_s)
+    ended = time.monotonic()
+    held.release()
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()} {began} {ended}\n")

@@ -217,3 +217,24 @@ def test_operator_maps_busy_to_a_retryable_failure(tmp_path, night):
     assert not isinstance(err.value, AirflowFailException)  # Airflow's retries (with backoff) take it again
     assert str(err.value).startswith("BUSY, retry later: ") and isinstance(err.value.__cause__, lease.ExposureBusy)
     assert run_rubin_step("zip", exp.to_dict(), False, str(path), {})["state"] == "done"
+
+
+def test_contenders_for_a_dead_holders_lease_hold_it_one_at_a_time(tmp_path):
+    """Four processes released at once on a lease left by a dead pid: breaking it races, yet the holds never overlap
+    (a breaker only removes the lease it judged dead, under the break lock)."""
+    from _fault_workers import contend
+
+    path = tmp_path / ".obs.lease"
+    proc, _, _ = start_holder(tmp_path, path, dead=True)
+    proc.join(30)
+    log, barrier = tmp_path / "holds.log", SPAWN.Barrier(4)
+    procs = [SPAWN.Process(target=contend, args=(str(path), barrier, str(log), 0.3)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    holds = sorted((float(b), float(e)) for _, b, e in (line.split() for line in log.read_text().splitlines()))
+    assert len(holds) == 4
+    assert all(prev_end <= begin for (_, prev_end), (begin, _) in zip(holds, holds[1:], strict=False)), holds
+    assert not path.exists() and not path.with_name(path.name + ".break").exists()

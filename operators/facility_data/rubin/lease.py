@@ -208,8 +208,9 @@ def _create(path: Path, token: str, ttl_s: float) -> Lease | None:
     return Lease(path, token, fd, ttl_s)
 
 
-def _break(path: Path, token: str, why: str) -> None:
-    """Remove the lease if it is still the dead holder's (``token``); serialised with other breakers."""
+def _break(path: Path, token: str, why: str) -> bool:
+    """Remove the lease if it is still the dead holder's (``token``); serialised with other breakers. False if
+    another breaker is at it."""
     brk = path.with_name(path.name + ".break")
     try:
         fd = os.open(brk, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -219,7 +220,7 @@ def _break(path: Path, token: str, why: str) -> None:
                 brk.unlink()  # its breaker died within a few file operations
         except FileNotFoundError:
             pass
-        return
+        return False
     try:
         current = read_holder(path)
         if isinstance(current, Holder) and current.token == token:
@@ -228,6 +229,7 @@ def _break(path: Path, token: str, why: str) -> None:
     finally:
         os.close(fd)
         brk.unlink(missing_ok=True)
+    return True
 
 
 def acquire(path: Path, *, wait_s: float | None = None, ttl_s: float | None = None) -> Lease:
@@ -243,7 +245,8 @@ def acquire(path: Path, *, wait_s: float | None = None, ttl_s: float | None = No
             return lease
         holder = read_holder(path)
         if isinstance(holder, Holder) and (why := holder.dead()):
-            _break(path, holder.token, why)
+            if not _break(path, holder.token, why):
+                time.sleep(POLL_S / 10)  # another breaker is at it
             continue
         if holder == "unreadable":  # being written, or its writer died between create and write
             try:
