@@ -20,8 +20,9 @@ def _dry_run(value: bool | None, context) -> bool:
 
 def run_rubin_step(name: str, exposure: dict, dry_run: bool, policy_path: str | None, context, **kwargs) -> dict:
     """Shared by the Rubin operators: run the step, mapping domain errors onto Airflow task states."""
-    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
+    from facility_data.rubin.lease import ExposureBusy
     from facility_data.rubin.runs import run_named_step
     from facility_data.rubin.steps import EmbargoViolation, IncompleteExposure
     from facility_data.rubin.zipbuild import InconsistentArtifact
@@ -35,6 +36,8 @@ def run_rubin_step(name: str, exposure: dict, dry_run: bool, policy_path: str | 
         raise AirflowFailException(f"INCONSISTENT, not overwritten: {exc}") from exc
     except EmbargoViolation as exc:  # never retried into an early release; alerts
         raise AirflowFailException(f"EMBARGO, nothing released: {exc}") from exc
+    except ExposureBusy as exc:  # another run is mid-step: not a verdict on the artifacts; Airflow retries later
+        raise AirflowException(f"BUSY, retry later: {exc}") from exc
 
 
 class EmbargoZipOperator(BaseOperator):

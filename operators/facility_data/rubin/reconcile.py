@@ -250,6 +250,24 @@ def _dest_files(policy: EmbargoPolicy, instrument: str, day_obs: int) -> dict[st
         return {e.name: e.stat().st_size for e in entries if e.is_file() and not e.name.startswith(".")}
 
 
+def temporary_files(policy: EmbargoPolicy, instrument: str, day_obs: int) -> list[dict]:
+    """The night's temporary files in the destination (``.<name>.<owner>.tmp``): path, bytes, owner, and whether
+    that owner is known dead (its leftovers go at the exposure's next attempt)."""
+    from facility_data.rubin.lease import parse_token, token_owner_dead
+
+    day = Path(policy.destination_prefix) / instrument / str(day_obs)
+    out = []
+    for tmp in sorted(day.glob(".*.tmp")) if day.is_dir() else []:
+        owner = tmp.name[1:-len(".tmp")].rsplit(".", 1)[-1]
+        try:
+            size = tmp.stat().st_size
+        except FileNotFoundError:
+            continue
+        out.append({"path": str(tmp), "bytes": size, "owner": owner if parse_token(owner) else None,
+                    "owner_dead": token_owner_dead(owner)})
+    return out
+
+
 def _query_ids(butler, policy: EmbargoPolicy, instrument: str, day_obs: int,
                exposures: list[int] | None = None) -> dict[int, dict[str, int]]:
     """Exposure -> {dataset id: detector} of every raw (and guider) dataset of the night in ``butler``, in one
@@ -630,15 +648,16 @@ def repair_exposure(ctx: steps.Context, check: ExposureCheck | dict) -> dict:
     exp = ExposureRef.from_dict(check.exposure)
     log.info("%s: %s, resuming from step %s%s", exp.obs_id, check.state, check.first_missing,
              " (dry run)" if ctx.dry_run else "")
-    outcomes = steps.run_exposure(ctx, exp, start_at=check.first_missing)
-    for o in outcomes:
-        log.info("%s %s: %s", exp.obs_id, o.step, o.state)
-    result = {"obs_id": exp.obs_id, "from": check.first_missing, "outcomes": [o.to_dict() for o in outcomes]}
-    if ctx.dry_run:
-        result["state"] = "would-repair"
-        return result
-    after = steps.exposure_status(steps.Context(ctx.policy, store=ctx._store, rucio=ctx._rucio,
-                                                butler_factory=ctx._butler_factory), exp)
+    with ctx.exclusive(exp):  # the steps and the re-check, with no other run mid-step (else lease.ExposureBusy)
+        outcomes = steps.run_exposure(ctx, exp, start_at=check.first_missing)
+        for o in outcomes:
+            log.info("%s %s: %s", exp.obs_id, o.step, o.state)
+        result = {"obs_id": exp.obs_id, "from": check.first_missing, "outcomes": [o.to_dict() for o in outcomes]}
+        if ctx.dry_run:
+            result["state"] = "would-repair"
+            return result
+        after = steps.exposure_status(steps.Context(ctx.policy, store=ctx._store, rucio=ctx._rucio,
+                                                    butler_factory=ctx._butler_factory), exp)
     if not after.complete:
         raise steps.StepFailed(f"{exp.obs_id}: still not complete after repair, first missing {after.first_missing}: "
                                f"{after.details.get(after.first_missing)}")
@@ -730,6 +749,10 @@ def summary(result: dict) -> str:
     for p in result.get("prune") or []:
         lines.append(f"  prune {p['obs_id']}: {'allowed' if p['allowed'] else 'refused'}, deleted {p['deleted']}: "
                      f"{p['reason']}")
+    temps = result.get("temporary") or []
+    if temps:
+        lines.append(f"  temporary files: {len(temps)}, {sum(t['bytes'] for t in temps)} bytes "
+                     f"({sum(t['owner_dead'] for t in temps)} of dead owners, removed at the exposure's next attempt)")
     for path in result.get("reports") or []:
         lines.append(f"  report: {path}")
     return "\n".join(lines)
@@ -773,6 +796,7 @@ def finish(ctx: steps.Context, request: Request, nights: list[NightResult], repa
     result = {"instrument": request.instrument, "first": request.nights[0], "last": request.nights[-1],
               "mode": "deep" if request.deep else "fast", "repair": request.repair, "dry_run": request.dry_run,
               "found": found or {}, "counts": counts_per_night(nights), "repaired": repaired, "failed": failed,
-              "unrepairable": unrepairable(nights), "prune": pruned}
+              "unrepairable": unrepairable(nights), "prune": pruned,
+              "temporary": [t for d in request.nights for t in temporary_files(ctx.policy, request.instrument, d)]}
     result["reports"] = [str(p) for p in report_module.write_reports(nights, result, reports_dir=reports_dir)]
     return result

@@ -6,6 +6,12 @@ Butler registry and datastore, Rucio DIDs), never from a marker, so rerunning an
 number of times, after a crash anywhere, converges to the same end state. :func:`exposure_status` answers "which
 steps are verified and which is the first missing" without changing anything (used by reconciliation).
 
+Every acting step (and :func:`run_exposure`, over all its steps) holds the exposure's lease
+(:mod:`facility_data.rubin.lease`, a file next to the zip), so no two runs of any DAG, on any worker, check and act
+on the same exposure at once: a check never sees another run mid-step, and a step that finds a live holder waits
+boundedly, then raises ``lease.ExposureBusy`` (retry later), never a verdict about the artifacts. Temporary files
+name the lease that writes them; the next holder removes a dead owner's at once.
+
 Two safety rules hold in the steps themselves, whatever called them: the gate releases nothing that is not provably
 complete and consistent at source (expected-sensors manifest, or the policy row's documented fallback; object sizes
 equal to the embargo Butler's records), and every step that puts an exposure into main storage first re-derives its
@@ -16,12 +22,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from facility_data.rubin import butlerops, rucioreg
+from facility_data.rubin import butlerops, lease, rucioreg
 from facility_data.rubin.dimensions import export_yaml, exposure_records, same_export, visit_ids
 from facility_data.rubin.policy import ButlerRef, EmbargoPolicy
 from facility_data.rubin.storage import EmbargoStore, open_store
@@ -39,6 +46,8 @@ from facility_data.rubin.zipbuild import (
     file_hashes,
     install_bytes,
     quick_check,
+    temp_owner,
+    temporaries,
     verify_zip,
 )
 
@@ -101,12 +110,14 @@ class Context:
     """Everything the steps touch, opened lazily: policy, embargo store, Butlers, Rucio client.
 
     Tests and scripts pass ready objects; the DAG lets the defaults open them through Airflow connections.
+    ``lease_wait_s``: how long a step waits for another run's lease on the exposure before ExposureBusy.
     """
 
     def __init__(self, policy: EmbargoPolicy, *, store: EmbargoStore | None = None, rucio=None,
                  butler_factory: Callable | None = None, dry_run: bool = False,
-                 clock: Callable[[], datetime] | None = None):
-        self.policy, self.dry_run = policy, dry_run
+                 clock: Callable[[], datetime] | None = None, lease_wait_s: float | None = None):
+        self.policy, self.dry_run, self.lease_wait_s = policy, dry_run, lease_wait_s
+        self._leases: dict[str, lease.Lease] = {}
         self.clock = clock or (lambda: datetime.now(UTC))  # injectable for tests; the embargo is wall-clock time
         self._store, self._rucio = store, rucio
         self._butler_factory = butler_factory or butlerops.open_butler
@@ -146,6 +157,27 @@ class Context:
         if key not in self._cache:
             self._cache[key] = compute()
         return self._cache[key]
+
+    @contextmanager
+    def exclusive(self, exp: ExposureRef) -> Iterator[str | None]:
+        """Hold the exposure's lease (reentrant within this context) and yield its owner token; a dry run reads
+        only and takes none (it never blocks a real run). Raises lease.ExposureBusy if a live run holds it."""
+        if self.dry_run:
+            yield None
+            return
+        held = self._leases.get(exp.obs_id)
+        if held is not None:
+            yield held.token
+            return
+        self._leases[exp.obs_id] = held = lease.acquire(lease.lease_path(paths(self.policy, exp).zip),
+                                                        wait_s=self.lease_wait_s)
+        try:
+            yield held.token
+        finally:
+            del self._leases[exp.obs_id]
+            held.release()
+            if held.lost:  # exclusion lapsed for a while; the check after each act still verified its effect
+                log.error("%s: %s", exp.obs_id, held.lost)
 
     # facts about one exposure, computed once per context
     def objects(self, exp):
@@ -307,41 +339,62 @@ def check_zip(ctx: Context, exp: ExposureRef, deep: bool = True) -> tuple[bool, 
     return True, {"path": str(path), "bytes": path.stat().st_size}
 
 
-#: a temporary zip older than this was left by a killed run (a live builder writes a 4 GB zip in minutes)
+#: a temporary file whose name names no owner (written before owners were named) is a leftover after this long
 STALE_TEMP_S = 6 * 3600
 
 
-def _remove_stale_temps(path: Path) -> None:
+def remove_dead_temps(dest: Path, token: str | None) -> int:
+    """Remove ``dest``'s temporary files left by dead owners, whatever their age; returns the bytes freed.
+
+    Called under the exposure's lease (``token``), so no other live run of this exposure is writing: a temporary
+    file of another owner is a leftover, unless its owner is a process still alive on this host (a run that lost
+    its lease; it removes its own). Unnamed (old-style) ones go after STALE_TEMP_S.
+    """
     import time
 
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+    freed = 0
+    for tmp in temporaries(dest):
+        owner = temp_owner(tmp, dest)
+        if owner == token:
+            continue
+        named = lease.parse_token(owner)
         try:
-            if time.time() - tmp.stat().st_mtime > STALE_TEMP_S:
-                tmp.unlink()
-                log.warning("removed %s, left by a run that was killed while building", tmp)
+            st = tmp.stat()
+            if named and lease.token_owner_alive_here(owner):
+                continue
+            if not named and time.time() - st.st_mtime <= STALE_TEMP_S:
+                continue
+            tmp.unlink()
         except FileNotFoundError:
-            pass
+            continue
+        freed += st.st_size
+        log.warning("removed %s (%d bytes), left by %s killed while writing", tmp, st.st_size,
+                    f"run {owner}" if named else "a run")
+    return freed
 
 
 def run_zip(ctx: Context, exp: ExposureRef) -> Outcome:
     ensure_released(ctx, exp)
-    done, detail = check_zip(ctx, exp)
-    if done:
-        return Outcome(ZIP, "verified", detail)
-    if ctx.dry_run:
-        return Outcome(ZIP, "would-act", {"would": f"build {detail['path']} from {len(ctx.objects(exp))} objects"})
-    run_gate(ctx, exp)  # complete and consistent at source, whatever called this step
-    _remove_stale_temps(paths(ctx.policy, exp).zip)
-    index = butlerops.zip_index(ctx.source, ctx.refs(exp), ctx.objects(exp))
-    hashes, path = build_zip(ctx.store, ctx.objects(exp), index, paths(ctx.policy, exp).zip)
-    if hashes is None:  # lost a race: the winner's zip is verified like any existing one
+    with ctx.exclusive(exp) as owner:
         done, detail = check_zip(ctx, exp)
-        return Outcome(ZIP, "verified", detail)
-    problem = quick_check(path, ctx.objects(exp))
-    if problem:
-        raise StepFailed(f"{path} after install: {problem}")
-    ctx._cache[(exp.obs_id, "zip_hashes")] = hashes
-    return Outcome(ZIP, "done", hashes.to_dict())
+        if done:
+            return Outcome(ZIP, "verified", detail)
+        if ctx.dry_run:
+            return Outcome(ZIP, "would-act",
+                           {"would": f"build {detail['path']} from {len(ctx.objects(exp))} objects"})
+        run_gate(ctx, exp)  # complete and consistent at source, whatever called this step
+        dest = paths(ctx.policy, exp).zip
+        remove_dead_temps(dest, owner)
+        index = butlerops.zip_index(ctx.source, ctx.refs(exp), ctx.objects(exp))
+        hashes, path = build_zip(ctx.store, ctx.objects(exp), index, dest, owner=owner)
+        if hashes is None:  # appeared meanwhile (a writer without the lease): verified like any existing one
+            done, detail = check_zip(ctx, exp)
+            return Outcome(ZIP, "verified", detail)
+        problem = quick_check(path, ctx.objects(exp))
+        if problem:
+            raise StepFailed(f"{path} after install: {problem}")
+        ctx._cache[(exp.obs_id, "zip_hashes")] = hashes
+        return Outcome(ZIP, "done", hashes.to_dict())
 
 
 def zip_hashes(ctx: Context, exp: ExposureRef, known: dict | None = None) -> FileHashes:
@@ -368,17 +421,20 @@ def check_dimensions(ctx: Context, exp: ExposureRef, deep: bool = True) -> tuple
 
 def run_dimensions(ctx: Context, exp: ExposureRef) -> Outcome:
     ensure_released(ctx, exp)
-    done, detail = check_dimensions(ctx, exp)
-    if done:
-        return Outcome(DIMENSIONS, "verified", detail)
-    if ctx.dry_run:
-        return Outcome(DIMENSIONS, "would-act", {"would": f"write {detail['path']}"})
-    created = install_bytes(paths(ctx.policy, exp).yaml, _yaml_bytes(ctx, exp))
-    done, detail = check_dimensions(ctx, exp)
-    if not done:
-        raise StepFailed(f"{detail['path']} missing after install")
-    log.info("%s %s", "wrote" if created else "found (another run wrote)", detail["path"])
-    return Outcome(DIMENSIONS, "done" if created else "verified", detail)
+    with ctx.exclusive(exp) as owner:
+        done, detail = check_dimensions(ctx, exp)
+        if done:
+            return Outcome(DIMENSIONS, "verified", detail)
+        if ctx.dry_run:
+            return Outcome(DIMENSIONS, "would-act", {"would": f"write {detail['path']}"})
+        dest = paths(ctx.policy, exp).yaml
+        remove_dead_temps(dest, owner)
+        created = install_bytes(dest, _yaml_bytes(ctx, exp), owner=owner)
+        done, detail = check_dimensions(ctx, exp)
+        if not done:
+            raise StepFailed(f"{detail['path']} missing after install")
+        log.info("%s %s", "wrote" if created else "found (another run wrote)", detail["path"])
+        return Outcome(DIMENSIONS, "done" if created else "verified", detail)
 
 
 # ---------------------------------------------------------------------------------------------------- butler
@@ -398,21 +454,22 @@ def check_butler(ctx: Context, exp: ExposureRef, dest: ButlerRef, deep: bool = T
 def run_butler(ctx: Context, exp: ExposureRef, dest: ButlerRef) -> Outcome:
     name = butler_step(dest)
     ensure_released(ctx, exp)
-    done, detail = check_butler(ctx, exp, dest)
-    if done:
-        return Outcome(name, "verified", detail)
-    if ctx.dry_run:
-        return Outcome(name, "would-act", {"would": f"ingest {paths(ctx.policy, exp).zip} into {dest.label}"})
-    zip_path = paths(ctx.policy, exp).zip
-    if not zip_path.exists():
-        raise StepFailed(f"{zip_path} is missing: the zip step must run first")
-    butlerops.ingest(ctx.butler(dest, writeable=True), ctx.source, ctx.refs(exp), ctx.visits(exp),
-                     exp.instrument, zip_path)
-    done, detail = check_butler(ctx, exp, dest)
-    if not done:
-        raise StepFailed(f"{exp.obs_id} not fully ingested into {dest.label} after ingest: {detail['state']}")
-    log.info("%s: ingested %s into %s", exp.obs_id, zip_path.name, dest.label)
-    return Outcome(name, "done", detail)
+    with ctx.exclusive(exp):
+        done, detail = check_butler(ctx, exp, dest)
+        if done:
+            return Outcome(name, "verified", detail)
+        if ctx.dry_run:
+            return Outcome(name, "would-act", {"would": f"ingest {paths(ctx.policy, exp).zip} into {dest.label}"})
+        zip_path = paths(ctx.policy, exp).zip
+        if not zip_path.exists():
+            raise StepFailed(f"{zip_path} is missing: the zip step must run first")
+        butlerops.ingest(ctx.butler(dest, writeable=True), ctx.source, ctx.refs(exp), ctx.visits(exp),
+                         exp.instrument, zip_path)
+        done, detail = check_butler(ctx, exp, dest)
+        if not done:
+            raise StepFailed(f"{exp.obs_id} not fully ingested into {dest.label} after ingest: {detail['state']}")
+        log.info("%s: ingested %s into %s", exp.obs_id, zip_path.name, dest.label)
+        return Outcome(name, "done", detail)
 
 
 # ---------------------------------------------------------------------------------------------------- rucio
@@ -442,21 +499,22 @@ def check_rucio(ctx: Context, exp: ExposureRef, deep: bool = True, known_zip: di
 
 def run_rucio(ctx: Context, exp: ExposureRef, known_zip: dict | None = None) -> Outcome:
     ensure_released(ctx, exp)
-    done, detail = check_rucio(ctx, exp, known_zip=known_zip)
-    if done:
-        return Outcome(RUCIO, "verified", detail)
-    if ctx.dry_run:
-        return Outcome(RUCIO, "would-act", {"would": detail["missing"]})
-    p = paths(ctx.policy, exp)
-    for f in (p.zip, p.yaml):
-        if not f.exists():
-            raise StepFailed(f"{f} is missing: earlier steps must run first")
-    acted = rucioreg.register(ctx.rucio, rucio_plan(ctx, exp, zip_hashes(ctx, exp, known_zip)))
-    done, detail = check_rucio(ctx, exp, known_zip=known_zip)
-    if not done:
-        raise StepFailed(f"{exp.obs_id}: Rucio parts still missing after registration: {detail['missing']}")
-    detail["acted"] = acted
-    return Outcome(RUCIO, "done" if acted else "verified", detail)
+    with ctx.exclusive(exp):
+        done, detail = check_rucio(ctx, exp, known_zip=known_zip)
+        if done:
+            return Outcome(RUCIO, "verified", detail)
+        if ctx.dry_run:
+            return Outcome(RUCIO, "would-act", {"would": detail["missing"]})
+        p = paths(ctx.policy, exp)
+        for f in (p.zip, p.yaml):
+            if not f.exists():
+                raise StepFailed(f"{f} is missing: earlier steps must run first")
+        acted = rucioreg.register(ctx.rucio, rucio_plan(ctx, exp, zip_hashes(ctx, exp, known_zip)))
+        done, detail = check_rucio(ctx, exp, known_zip=known_zip)
+        if not done:
+            raise StepFailed(f"{exp.obs_id}: Rucio parts still missing after registration: {detail['missing']}")
+        detail["acted"] = acted
+        return Outcome(RUCIO, "done" if acted else "verified", detail)
 
 
 # ---------------------------------------------------------------------------------------------------- sequences
@@ -476,15 +534,17 @@ def run_step(ctx: Context, exp: ExposureRef, name: str, **kwargs) -> Outcome:
 
 
 def run_exposure(ctx: Context, exp: ExposureRef, *, start_at: str | None = None) -> list[Outcome]:
-    """Every step in order (from ``start_at`` if given); stops at the first exception."""
+    """Every step in order (from ``start_at`` if given), under one hold of the exposure's lease; stops at the first
+    exception (lease.ExposureBusy if another live run holds the exposure: nothing was done)."""
     names = step_names(ctx.policy)
     if start_at is not None:
         names = names[names.index(start_at):] if start_at in names else names
     outcomes = []
-    for name in names:
-        outcome = run_step(ctx, exp, name)
-        log.info("%s %s: %s", exp.obs_id, name, outcome.state)
-        outcomes.append(outcome)
+    with ctx.exclusive(exp):
+        for name in names:
+            outcome = run_step(ctx, exp, name)
+            log.info("%s %s: %s", exp.obs_id, name, outcome.state)
+            outcomes.append(outcome)
     return outcomes
 
 

@@ -5,7 +5,8 @@ ZIP_STORED, others DEFLATED; downstream checks compare members with the embargo 
 on that), plus ``_butler_zip_index.json`` (what ``Butler.ingest_zip`` reads) and ``_metadata_index.json`` (the FITS
 header cards, taken from the bytes as they stream, in astro_metadata_translator's index format: see metaindex).
 
-It is written to an exclusively created temporary file in the destination directory (same filesystem), its size, md5
+It is written to an exclusively created temporary file in the destination directory (same filesystem; named after
+its owner's lease, so a killed owner's leftover is recognised and removed at the next attempt), its size, md5
 and adler32 computed from the bytes as they are written (the writer is unseekable so zipfile never rewrites a header
 behind our back; it uses data descriptors instead), then installed with a hard link, which fails if the zip already
 exists: a racer never overwrites, and the loser verifies the winner's zip against the source instead.
@@ -41,6 +42,14 @@ _CHUNK = 10 * 1024 * 1024
 
 class InconsistentArtifact(RuntimeError):
     """An artifact exists but does not match the source; it is reported, never overwritten."""
+
+
+class WriteFailed(OSError):
+    """Writing an artifact failed (ENOSPC, EIO, a read-only destination, ...); the message names the path."""
+
+
+def _write_failed(exc: OSError, dest: Path, tmp: Path) -> WriteFailed:
+    return WriteFailed(exc.errno, f"{exc.strerror or exc} while writing {dest} (temporary {tmp.name}, removed)")
 
 
 @dataclass(frozen=True)
@@ -159,8 +168,21 @@ def file_hashes(path: Path) -> FileHashes:
     return FileHashes(str(path), n, md5.hexdigest(), f"{adler:08x}")
 
 
-def _temp_for(dest: Path) -> Path:
-    return dest.parent / f".{dest.name}.{uuid.uuid4().hex}.tmp"
+def _temp_for(dest: Path, owner: str | None = None) -> Path:
+    """``.<name>.<owner>.tmp``: the owner (a lease token, ``<host>_<pid>_<random>``) says whose leftover it is."""
+    return dest.parent / f".{dest.name}.{owner or uuid.uuid4().hex}.tmp"
+
+
+def temp_owner(tmp: Path, dest: Path) -> str | None:
+    """The owner named by a temporary file of ``dest`` (None: not one of its temporary files)."""
+    prefix = f".{dest.name}."
+    if not (tmp.name.startswith(prefix) and tmp.name.endswith(".tmp")):
+        return None
+    return tmp.name[len(prefix):-len(".tmp")]
+
+
+def temporaries(dest: Path) -> list[Path]:
+    return sorted(dest.parent.glob(f".{dest.name}.*.tmp"))
 
 
 def _install(tmp: Path, dest: Path) -> bool:
@@ -172,15 +194,18 @@ def _install(tmp: Path, dest: Path) -> bool:
         return False
 
 
-def install_bytes(dest: Path, data: bytes) -> bool:
+def install_bytes(dest: Path, data: bytes, owner: str | None = None) -> bool:
     """Write small content atomically without overwrite; True if this call created ``dest``."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_for(dest)
+    tmp = _temp_for(dest, owner)
     try:
-        with open(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644), "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644), "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise _write_failed(exc, dest, tmp) from exc
         return _install(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -223,30 +248,39 @@ def _write_members(zf: zipfile.ZipFile, store: EmbargoStore, objects: list[Store
         zf.writestr(_member_info(METADATA_INDEX, len(meta)), meta)
 
 
-def build_zip(store: EmbargoStore, objects: Iterable[StoredObject], butler_index: bytes, dest: Path) -> tuple[
-        FileHashes | None, Path]:
-    """Build the zip for ``objects`` into a temp file beside ``dest`` and install it without overwrite.
+def build_zip(store: EmbargoStore, objects: Iterable[StoredObject], butler_index: bytes, dest: Path,
+              owner: str | None = None) -> tuple[FileHashes | None, Path]:
+    """Build the zip for ``objects`` into a temp file beside ``dest`` (named after ``owner``, the caller's lease) and
+    install it without overwrite.
 
     Returns (hashes, dest) if this call installed it, (None, dest) if ``dest`` appeared meanwhile (then the caller
-    verifies the existing one). The temporary file is removed in every case.
+    verifies the existing one). The temporary file is removed in every case; a write error (ENOSPC ...) is raised as
+    :class:`WriteFailed` naming ``dest``.
     """
     objects = sorted(objects, key=lambda o: o.name)
     names = [o.name for o in objects]
     if len(set(names)) != len(names) or set(names) & set(INDEX_NAMES):
         raise InconsistentArtifact(f"{dest.name}: duplicate or reserved member names in the embargo folder")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_for(dest)
+    tmp = _temp_for(dest, owner)
     sidecars: dict[str, bytes] = {}
+    writer, written = None, False
     try:
-        with open(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644), "wb") as raw:
-            writer = _HashingWriter(raw)
-            try:
-                _write_members(zipfile.ZipFile(writer, "w", allowZip64=True), store, objects, names, sidecars,
-                               butler_index)
-            finally:
-                writer.finish()
-            raw.flush()
-            os.fsync(raw.fileno())
+        try:
+            with open(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644), "wb") as raw:
+                writer = _HashingWriter(raw)
+                try:
+                    _write_members(zipfile.ZipFile(writer, "w", allowZip64=True), store, objects, names, sidecars,
+                                   butler_index)
+                finally:
+                    writer.finish()
+                written = True
+                raw.flush()
+                os.fsync(raw.fileno())
+        except OSError as exc:  # the destination's errors; the store's name their own object
+            if writer is None or written or exc is writer._error:
+                raise _write_failed(exc, dest, tmp) from exc
+            raise
         hashes = FileHashes(str(dest), writer.count, writer.md5.hexdigest(), f"{writer.adler:08x}")
         if not _install(tmp, dest):
             log.info("%s appeared while building (another run); verifying it instead", dest)
