@@ -30,4 +30,4 @@ def test_every_configured_dag_exists():
     ids = s.dag_ids()
     assert {"bl832_new_file", "bl832_recon_nersc", "bl832_recon_alcf", "bl832_recon_local", "bl832_prune",
             "bl7012_new_file", "bl733_new_file"} <= ids
-    assert not any(i.startswith(("bl7012_recon", "bl733_recon")) for i in ids)
+    assert not any(i.startswith(("bl7012_recon_", "bl733_recon_")) for i in ids)  # reconcile DAGs do exist
