@@ -106,20 +106,14 @@ with DAG(
           show_return_value_in_logs=False)
     def repair(item: dict, request: dict) -> dict:
         """Resume one exposure from its first missing step (isolated: its failure does not touch the others)."""
-        from airflow.sdk.exceptions import AirflowFailException
-
+        from facility_data.operators.embargo import rubin_task_outcome
         from facility_data.rubin import reconcile, steps
         from facility_data.rubin.policy import load_policy
-        from facility_data.rubin.zipbuild import InconsistentArtifact
 
         get_current_context()["obs_id"] = item["obs_id"]
         ctx = steps.Context(load_policy(), dry_run=request["dry_run"])
-        try:
+        with rubin_task_outcome():  # inconsistent or embargoed: failed, never overwritten; busy: retried
             return reconcile.repair_exposure(ctx, item["check"])
-        except InconsistentArtifact as exc:  # retrying cannot fix it; never overwritten; the message says what
-            raise AirflowFailException(f"INCONSISTENT, not overwritten: {exc}") from None
-        except steps.EmbargoViolation as exc:  # a repair never releases early
-            raise AirflowFailException(f"EMBARGO, nothing released: {exc}") from None
 
     @task(trigger_rule="all_done", outlets=[RECONCILED], show_return_value_in_logs=False)  # logs its summary
     def finish(request: dict, todo: list[dict], repaired, **context) -> dict:

@@ -7,6 +7,7 @@ exists against the source; returns the zip's path, bytes, md5 and adler32 (XCom)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -18,18 +19,18 @@ def _dry_run(value: bool | None, context) -> bool:
     return bool((context.get("params") or {}).get("dry_run", False))
 
 
-def run_rubin_step(name: str, exposure: dict, dry_run: bool, policy_path: str | None, context, **kwargs) -> dict:
-    """Shared by the Rubin operators: run the step, mapping domain errors onto Airflow task states."""
+@contextmanager
+def rubin_task_outcome():
+    """Map the unembargo's domain errors onto Airflow task states; one mapping for every Rubin task that acts.
+    The domain error stays the cause, so its traceback shows where it was raised."""
     from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
     from facility_data.rubin.lease import ExposureBusy
-    from facility_data.rubin.runs import run_named_step
     from facility_data.rubin.steps import EmbargoViolation, IncompleteExposure
     from facility_data.rubin.zipbuild import InconsistentArtifact
 
-    context["obs_id"] = exposure.get("obs_id")  # named map index in the UI
     try:
-        return run_named_step(name, exposure, dry_run=dry_run, policy_path=policy_path, **kwargs)
+        yield
     except IncompleteExposure as exc:
         raise AirflowSkipException(f"{exc} (left for a later run or reconciliation)") from exc
     except InconsistentArtifact as exc:  # retrying cannot fix it; alert and leave it for an operator
@@ -38,6 +39,15 @@ def run_rubin_step(name: str, exposure: dict, dry_run: bool, policy_path: str | 
         raise AirflowFailException(f"EMBARGO, nothing released: {exc}") from exc
     except ExposureBusy as exc:  # another run is mid-step: not a verdict on the artifacts; Airflow retries later
         raise AirflowException(f"BUSY, retry later: {exc}") from exc
+
+
+def run_rubin_step(name: str, exposure: dict, dry_run: bool, policy_path: str | None, context, **kwargs) -> dict:
+    """Shared by the Rubin operators: run the step, mapping domain errors onto Airflow task states."""
+    from facility_data.rubin.runs import run_named_step
+
+    context["obs_id"] = exposure.get("obs_id")  # named map index in the UI
+    with rubin_task_outcome():
+        return run_named_step(name, exposure, dry_run=dry_run, policy_path=policy_path, **kwargs)
 
 
 class EmbargoZipOperator(BaseOperator):
