@@ -39,14 +39,23 @@ PROBE_DIR = "{{ (ti.xcom_pull(task_ids='write_probe') or {}).get('dir', '') }}"
 )
 def als_transfer_healthcheck():
     @task
-    def write_probe(params=None, run_id=None) -> dict:
+    def write_probe(params=None, run_id=None, dag_run=None) -> dict:
         """Write a unique probe file on the source endpoint (through its mount on this worker)."""
         import hashlib
         import os
         import re
         import uuid
 
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from facility_data.conf import ConfError, check_conf
         from facility_data.transfer import get_endpoint
+
+        try:  # a misspelt endpoint key must not silently probe the defaults
+            check_conf(getattr(dag_run, "conf", None), {"source": (str,), "middle": (str,), "destination": (str,),
+                                                        "size_bytes": (int,)}, what="als_transfer_healthcheck")
+        except ConfError as exc:
+            raise AirflowFailException(str(exc)) from None
 
         ep = get_endpoint(params["source"])
         if ep.local_root is None:

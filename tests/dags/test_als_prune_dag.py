@@ -117,3 +117,10 @@ def test_a_stray_symlink_fails_the_run_after_the_report(airflow_db, tmp_path, mo
     (link,) = [d for d in doc["decisions"] if d["action"] == "anomaly"]
     assert link["key"].endswith("20240101_000000_stray.h5") and "symlink" in link["reason"]
     assert (spot.parent / "20240101_000000_stray.h5").is_symlink()
+
+
+def test_a_misspelt_prune_conf_key_is_refused_and_nothing_is_deleted(airflow_db, tmp_path, monkeypatch):
+    site, spot, data = spot_scan_two_days_old(tmp_path, monkeypatch, delete=("spot",))
+    dr = s.dag("bl832_prune").test(run_conf={"dry_run": False, "dryrun": True})
+    assert str(dr.state) == "failed" and spot.exists()
+    assert reports(site) == []  # refused before the sweep ran

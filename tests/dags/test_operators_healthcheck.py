@@ -55,3 +55,14 @@ def test_healthcheck_fails_when_a_hop_fails_but_still_cleans_up(dag, tmp_path, m
     assert s["cleanup_source"] == s["cleanup_middle"] == "success"
     for ep in ("spot832", "data832"):
         assert list((site / "endpoints" / ep / "healthcheck").iterdir()) == []
+
+
+def test_healthcheck_refuses_an_unknown_conf_key_before_writing_anything(dag, monkeypatch):
+    site = Path(os.environ["FACILITY_SITE"])
+    before = {ep: sorted((site / "endpoints" / ep).rglob("*")) for ep in ("spot832", "data832", "nersc832")}
+    for t in dag.tasks:
+        monkeypatch.setattr(t, "retries", 0)
+    run = dag.test(run_conf={"destination": "nersc832", "destinaton": "alcf832"})  # misspelt key
+    s = states(run)
+    assert run.state == "failed" and s["write_probe"] == "failed", s
+    assert {ep: sorted((site / "endpoints" / ep).rglob("*")) for ep in before} == before

@@ -579,6 +579,7 @@ def build_prune_dag(bl: Beamline, *, preview: bool = False) -> DAG:
 
             from facility_data.als.beamline import check_endpoints
             from facility_data.als.prune import Sweep, write_report
+            from facility_data.conf import check_conf
 
             ctx = _context()
             run = ctx.get("dag_run")
@@ -588,6 +589,8 @@ def build_prune_dag(bl: Beamline, *, preview: bool = False) -> DAG:
                                                f"is always a dry run; {bl.id}_prune is the sweep that deletes")
                 dry_run = True
             else:
+                with _permanent():  # a misspelt key is refused, never ignored
+                    check_conf(getattr(run, "conf", None), {"dry_run": (bool,)}, what=f"{bl.id}_prune")
                 manual = str(getattr(run, "run_type", "manual")).lower().endswith("manual")
                 dry_run = bool(ctx["params"]["dry_run"]) if manual else False
             endpoints, ledger = _env(bl)
