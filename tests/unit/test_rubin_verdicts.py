@@ -102,3 +102,16 @@ def test_window_runs_accept_empty_manual_params_and_manual_runs_may_name_exposur
         refuse_manual_params_in_window_runs({"obs_ids": ["X"]}, DagRunType.BACKFILL_JOB)
     for run_type in (DagRunType.MANUAL, "manual", None, "asset_triggered"):
         refuse_manual_params_in_window_runs({"day_obs": "20250101", "obs_ids": ["X"]}, run_type)
+
+
+def test_step_log_line_gives_the_rate_of_a_step_that_wrote_bytes():
+    from facility_data.rubin.runs import step_line
+
+    zipped = {"step": "zip", "state": "done", "detail": {"path": "/main/x.zip", "bytes": 4_000_000_000}}
+    assert step_line("MC_O_20251231_000010", zipped, 10.0).startswith(
+        "MC_O_20251231_000010 zip: done in 10.00 s, 4000000000 B at 400.0 MB/s; ")
+    verified = {**zipped, "state": "verified"}  # nothing written: no rate
+    assert "MB/s" not in step_line("MC_O_20251231_000010", verified, 2.0)
+    huge = {"step": "rucio", "state": "done", "detail": {"missing": ["x" * 50] * 100}}
+    line = step_line("MC_O_20251231_000010", huge, 1.0)
+    assert len(line) < 400 and line.endswith("...") and "MB/s" not in line

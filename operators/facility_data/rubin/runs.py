@@ -8,6 +8,7 @@ reported, never dropped silently. The other functions run one step for one expos
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -116,14 +117,29 @@ def run_named_step(name: str, exposure: dict, *, dry_run: bool, policy_path: str
 
     ctx = context_for(dry_run, policy_path)
     exp = ExposureRef.from_dict(exposure)
+
+    def timed(step: str, **kw) -> dict:
+        t0 = time.monotonic()
+        out = steps.run_step(ctx, exp, step, **kw).to_dict()
+        log.info("%s", step_line(exp.obs_id, out, time.monotonic() - t0))
+        return out
+
     if name == "butler":
-        outs = [steps.run_step(ctx, exp, steps.butler_step(d)).to_dict() for d in ctx.policy.destinations]
-        for o in outs:
-            log.info("%s %s: %s %s", exp.obs_id, o["step"], o["state"], o["detail"])
+        outs = [timed(steps.butler_step(d)) for d in ctx.policy.destinations]
         return {"step": "butler", "destinations": outs, "obs_id": exp.obs_id}
-    out = {**steps.run_step(ctx, exp, name, **kwargs).to_dict(), "obs_id": exp.obs_id}
-    log.info("%s %s: %s %s", exp.obs_id, name, out["state"], out["detail"])
-    return out
+    return {**timed(name, **kwargs), "obs_id": exp.obs_id}
+
+
+def step_line(obs_id: str, outcome: dict, seconds: float) -> str:
+    """One log line per step: state, seconds and, for a step that wrote bytes, the rate; the detail abridged."""
+    detail = outcome.get("detail") or {}
+    size = detail.get("bytes")
+    rate = ""
+    if outcome.get("state") == "done" and isinstance(size, int) and seconds > 0:
+        rate = f", {size} B at {size / seconds / 1e6:.1f} MB/s"
+    text = str(detail)
+    return (f"{obs_id} {outcome.get('step')}: {outcome.get('state')} in {seconds:.2f} s{rate}; "
+            f"{text if len(text) <= 300 else text[:300] + '...'}")
 
 
 def summarize(selected: list[dict] | None, skipped: list[dict] | None, task_states: dict[str, str],
