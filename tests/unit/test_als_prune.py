@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from facility_data.als.beamline import load_beamline
@@ -21,9 +21,10 @@ KEY = "ALS-11111_user/20240101_120000_sample.h5"
 SCAN = f"raw/{KEY}"
 
 
-def deleting(bl, *roles: str):
-    """``bl`` with deletion switched on (``delete: true``) at ``roles`` (default: every pruned location)."""
-    roles = roles or tuple(r for r, loc in bl.locations.items() if loc.retention_days is not None)
+def deleting(bl, *roles: str, everywhere: bool = False):
+    """``bl`` with deletion switched on (``delete: true``) at exactly ``roles``, or at every pruned location."""
+    if everywhere:
+        roles = tuple(r for r, loc in bl.locations.items() if loc.retention_days is not None)
     return bl.model_copy(update={"locations": {r: loc.model_copy(update={"delete": r in roles})
                                                for r, loc in bl.locations.items()}})
 
@@ -31,7 +32,7 @@ def deleting(bl, *roles: str):
 @pytest.fixture
 def env(monkeypatch, tmp_path):
     monkeypatch.setenv("FACILITY_SITE", str(tmp_path))
-    bl = deleting(load_beamline("bl832"))
+    bl = deleting(load_beamline("bl832"), everywhere=True)
     return bl, load_endpoints(), Ledger(tmp_path / "ledger.sqlite"), tmp_path
 
 
@@ -315,6 +316,7 @@ NAMES = [f"20240101_00000{i}_s.h5" for i in range(4)]
 @given(items=st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from(["spot", "data"]),
                                 st.sampled_from([b"a", b"b"]), st.booleans()), max_size=8),
        delete=st.sets(st.sampled_from(["spot", "data"])), dry_run=st.booleans())
+@example(items=[(NAMES[0], "spot", b"a", False), (NAMES[0], "data", b"a", False)], delete=set(), dry_run=False)
 def test_property_links_are_never_touched_and_only_enabled_locations_lose_verified_items(items, delete, dry_run):
     """Random files and links (links to real files elsewhere) at spot832 and data832, random delete switches: a
     link is never removed or followed, a location without delete loses nothing, and whatever is deleted still has
