@@ -39,7 +39,7 @@ site-status: venv
 	$(PY) -m facility_data.localsite.cli status
 
 demo: venv
-	$(PY) -m facility_data.demo
+	$(PY) -m facility_data.demo.run
 
 airflow: venv site-up
 	$(PY) -m facility_data.localsite.cli airflow

@@ -25,7 +25,8 @@ SIZE, SLICES, ANGLES, FILTER = 255, 64, 361, "shepp-logan"
 def main() -> int:
     from skimage.transform import iradon
 
-    from facility_data.als import recon, synthetic
+    from facility_data.als import recon
+    from facility_data.demo import als_synthetic as synthetic
 
     with tempfile.TemporaryDirectory(prefix="bench-recon-") as tmp:
         h5 = synthetic.write_scan(Path(tmp) / "20240101_000000_bench.h5", n_angles=ANGLES, size=SIZE,

@@ -42,11 +42,7 @@ def _phase(name: str, t0: float) -> float:
 def build(root: Path, prefix: Path, day_obs: int, n: int, n_det: int, rucio) -> dict:
     from lsst.daf.butler import Butler, DatasetRef, FileDataset, Timespan
 
-    from facility_data.rubin import butlerops, steps
-    from facility_data.rubin.dimensions import ELEMENTS, export_yaml
-    from facility_data.rubin.rucioreg import did_names
-    from facility_data.rubin.storage import LocalStore, folder_key
-    from facility_data.rubin.synthetic import (
+    from facility_data.demo.rubin_synthetic import (
         FORMATTER,
         INSTRUMENT,
         Night,
@@ -57,6 +53,10 @@ def build(root: Path, prefix: Path, day_obs: int, n: int, n_det: int, rucio) -> 
         exposure_id,
         obs_id_for,
     )
+    from facility_data.rubin import butlerops, steps
+    from facility_data.rubin.dimensions import ELEMENTS, export_yaml
+    from facility_data.rubin.rucioreg import did_names
+    from facility_data.rubin.storage import LocalStore, folder_key
     from facility_data.rubin.windows import ExposureRef
     from facility_data.rubin.zipbuild import build_zip, file_hashes
 
@@ -217,9 +217,9 @@ def build(root: Path, prefix: Path, day_obs: int, n: int, n_det: int, rucio) -> 
 
 
 def main() -> None:
+    from facility_data.demo.rubin_synthetic import unique_day_obs
     from facility_data.localsite import Site
     from facility_data.rubin import reconcile, steps
-    from facility_data.rubin.synthetic import unique_day_obs
 
     n = int(os.environ.get("BENCH_RECONCILE_EXPOSURES", "1000"))
     n_det = int(os.environ.get("BENCH_RECONCILE_DETECTORS", "205"))
@@ -269,8 +269,8 @@ def main() -> None:
 
 
 def _policy(root: Path, prefix: Path, day_obs: int):
+    from facility_data.demo.rubin_synthetic import INSTRUMENT, Night
     from facility_data.rubin.storage import LocalStore
-    from facility_data.rubin.synthetic import INSTRUMENT, Night
 
     night = Night(day_obs, INSTRUMENT, root / "butler" / "embargo", [root / "butler" / "main"],
                   LocalStore(root / "embargo"), prefix)

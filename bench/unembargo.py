@@ -99,9 +99,9 @@ def main() -> None:
     args = parser.parse_args()
     _quiet()
 
+    from facility_data.demo.rubin_synthetic import build_night, unique_day_obs, write_policy
     from facility_data.rubin import steps, windows
     from facility_data.rubin.runs import PER_RUN_PARALLELISM
-    from facility_data.rubin.synthetic import build_night, unique_day_obs, write_policy
 
     site = _site()
     work = Path(tempfile.mkdtemp(prefix="bench-unembargo-", dir=site.root / "main" if site else None))

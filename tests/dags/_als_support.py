@@ -42,7 +42,7 @@ def endpoint_dir(site: Path, endpoint: str) -> Path:
 def write_scan(site: Path, name: str = "20240101_120000_shell", *, endpoint: str = "spot832",
                subdir: str = "raw") -> str:
     """A tiny synthetic scan where the watcher would see it; returns the watcher path."""
-    from facility_data.als import synthetic
+    from facility_data.demo import als_synthetic as synthetic
 
     root = endpoint_dir(site, endpoint)
     synthetic.write_scan(root / subdir / FOLDER / f"{name}.h5", n_angles=ANGLES, size=SIZE, n_slices=SLICES, seed=3)

@@ -35,7 +35,7 @@ def test_bl832_chain_on_the_embedded_default(site):
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
 
-    from facility_data.als import synthetic
+    from facility_data.demo import als_synthetic as synthetic
 
     watcher_path = s.write_scan(site)
     rel = watcher_path.removeprefix("/global/")

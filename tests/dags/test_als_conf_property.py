@@ -59,7 +59,7 @@ def world(airflow_db, tmp_path, monkeypatch):
     dr = s.dag("bl832_new_file").test(run_conf={"file_path": controlled, "is_export_control": True})
     assert str(dr.state) == "success"
     c_bytes = (s.endpoint_dir(site, "spot832") / "raw" / s.FOLDER / "20240101_120000_ctrl.h5").read_bytes()
-    from facility_data.als import synthetic
+    from facility_data.demo import als_synthetic as synthetic
 
     free = f"/global/raw/{s.FOLDER}/20240101_130000_free.h5"
     for raw in (s.endpoint_dir(site, "data832_raw"), s.endpoint_dir(site, "spot832") / "raw"):

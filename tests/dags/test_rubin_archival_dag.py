@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from facility_data.demo.rubin_synthetic import build_night, unique_day_obs, write_policy
 from facility_data.localsite.rucio_server import ensure_archive_rse
 from facility_data.rubin import rucioreg
 from facility_data.rubin.policy import ArchiveRule
-from facility_data.rubin.synthetic import build_night, unique_day_obs, write_policy
 
 warnings.filterwarnings("ignore", module="erfa")
 REPO = Path(__file__).resolve().parents[2]

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 from test_rubin_unembargo_dag import _conf, _configure, _ti_states, dag  # noqa: F401 - the module's DAG fixture
 
+from facility_data.demo.rubin_synthetic import build_night
 from facility_data.rubin import rucioreg, steps
-from facility_data.rubin.synthetic import build_night
 
 warnings.filterwarnings("ignore", module="erfa")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from facility_data.demo.rubin_synthetic import build_night, unique_day_obs, write_policy
 from facility_data.rubin import steps, windows
-from facility_data.rubin.synthetic import build_night, unique_day_obs, write_policy
 
 warnings.filterwarnings("ignore", module="erfa")
 REPO = Path(__file__).resolve().parents[2]

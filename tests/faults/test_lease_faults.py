@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from _fault_workers import hold_lease, released, slow_zip
 
+from facility_data.demo.rubin_synthetic import build_night, unique_day_obs, write_policy
 from facility_data.rubin import lease, reconcile, steps
-from facility_data.rubin.synthetic import build_night, unique_day_obs, write_policy
 from facility_data.rubin.zipbuild import WriteFailed
 
 warnings.filterwarnings("ignore", module="erfa")

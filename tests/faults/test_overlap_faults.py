@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from _fault_workers import released, run_exposures, run_reconcile
 
+from facility_data.demo.rubin_synthetic import build_night, unique_day_obs
 from facility_data.rubin import rucioreg, steps
-from facility_data.rubin.synthetic import build_night, unique_day_obs
 from facility_data.rubin.zipbuild import file_hashes
 
 pytestmark = pytest.mark.integration

@@ -12,10 +12,10 @@ from datetime import timedelta
 
 import pytest
 
+from facility_data.demo.rubin_synthetic import build_night, unique_day_obs
 from facility_data.localsite.rucio_server import ensure_archive_rse
 from facility_data.rubin import reconcile, rucioreg, steps, windows
 from facility_data.rubin.policy import ArchiveRule
-from facility_data.rubin.synthetic import build_night, unique_day_obs
 
 pytestmark = pytest.mark.integration
 warnings.filterwarnings("ignore", module="erfa")

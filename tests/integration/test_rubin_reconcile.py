@@ -17,8 +17,8 @@ from datetime import timedelta
 
 import pytest
 
+from facility_data.demo.rubin_synthetic import INSTRUMENT, build_night, fits_bytes, unique_day_obs
 from facility_data.rubin import reconcile, steps, windows
-from facility_data.rubin.synthetic import INSTRUMENT, build_night, fits_bytes, unique_day_obs
 
 pytestmark = pytest.mark.integration
 warnings.filterwarnings("ignore", module="erfa")
@@ -236,7 +236,7 @@ def test_repair_brings_every_crash_to_the_uninterrupted_end_state(site, crashed,
 def test_exposure_completed_at_source_after_its_window_is_picked_up(site, tmp_path):
     from lsst.daf.butler import Butler, DatasetRef, FileDataset
 
-    from facility_data.rubin.synthetic import FORMATTER, detector_layout
+    from facility_data.demo.rubin_synthetic import FORMATTER, detector_layout
 
     night = build_night(tmp_path, day_obs=unique_day_obs(), n_exposures=2, detectors=DETECTORS, incomplete=(2,))
     policy = night.policy(destination_prefix=site.root / "main" / f"late-{night.day_obs}")
@@ -306,8 +306,8 @@ def test_prune_guard_needs_deep_verification_of_every_sink(site, tmp_path):
 
 
 def test_demo_breakage_is_found_at_the_right_step_and_repaired(site, tmp_path):
-    from facility_data.rubin import demo_breakage
-    from facility_data.rubin.synthetic import write_policy
+    from facility_data.demo import rubin_breakage
+    from facility_data.demo.rubin_synthetic import write_policy
 
     night = build_night(tmp_path, day_obs=unique_day_obs(), n_exposures=4, detectors=3)
     policy = night.policy(destination_prefix=site.root / "main" / f"demo-{night.day_obs}")
@@ -316,7 +316,7 @@ def test_demo_breakage_is_found_at_the_right_step_and_repaired(site, tmp_path):
     ctx = steps.Context(policy, rucio=site.rucio_client())
     for exp in _exposures(policy, ctx, night, now).values():
         steps.run_exposure(ctx, exp)
-    did = demo_breakage.break_exposures(site.root, path, night.day_obs, now=now)
+    did = rubin_breakage.break_exposures(site.root, path, night.day_obs, now=now)
     assert len(did) == 3 and [d.split(":")[0] for d in did] == night.obs_ids[:3]
     found = reconcile.check_night(steps.Context(policy, rucio=site.rucio_client()), INSTRUMENT, night.day_obs,
                                   now=now)
@@ -328,7 +328,7 @@ def test_demo_breakage_is_found_at_the_right_step_and_repaired(site, tmp_path):
                            reports_dir=tmp_path / "r")
     assert result["found"][str(night.day_obs)]["partial"] == 3
     assert result["counts"][str(night.day_obs)]["done"] == 4
-    text = demo_breakage.summary(result)
+    text = rubin_breakage.summary(result)
     assert "found done 1, partial 3" in text and text.count("repaired MC_O_") == 3
 
 

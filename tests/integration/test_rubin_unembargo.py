@@ -14,10 +14,10 @@ from datetime import timedelta
 
 import pytest
 
+from facility_data.demo.rubin_synthetic import build_night, unique_day_obs
 from facility_data.rubin import retry, rucioreg, steps, windows
 from facility_data.rubin.policy import Storage
 from facility_data.rubin.storage import S3Store
-from facility_data.rubin.synthetic import build_night, unique_day_obs
 from facility_data.rubin.zipbuild import file_hashes
 
 pytestmark = pytest.mark.integration
@@ -307,8 +307,8 @@ def test_s3_gate_compares_sizes_with_the_butler_and_judges_quiet_from_last_modif
     objects' LastModified (an exposure without manifest waits for the quiet period, then is released)."""
     from datetime import UTC, datetime
 
+    from facility_data.demo.rubin_synthetic import CALIB_WHERE
     from facility_data.rubin.policy import PolicyRow, WithoutManifest
-    from facility_data.rubin.synthetic import CALIB_WHERE
 
     night, policy = s3_night
     exps = released(night, policy)

@@ -68,7 +68,7 @@ EMBARGO = timedelta(hours=80, minutes=5)  # the synthetic policy's embargo + set
 
 @dataclass
 class LiveNight:
-    night: object  # facility_data.rubin.synthetic.Night
+    night: object  # facility_data.demo.rubin_synthetic.Night
     policy: object  # facility_data.rubin.policy.EmbargoPolicy
     releases: dict[str, datetime]
 
@@ -82,7 +82,7 @@ class LiveNight:
 def rubin_night(live: Live, site, *, first_release: datetime, n_exposures: int = 2) -> LiveNight:
     """A small synthetic night (4 detectors) whose on-sky exposures are released 4 minutes apart from
     ``first_release``, and the live Airflow's policy pointed at it (its tasks read that file at run time)."""
-    from facility_data.rubin.synthetic import build_night, write_policy
+    from facility_data.demo.rubin_synthetic import build_night, write_policy
 
     begin = first_release - EMBARGO - timedelta(seconds=30)  # release = begin + 30 s exposure + embargo + settle
     day_obs = int((begin - timedelta(hours=12)).strftime("%Y%m%d"))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from facility_data.als import demo
 from facility_data.als.beamline import load_beamline
 from facility_data.als.paths import parse_scan_path
+from facility_data.demo import als as demo
 
 
 def test_prepare_writes_a_valid_scan_and_summary_reads_the_site(site_root, monkeypatch):

@@ -17,7 +17,8 @@ import tifffile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from facility_data.als import multiscale, synthetic
+from facility_data.als import multiscale
+from facility_data.demo import als_synthetic as synthetic
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from facility_data.als import recon, synthetic
+from facility_data.als import recon
+from facility_data.demo import als_synthetic as synthetic
 
 SIZE, SLICES, ANGLES = 96, 6, 121
 # Stated tolerance: inside the reconstruction circle, correlation with the phantom >= 0.95 and RMSE <= 8 % of the

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from facility_data.als import synthetic
 from facility_data.als.beamline import load_beamline
 from facility_data.als.ledger import Ledger
 from facility_data.als.reconcile import Reconcile, Request, check_request, reports_dir, write_report
 from facility_data.als.steps import ConfError, record_copy, validate_new_scan
+from facility_data.demo import als_synthetic as synthetic
 from facility_data.transfer import LocalTransfer, load_endpoints
 
 FOLDER = "ALS-11111_synthetic"

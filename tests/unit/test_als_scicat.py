@@ -15,7 +15,7 @@ import responses
 from responses import matchers
 
 from facility_data.als import scicat_ingest as ingest
-from facility_data.als import synthetic
+from facility_data.demo import als_synthetic as synthetic
 from facility_data.hooks.scicat import (
     SciCatAuthError,
     SciCatClient,

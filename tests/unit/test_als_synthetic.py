@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from facility_data.als import synthetic
+from facility_data.demo import als_synthetic as synthetic
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from facility_data.demo.rubin_synthetic import CALIB_WHERE, build_night, write_policy
 from facility_data.rubin import reconcile, steps, windows
 from facility_data.rubin.policy import ButlerRef, PolicyRow
 from facility_data.rubin.runs import select
-from facility_data.rubin.synthetic import CALIB_WHERE, build_night, write_policy
 
 warnings.filterwarnings("ignore", module="erfa")
 

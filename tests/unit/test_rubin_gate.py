@@ -13,10 +13,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from facility_data.config import ConfigError
+from facility_data.demo.rubin_synthetic import CALIB_WHERE, build_night, unique_day_obs, write_policy
 from facility_data.rubin import reconcile, steps, windows
 from facility_data.rubin.policy import PolicyRow, WithoutManifest, load_policy
 from facility_data.rubin.runs import select
-from facility_data.rubin.synthetic import CALIB_WHERE, build_night, unique_day_obs, write_policy
 
 warnings.filterwarnings("ignore", module="erfa")
 N = 8

@@ -20,9 +20,9 @@ from astropy.io import fits
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from facility_data.demo.rubin_synthetic import build_night
 from facility_data.rubin.metaindex import HeaderCollector, metadata_index
 from facility_data.rubin.storage import LocalStore
-from facility_data.rubin.synthetic import build_night
 from facility_data.rubin.zipbuild import METADATA_INDEX, build_zip
 
 BUTLER_INDEX = b'{"artifact_map": {}}'

@@ -138,8 +138,8 @@ def test_rucio_hook_rejects_incomplete_connections(monkeypatch, fields, message)
 
 
 def test_butler_hook_opens_the_repo_of_its_connection(monkeypatch, tmp_path):
+    from facility_data.demo.rubin_synthetic import detector_layout, ensure_repo
     from facility_data.hooks.butler import ButlerHook
-    from facility_data.rubin.synthetic import detector_layout, ensure_repo
 
     ensure_repo(tmp_path / "repo", detector_layout(2))
     _conn(monkeypatch, "butler_t", conn_type="butler", host=str(tmp_path / "repo"))

@@ -9,8 +9,8 @@ from datetime import timedelta
 
 import pytest
 
+from facility_data.demo.rubin_synthetic import build_night, detector_layout, ensure_repo, unique_day_obs
 from facility_data.rubin import steps, windows
-from facility_data.rubin.synthetic import build_night, detector_layout, ensure_repo, unique_day_obs
 from facility_data.rubin.zipbuild import InconsistentArtifact
 
 warnings.filterwarnings("ignore", module="erfa")

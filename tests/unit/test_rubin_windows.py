@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from facility_data.demo.rubin_synthetic import build_night, unique_day_obs
 from facility_data.rubin import windows
-from facility_data.rubin.synthetic import build_night, unique_day_obs
 
 warnings.filterwarnings("ignore", module="erfa")
 

@@ -34,8 +34,8 @@ def _site(site_root: str | Path):
 
 def prepare(site_root: str | Path, *, beamline: str = "bl832") -> dict:
     """Write a new synthetic scan on the beamline's acquisition endpoint; return the conf for ``<bl>_new_file``."""
-    from facility_data.als import synthetic
     from facility_data.als.beamline import load_beamline
+    from facility_data.demo import als_synthetic as synthetic
     from facility_data.transfer import load_endpoints
 
     with _site(site_root):

@@ -80,9 +80,9 @@ def failed_tasks(server: AirflowServer, dag_id: str, run_id: str) -> list[str]:
 # --- ALS ---------------------------------------------------------------------------------------------------------
 def als_section(site: Site, server: AirflowServer) -> str:
     try:
-        from facility_data.als import demo as als_demo
+        from facility_data.demo import als as als_demo
     except ImportError as exc:
-        raise Skip(f"facility_data.als.demo not available: {exc}") from None
+        raise Skip(f"facility_data.demo.als not available: {exc}") from None
     conf = als_demo.prepare(site.root)
     say(f"  synthetic scan written where the file watcher sees it: {conf.get('file_path')}")
     unpause(server, "bl832_recon_local")
@@ -109,9 +109,9 @@ def _floor15(t: datetime) -> datetime:
 
 def rubin_section(site: Site, server: AirflowServer, *, n_exposures: int, detectors: int) -> str:
     try:
+        from facility_data.demo.rubin_synthetic import build_night
         from facility_data.rubin.nightsummary import print_night_summary
         from facility_data.rubin.policy import load_policy
-        from facility_data.rubin.synthetic import build_night
         from facility_data.rubin.windows import release_time
     except ImportError as exc:
         raise Skip(f"Rubin pipeline not available: {exc}") from None
@@ -155,7 +155,7 @@ def rubin_section(site: Site, server: AirflowServer, *, n_exposures: int, detect
 
 def reconcile_section(site: Site, server: AirflowServer, night) -> str:
     try:
-        from facility_data.rubin import demo_breakage
+        from facility_data.demo import rubin_breakage
     except ImportError as exc:
         raise Skip(f"reconciliation not available: {exc}") from None
     from facility_data.rubin.policy import policy_path
@@ -168,7 +168,7 @@ def reconcile_section(site: Site, server: AirflowServer, night) -> str:
     time.sleep(10)
     while time.monotonic() < deadline and any(r["state"] not in ("success", "failed") for r in server.runs(dag_id)):
         time.sleep(3)
-    broken = demo_breakage.break_exposures(site.root, policy_path(), night.day_obs)
+    broken = rubin_breakage.break_exposures(site.root, policy_path(), night.day_obs)
     say("  broke on purpose: " + "; ".join(broken))
     conf = {"instrument": night.instrument, "day_obs_first": str(night.day_obs),
             "day_obs_last": str(night.day_obs), "repair": True, "dry_run": False}
@@ -178,7 +178,7 @@ def reconcile_section(site: Site, server: AirflowServer, night) -> str:
         entry = server.api("GET", f"/dags/rubin_unembargo_reconcile/dagRuns/{run_id}/taskInstances/finish/"
                                   "xcomEntries/return_value", params={"deserialize": True})
         value = entry.get("value")
-        lines.append(demo_breakage.summary(json.loads(value) if isinstance(value, str) else value))
+        lines.append(rubin_breakage.summary(json.loads(value) if isinstance(value, str) else value))
     except Exception as exc:  # the summary is a convenience; the run's state above is the result
         lines.append(f"(no reconcile summary: {exc})")
     return "\n".join(lines)
