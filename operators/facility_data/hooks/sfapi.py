@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 from airflow.sdk import BaseHook
@@ -40,6 +41,25 @@ def job_outcome(state: str | None) -> str:
     if base in FAILURE_STATES:
         return "failed"
     return "pending"
+
+
+def job_event(hook: SFAPIHook, jobid: str, machine: str, *, first_seen: float, not_found_grace: float) -> dict:
+    """One look at a job as an event payload: status success / failed / pending, with its accounting record.
+
+    Shared by the sensor (poke), its trigger and the NERSC HPC controller, so it lives with the client here: a
+    trigger must not import the sensor that defers to it."""
+    try:
+        info = hook.job_info(jobid, machine=machine)
+    except JobNotFound:
+        waited = time.time() - first_seen
+        if waited > not_found_grace:
+            return {"status": "failed", "jobid": jobid, "job": {},
+                    "message": f"Slurm job {jobid} on {machine} still unknown to accounting after {waited:.0f} s"}
+        return {"status": "pending", "jobid": jobid, "job": {}, "message": "not in accounting yet"}
+    outcome = job_outcome(info.get("state"))
+    summary = ", ".join(f"{k}={v}" for k, v in info.items() if k != "jobid")
+    message = f"Slurm job {jobid} on {machine}: {summary}" if outcome != "pending" else str(info.get("state"))
+    return {"status": outcome, "jobid": jobid, "job": info, "message": message}
 
 
 class SFAPIHook(BaseHook):

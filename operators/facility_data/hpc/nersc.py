@@ -22,8 +22,7 @@ class NERSCController(HPCController):
         self.not_found_grace = not_found_grace
 
     def run_job(self, script: str, *, job_name: str, deadline_seconds: float) -> JobResult:
-        from facility_data.hooks.sfapi import SFAPIHook
-        from facility_data.sensors.sfapi import job_event
+        from facility_data.hooks.sfapi import SFAPIHook, job_event
 
         hook = SFAPIHook(self.conn_id)
         start = time.monotonic()

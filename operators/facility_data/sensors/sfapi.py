@@ -15,23 +15,7 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 from airflow.sdk.exceptions import AirflowException, AirflowSensorTimeout
 
-from facility_data.hooks.sfapi import JobNotFound, SFAPIHook, job_outcome
-
-
-def job_event(hook: SFAPIHook, jobid: str, machine: str, *, first_seen: float, not_found_grace: float) -> dict:
-    """One look at a job as an event payload: status success / failed / pending, with its accounting record."""
-    try:
-        info = hook.job_info(jobid, machine=machine)
-    except JobNotFound:
-        waited = time.time() - first_seen
-        if waited > not_found_grace:
-            return {"status": "failed", "jobid": jobid, "job": {},
-                    "message": f"Slurm job {jobid} on {machine} still unknown to accounting after {waited:.0f} s"}
-        return {"status": "pending", "jobid": jobid, "job": {}, "message": "not in accounting yet"}
-    outcome = job_outcome(info.get("state"))
-    summary = ", ".join(f"{k}={v}" for k, v in info.items() if k != "jobid")
-    message = f"Slurm job {jobid} on {machine}: {summary}" if outcome != "pending" else str(info.get("state"))
-    return {"status": outcome, "jobid": jobid, "job": info, "message": message}
+from facility_data.hooks.sfapi import SFAPIHook, job_event
 
 
 class SFAPIJobSensor(BaseSensorOperator):

@@ -41,7 +41,7 @@ class SFAPIJobTrigger(PollingTrigger):
         return self._hook
 
     def check(self) -> dict[str, Any]:
-        from facility_data.sensors.sfapi import job_event
+        from facility_data.hooks.sfapi import job_event
 
         return job_event(self.hook(), self.jobid, self.machine, first_seen=self.first_seen,
                          not_found_grace=self.not_found_grace)
