@@ -74,17 +74,19 @@ class SciCatStandIn:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}{API_PATH}"
 
-    def connection_json(self, login: str = "ingestor", password: str | None = None) -> str:
-        """An ``AIRFLOW_CONN_<ID>`` value of type ``scicat`` for this server."""
+    def connection_json(self, login: str = "ingestor", password: str | None = None, **extra) -> str:
+        """An ``AIRFLOW_CONN_<ID>`` value of type ``scicat`` for this server (``extra``: the hook's settings)."""
         return json.dumps({"conn_type": "scicat", "host": self.url, "login": login,
-                           "password": self.users.get(login, "") if password is None else password})
+                           "password": self.users.get(login, "") if password is None else password,
+                           **({"extra": extra} if extra else {})})
 
     def up(self) -> SciCatStandIn:
         if self._server is None:
             handler = type("Handler", (_Handler,), {"standin": self})
             self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
             self._server.daemon_threads = True
-            self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="scicat-standin", daemon=True)
+            self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True,
+                                            name="scicat-standin")
             self._thread.start()
         return self
 

@@ -282,6 +282,30 @@ def test_host_without_scheme_becomes_https(monkeypatch, canned):
     assert SciCatHook("scicat_bare").get_conn().base_url == "https://scicat.example.org/api/v3"
 
 
+def test_retry_settings_come_from_the_connection_extra(scicat, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_SCICAT_NORETRY", scicat.connection_json(max_retries=0, backoff=0, timeout=5))
+    scicat.fail("GET", "Datasets", status=503, times=2, message="busy")
+    client = SciCatHook("scicat_noretry").get_conn()
+    assert (client.max_retries, client.backoff, client._timeout_seconds) == (0, 0.0, 5.0)
+    with pytest.raises(SciCatHTTPError, match="busy"):
+        client.datasets_get_many({})
+    assert scicat.count("GET", "Datasets") == 1
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"max_retry": 2}, r"unknown extra key\(s\) \['max_retry'\]"),
+    ({"max_retries": -1}, "max_retries=-1 must be a non-negative integer"),
+    ({"max_retries": 1.5}, "max_retries=1.5 must be a non-negative integer"),
+    ({"backoff": "fast"}, "backoff='fast' must be a number of seconds >= 0"),
+    ({"timeout": 0}, "timeout=0 must be a number of seconds > 0"),
+])
+def test_bad_connection_extra_is_refused_before_any_request(scicat, monkeypatch, extra, message):
+    monkeypatch.setenv("AIRFLOW_CONN_SCICAT_BADX", scicat.connection_json(**extra))
+    with pytest.raises(ValueError, match=message):
+        SciCatHook("scicat_badx").get_conn()
+    assert scicat.calls == []
+
+
 def test_hook_needs_credentials(monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_SCICAT_NOPW", json.dumps({"conn_type": "scicat", "host": CANNED,
                                                                 "login": "ingestor"}))

@@ -242,7 +242,13 @@ def records(result: Any, operation: str) -> list[dict]:
 
 
 class SciCatHook(BaseHook):
-    """Builds a logged-in :class:`SciCatClient` (a pyscicat ``ScicatClient``) from a connection of type ``scicat``."""
+    """Builds a logged-in :class:`SciCatClient` (a pyscicat ``ScicatClient``) from a connection of type ``scicat``.
+
+    The connection's extra may set ``max_retries`` (int >= 0), ``backoff`` and ``timeout`` (seconds, >= 0; timeout
+    > 0); they override the hook's arguments. Any other extra key is refused (a typo must not pass silently).
+    """
+
+    EXTRA_KEYS = {"max_retries": int, "backoff": float, "timeout": float}
 
     conn_name_attr = "scicat_conn_id"
     default_conn_name = "scicat_default"
@@ -274,11 +280,29 @@ class SciCatHook(BaseHook):
             conn = self.get_connection(self.scicat_conn_id)
             if not conn.login or not conn.password:
                 raise ValueError(f"SciCat connection {self.scicat_conn_id!r} needs login (ingest user) and password")
-            client = SciCatClient(self._base_url(conn), conn.login, conn.password, timeout=self.timeout,
-                                  max_retries=self.max_retries, backoff=self.backoff)
+            settings = {"timeout": self.timeout, "max_retries": self.max_retries, "backoff": self.backoff,
+                        **self._extra(conn)}
+            client = SciCatClient(self._base_url(conn), conn.login, conn.password, **settings)
             client.login()
             self._client = client
         return self._client
+
+    def _extra(self, conn) -> dict[str, Any]:
+        extra = conn.extra_dejson or {}
+        unknown = sorted(set(extra) - set(self.EXTRA_KEYS))
+        if unknown:
+            raise ValueError(f"SciCat connection {self.scicat_conn_id!r}: unknown extra key(s) {unknown}; "
+                             f"expected some of {sorted(self.EXTRA_KEYS)}")
+        out = {}
+        for key, value in extra.items():
+            kind = self.EXTRA_KEYS[key]
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+            if not ok or (kind is int and not isinstance(value, int)) or (key == "timeout" and value == 0):
+                raise ValueError(f"SciCat connection {self.scicat_conn_id!r}: extra {key}={value!r} must be a "
+                                 f"{'non-negative integer' if kind is int else 'number of seconds'}"
+                                 f"{' > 0' if key == 'timeout' else ' >= 0'}")
+            out[key] = kind(value)
+        return out
 
     def test_connection(self) -> tuple[bool, str]:
         try:
