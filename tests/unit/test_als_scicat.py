@@ -64,6 +64,9 @@ def test_the_hook_returns_a_logged_in_pyscicat_client(hook, scicat):
     client = hook.get_conn()
     assert isinstance(client, ScicatClient)
     assert client._token in scicat.tokens and client._token not in repr(client) and PASSWORD not in repr(client)
+    from airflow.sdk.log import redact
+
+    assert client._token not in redact(f"Authorization: Bearer {client._token}")  # registered with the masker
     assert hook.test_connection() == (True, f"logged in to {scicat.url} as ingestor")
 
 
