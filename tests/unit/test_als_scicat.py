@@ -114,6 +114,15 @@ def test_rerun_finds_everything_and_creates_nothing(hook, scan, scicat):
     assert len(scicat.datasets) == len(scicat.origdatablocks[pid]) == len(scicat.attachments[pid]) == 1
 
 
+def test_a_plus_in_the_scan_name_is_found_on_rerun_not_duplicated(hook, tmp_path, scicat):
+    # "+" is allowed in ALS folder and file names; unencoded in the filter, the server would read a space
+    scan = synthetic.write_scan(tmp_path / "ALS-1_a+b" / "20240101_120000_c+d.h5", n_angles=4, size=16, n_slices=1)
+    pid = ingest.ingest_scan(hook, scan)
+    assert scicat.datasets[pid]["sourceFolder"].endswith("/ALS-1_a+b")
+    assert ingest.ingest_scan(hook, scan) == pid
+    assert list(scicat.datasets) == [pid] and scicat.count("POST", "Datasets") == 1
+
+
 def test_lookup_by_given_pid(hook, scan, scicat):
     assert _ingest(hook, scan, pid="given/pid-1") == "given/pid-1"
     assert list(scicat.datasets) == ["given/pid-1"] and scicat.count("GET", "Datasets/given%2Fpid-1") == 1

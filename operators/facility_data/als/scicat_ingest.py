@@ -300,7 +300,7 @@ def _find(client: SciCatClient, *, pid: str | None, where: dict[str, Any]) -> st
                 raise
             found = None  # v3 answers 404 for an unknown pid, v4 an empty 200
         return found.get("pid", pid) if isinstance(found, dict) else None
-    matches = records(client.datasets_get_many(where), "datasets_get_many")
+    matches = client.datasets_get_many(where)
     if len(matches) > 1:
         log.warning("%d SciCat datasets match %s: %s; using the first", len(matches), where,
                     [m.get("pid") for m in matches])

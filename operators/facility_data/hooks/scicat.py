@@ -27,10 +27,11 @@ login, for what pyscicat 0.4 lacks:
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
-from urllib.parse import quote_plus
+from urllib.parse import quote, quote_plus
 
 from airflow.sdk import BaseHook
 from pyscicat.client import ScicatClient
@@ -222,6 +223,16 @@ class SciCatClient(ScicatClient):
     upload_new_dataset = create_dataset = datasets_create
     upload_dataset_origdatablock = create_dataset_origdatablock = datasets_origdatablock_create
     upload_attachment = create_dataset_attachment = datasets_attachment_create
+
+    def datasets_get_many(self, filter_fields: dict | None = None) -> list[dict]:
+        """pyscicat's simple-filter lookup, with the filter percent-encoded: pyscicat 0.4 puts the JSON in the URL
+        as is, and a ``+`` (allowed in ALS folder and file names) reaches the server as a space - the lookup then
+        misses and a rerun would create the dataset twice."""
+        query = quote(json.dumps({"where": filter_fields or {}}), safe="")
+        return records(self._call_endpoint(cmd="get", endpoint=f"Datasets?filter={query}",
+                                           operation="datasets_get_many"), "datasets_get_many")
+
+    get_datasets = find_datasets = datasets_get_many
 
     # -- a route pyscicat 0.4 does not wrap -----------------------------------------------------------------
     def datasets_attachments_get(self, pid: str) -> list[dict]:
