@@ -104,7 +104,7 @@ class SciCatClient(ScicatClient):
     def _url(self, endpoint: str) -> str:
         return f"{self._base_url}/{endpoint.lstrip('/')}"
 
-    def _send(self, method: str, endpoint: str, *, retry: bool, auth: bool = True, json: Any = None):
+    def _send(self, method: str, endpoint: str, *, retry: bool, auth: bool = True, body: Any = None):
         """One logical request: retried on 5xx/connection errors when ``retry``; returns the Response."""
         import requests
 
@@ -115,7 +115,7 @@ class SciCatClient(ScicatClient):
         route = _route(endpoint)
         for attempt in range(attempts):
             try:
-                response = self.session.request(method, self._url(endpoint), headers=headers, json=json,
+                response = self.session.request(method, self._url(endpoint), headers=headers, json=body,
                                                 timeout=self._timeout_seconds)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 if attempt + 1 < attempts:
@@ -136,7 +136,7 @@ class SciCatClient(ScicatClient):
     def _send_to_scicat(self, cmd: str, endpoint: str, data=None):
         """pyscicat's transport hook: JSON body from its pydantic model; GETs retried, POSTs not."""
         body = data.model_dump(mode="json", exclude_none=True) if data is not None else None
-        return self._send(cmd.upper(), endpoint, retry=cmd.lower() == "get", json=body)
+        return self._send(cmd.upper(), endpoint, retry=cmd.lower() == "get", body=body)
 
     def _call_endpoint(self, cmd: str, endpoint: str, data=None, operation: str = "") -> Any:
         """Every pyscicat operation ends here: parsed JSON (``None`` for an empty body), or one of our errors."""
@@ -167,10 +167,10 @@ class SciCatClient(ScicatClient):
 
         body = {"username": self._username, "password": self._password}
         used = "auth/login"
-        response = self._send("POST", used, retry=True, auth=False, json=body)
+        response = self._send("POST", used, retry=True, auth=False, body=body)
         if response.status_code in (404, 405):
             used = "Users/login"
-            response = self._send("POST", used, retry=True, auth=False, json=body)
+            response = self._send("POST", used, retry=True, auth=False, body=body)
         if response.status_code in (400, 401, 403):
             raise SciCatAuthError(f"SciCat login as {self._username!r} at {self._url(used)} was refused "
                                   f"({response.status_code})")
