@@ -19,6 +19,9 @@
    and the thumbnail attachment (a log-scaled, autocontrasted PNG of the first projection). Rerunning converges.
    A 5xx, a dropped connection or a malformed answer to the dataset POST is followed by a lookup before anything
    is retried, since the server may have stored the dataset anyway.
+   All requests go through pyscicat (``datasets_get_many``, ``datasets_create`` with its ``RawDataset`` model,
+   ``datasets_origdatablock_create`` with ``CreateDatasetOrigDatablockDto``, ``datasets_attachment_create`` with
+   ``Attachment``) on the hook's :class:`~facility_data.hooks.scicat.SciCatClient`.
 5. **Never leaves a silent half state**: once a dataset exists, a failure raises :class:`SciCatIngestError`
    whose message lists exactly what exists (dataset pid, created now or before; datablock present or missing;
    thumbnail present or missing) and that a rerun completes it.
@@ -39,8 +42,16 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
+from pyscicat.model import Attachment, CreateDatasetOrigDatablockDto, DataFile, RawDataset
 
-from facility_data.hooks.scicat import SciCatClient, SciCatError, SciCatHTTPError, SciCatResponseError
+from facility_data.hooks.scicat import (
+    SciCatClient,
+    SciCatError,
+    SciCatHTTPError,
+    SciCatResponseError,
+    records,
+)
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +258,7 @@ def storage_path(source_path: str | Path, source_root: str, storage_root: str) -
 
 def build_dataset(meta: ScanMetadata, *, name: str, stored: PurePosixPath, size: int, mtime: float,
                   owner_group: str, access_groups: list[str]) -> dict[str, Any]:
-    """The RawDataset body (SciCat v3/v4 field names)."""
+    """The RawDataset fields (SciCat v3/v4 names; every one is a field of pyscicat's ``RawDataset``)."""
     f = meta.fields
     pi = _valid(f.get("pi")) or "Unknown"
     terms = search_terms(str(f.get("file_name") or name))
@@ -282,21 +293,26 @@ def _client(hook_or_client) -> SciCatClient:
 
 def _find(client: SciCatClient, *, pid: str | None, where: dict[str, Any]) -> str | None:
     if pid:
-        found = client.get_dataset(pid)
+        try:
+            found = client.datasets_get_one(pid)
+        except SciCatHTTPError as exc:
+            if exc.status != 404:
+                raise
+            found = None  # v3 answers 404 for an unknown pid, v4 an empty 200
         return found.get("pid", pid) if isinstance(found, dict) else None
-    matches = client.find_datasets(where)
+    matches = client.datasets_get_many(where)
     if len(matches) > 1:
         log.warning("%d SciCat datasets match %s: %s; using the first", len(matches), where,
                     [m.get("pid") for m in matches])
     return matches[0].get("pid") if matches else None
 
 
-def _create_dataset(client: SciCatClient, body: dict, *, pid: str | None, where: dict, attempts: int) -> str:
+def _create_dataset(client: SciCatClient, dataset, *, pid: str | None, where: dict, attempts: int) -> str:
     """POST the dataset; after an unclear failure, look it up before trying again."""
     last: Exception | None = None
     for attempt in range(attempts):
         try:
-            return client.create_dataset({**body, "pid": pid} if pid else body)
+            return client.datasets_create(dataset)
         except SciCatHTTPError as exc:
             if not exc.is_server_error:
                 raise
@@ -333,6 +349,14 @@ def ingest_scan(hook, h5_path: Path | str, *, source_path: str | Path | None = N
     name = h5_path.stem
     body = build_dataset(meta, name=name, stored=stored, size=stat.st_size, mtime=stat.st_mtime,
                          owner_group=owner, access_groups=groups)
+    when = datetime.fromtimestamp(stat.st_mtime, tz=UTC).isoformat()
+    try:  # every model is built before the first request
+        dataset = RawDataset(**body, pid=pid)
+        block = CreateDatasetOrigDatablockDto(size=stat.st_size, dataFileList=[
+            DataFile(path=str(stored), size=stat.st_size, time=when)])
+    except ValidationError as exc:
+        raise IngestInputError(f"{h5_path}: the SciCat records cannot be built: {exc}") from exc
+    thumbnail = "data:image/png;base64," + base64.b64encode(meta.thumbnail_png).decode()
     where = {"sourceFolder": body["sourceFolder"], "datasetName": name}
 
     client = _client(hook)
@@ -341,40 +365,29 @@ def ingest_scan(hook, h5_path: Path | str, *, source_path: str | Path | None = N
         dataset_pid, origin = existing, "already existed"
         log.info("SciCat dataset %s for %s already exists", dataset_pid, stored)
     else:
-        dataset_pid, origin = _create_dataset(client, body, pid=pid, where=where, attempts=create_attempts), \
+        dataset_pid, origin = _create_dataset(client, dataset, pid=pid, where=where, attempts=create_attempts), \
             "created by this run"
         log.info("created SciCat dataset %s for %s", dataset_pid, stored)
 
     state = {"dataset": dataset_pid, "dataset_origin": origin, "origdatablock": "not checked", "thumbnail": "not checked"}
     try:
-        blocks = client.get_origdatablocks(dataset_pid)
+        blocks = records(client.datasets_origdatablocks_get_one(dataset_pid), "datasets_origdatablocks_get_one")
         has_block = any(str(df.get("path")) == str(stored) for b in blocks for df in (b.get("dataFileList") or []))
         state["origdatablock"] = "present" if has_block else "missing"
         if not has_block:
-            client.create_origdatablock(dataset_pid, {
-                "datasetId": dataset_pid,
-                "size": stat.st_size,
-                "dataFileList": [{"path": str(stored), "size": stat.st_size,
-                                  "time": datetime.fromtimestamp(stat.st_mtime, tz=UTC).isoformat()}],
-                "ownerGroup": owner,
-                "accessGroups": groups,
-            })
+            client.datasets_origdatablock_create(dataset_pid, block)
             state["origdatablock"] = "present"
             log.info("added origdatablock %s to SciCat dataset %s", stored, dataset_pid)
-        attachments = client.get_attachments(dataset_pid)
+        attachments = client.datasets_attachments_get(dataset_pid)
         has_thumb = any(a.get("caption") == THUMBNAIL_CAPTION for a in attachments)
         state["thumbnail"] = "present" if has_thumb else "missing"
         if not has_thumb:
-            client.create_attachment(dataset_pid, {
-                "datasetId": dataset_pid,
-                "thumbnail": "data:image/png;base64," + base64.b64encode(meta.thumbnail_png).decode(),
-                "caption": THUMBNAIL_CAPTION,
-                "ownerGroup": owner,
-                "accessGroups": groups,
-            })
+            client.datasets_attachment_create(Attachment(datasetId=dataset_pid, thumbnail=thumbnail,
+                                                         caption=THUMBNAIL_CAPTION, ownerGroup=owner,
+                                                         accessGroups=groups))
             state["thumbnail"] = "present"
             log.info("attached thumbnail to SciCat dataset %s", dataset_pid)
-    except (SciCatError, AttributeError, TypeError) as exc:  # Attribute/TypeError: a malformed list answer
+    except (SciCatError, AttributeError) as exc:  # AttributeError: a record without .get in a list answer
         raise SciCatIngestError(
             f"SciCat ingest of {h5_path} incomplete: dataset {dataset_pid} exists ({origin}); "
             f"origdatablock {state['origdatablock']}; thumbnail {state['thumbnail']}. Cause: {exc}. "
