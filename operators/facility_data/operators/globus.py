@@ -198,7 +198,7 @@ class GlobusDeleteOperator(_GlobusTaskOperator):
             self.log.info("%s:%s already absent", ep.name, self.path)
             return {"endpoint": ep.name, "path": self.path, "files_deleted": 0}
         task_id, _ = backend.submit_delete(ep, self.path, label=task_label(self.globus_label or "delete", _identity(context)),
-                                           recursive=recursive)
+                                           recursive=recursive, deadline_seconds=self.deadline.total_seconds())
         return self._wait_globus(backend, task_id)
 
     def _result(self, event: dict, seconds: float) -> dict:

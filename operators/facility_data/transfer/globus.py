@@ -166,7 +166,9 @@ class GlobusTransfer(TransferBackend):
                  dst.name, dst_path, label)
         return task_id, False
 
-    def submit_delete(self, endpoint: Endpoint, path: str, *, label: str, recursive: bool = False) -> tuple[str, bool]:
+    def submit_delete(self, endpoint: Endpoint, path: str, *, label: str, recursive: bool = False,
+                      deadline_seconds: float | None = None) -> tuple[str, bool]:
+        """Submit (or adopt) a delete task; ``deadline_seconds`` is given to Globus as the task's deadline."""
         import globus_sdk
 
         safe_relpath(path)  # never the endpoint root
@@ -175,8 +177,12 @@ class GlobusTransfer(TransferBackend):
         if existing:
             log.info("adopting Globus delete task %s already submitted with label %r", existing["task_id"], label)
             return str(existing["task_id"]), True
+        extra = {}
+        if deadline_seconds is not None:
+            extra["deadline"] = datetime.now(UTC) + timedelta(seconds=deadline_seconds)
         ddata = globus_sdk.DeleteData(endpoint.uuid, label=label, recursive=recursive,
-                                      notify_on_succeeded=False, notify_on_failed=False, notify_on_inactive=False)
+                                      notify_on_succeeded=False, notify_on_failed=False, notify_on_inactive=False,
+                                      **extra)
         ddata.add_item(endpoint.remote_path(path))
         task_id = str(self.client.submit_delete(ddata)["task_id"])
         log.info("submitted Globus delete %s of %s:%s (label %r)", task_id, endpoint.name, path, label)
@@ -281,6 +287,7 @@ class GlobusTransfer(TransferBackend):
 
     def delete(self, endpoint, path, *, recursive=False, label=None, deadline_seconds=None) -> dict[str, Any]:
         label = label or task_label("delete", f"{endpoint.name}:{path}")
-        task_id, _ = self.submit_delete(endpoint, path, label=label, recursive=recursive)
+        task_id, _ = self.submit_delete(endpoint, path, label=label, recursive=recursive,
+                                        deadline_seconds=deadline_seconds)
         state = self.wait(task_id, deadline_seconds=deadline_seconds)
         return {"endpoint": endpoint.name, "path": str(path), "task_id": task_id, **state.stats}
