@@ -39,29 +39,36 @@ def env(site, tmp_path):
     ledger = Ledger(tmp_path / "ledger.sqlite")
     ledger.record_scan(bl.id, SCAN, export_controlled=False, file_path=f"/global/{SCAN}", size=len(PAYLOAD),
                        checksum=SHA)
-    scan = {"key": KEY, "relative": SCAN, "fingerprint": {"size": len(PAYLOAD), "checksum": SHA},
-            "paths": {role: {"raw": bl.location(role).path_of(KEY)} for role in ("spot", "data", "nersc")}}
-    return bl, ledger, scan
+    return bl, ledger, scan_of(bl, KEY)
 
 
-def hop(site, env, source: str, destination: str, **op_args) -> dict:
+def scan_of(bl, key: str) -> dict:
+    """The parts of a new-file scan record that record_copy reads."""
+    return {"key": key, "relative": f"raw/{key}", "fingerprint": {"size": len(PAYLOAD), "checksum": SHA},
+            "paths": {role: {"raw": bl.location(role).path_of(key)} for role in ("spot", "data", "nersc")}}
+
+
+def hop(site, env, source: str, destination: str, key: str = KEY, **op_args) -> dict:
     """Copy the scan source -> destination with the real operator, then verify and record it (record_copy)."""
-    bl, ledger, scan = env
+    bl, ledger, _ = env
+    scan = scan_of(bl, key)
     src, dst = bl.location(source), bl.location(destination)
     result = GlobusTransferOperator(
-        task_id=f"copy_{destination}", source_endpoint=src.endpoint, source_path=src.path_of(KEY),
-        destination_endpoint=dst.endpoint, destination_path=dst.path_of(KEY), endpoints_file=str(FACILITY_ENDPOINTS),
-        deferrable=False, poll_interval=0.02, **op_args).execute(ctx(f"copy_{destination}"))
+        task_id=f"copy_{destination}", source_endpoint=src.endpoint, source_path=src.path_of(key),
+        destination_endpoint=dst.endpoint, destination_path=dst.path_of(key), endpoints_file=str(FACILITY_ENDPOINTS),
+        deferrable=False, poll_interval=0.02, **op_args).execute(ctx(f"copy_{destination}", run_id=key))
     record_copy(bl, site.eps, ledger, scan, source=source, destination=destination, transfer=result)
     return result
 
 
-def arrive(site, env, *, nersc_hop: dict | None = None) -> None:
+def arrive(site, env, key: str = KEY, *, nersc_hop: dict | None = None) -> None:
     """A scan at spot832, copied to data832 and on to NERSC, both hops checksum-verified unless told otherwise."""
-    bl, _, _ = env
-    put(site, "spot832", bl.location("spot").path_of(KEY))
-    hop(site, env, "spot", "data", source_checksum=SHA)
-    hop(site, env, "data", "nersc", **(nersc_hop or {"source_checksum": SHA}))
+    bl, ledger, _ = env
+    ledger.record_scan(bl.id, f"raw/{key}", export_controlled=False, file_path=f"/global/raw/{key}",
+                       size=len(PAYLOAD), checksum=SHA)
+    put(site, "spot832", bl.location("spot").path_of(key))
+    hop(site, env, "spot", "data", key, source_checksum=SHA)
+    hop(site, env, "data", "nersc", key, **(nersc_hop or {"source_checksum": SHA}))
 
 
 def sweep(site, env, days=40):
@@ -104,6 +111,17 @@ def test_sweep_deletes_a_globus_copy_with_evidence_through_a_globus_delete_with_
     assert delete["status"] == "SUCCEEDED" and delete["deadline"]
     assert env[1].copy("bl832", "data", KEY).state == "deleted"
     assert decision(report, "spot").action == "kept"  # its twin at data has just been deleted; spot has no evidence
+
+
+def test_two_items_of_one_location_get_a_delete_task_each(site, env):
+    other = "ALS-11111_user/20240101_130000_other.h5"
+    arrive(site, env)
+    arrive(site, env, other)
+    report = sweep(site, env)
+    assert decision(report, "data").action == decision(report, "data", other).action == "deleted"
+    assert len([t for t in site.standin.tasks.values() if t.doc["type"] == "DELETE"]) == 2
+    for key in (KEY, other):
+        assert not site.local("data832_raw", env[0].location("data").path_of(key)).exists()
 
 
 def test_twin_whose_size_changed_keeps_the_copy(site, env):
