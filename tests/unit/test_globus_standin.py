@@ -171,3 +171,48 @@ def test_ls_and_stat_report_symlinks_and_refuse_paths_outside_the_collection(sit
     with pytest.raises(globus_sdk.TransferAPIError) as info:
         GlobusHook().get_transfer_client().operation_ls(site.eps["nersc832"].uuid, path="/../../etc")
     assert info.value.http_status == 400
+
+
+def test_standin_runs_as_its_own_process_and_takes_faults_over_http(tmp_path, monkeypatch):
+    """What a local site or a live test uses: ``python -m ...globus_standin``, faults armed through its control
+    route; the real hook (connection test, transfer backend) against it."""
+    import sys
+
+    import requests
+
+    from facility_data.hooks.globus import GlobusHook
+    from facility_data.localsite.procs import free_port, port_in_use, start, stop, wait_until
+    from facility_data.transfer import TransferError
+
+    marker = "facility_data.localsite.globus_standin"
+    port = free_port()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "f.h5").write_bytes(b"x")
+    pid = start([sys.executable, "-m", marker, "--port", str(port), "--collection", f"aaaa={tmp_path / 'a'}",
+                 "--collection", f"bbbb={tmp_path / 'b'}"], log=tmp_path / "standin.log",
+                env={"GLOBUS_STANDIN_CLIENT_SECRET": "s3"})
+    try:
+        wait_until(lambda: port_in_use(port), what="Globus stand-in", timeout=60, log=tmp_path / "standin.log")
+        url = f"http://127.0.0.1:{port}/"
+        monkeypatch.setenv("GLOBUS_SDK_SERVICE_URL_TRANSFER", url)
+        monkeypatch.setenv("GLOBUS_SDK_SERVICE_URL_AUTH", url)
+        monkeypatch.setenv("AIRFLOW_CONN_GLOBUS_DEFAULT", json.dumps(
+            {"conn_type": "globus", "login": "standin-client", "password": "s3"}))
+        ok, message = GlobusHook().test_connection()
+        assert ok, message
+        armed = requests.post(f"{url}_standin/fault", json={"kind": "fail", "code": "QUOTA_EXCEEDED",
+                                                              "description": "quota exceeded"}, timeout=10)
+        assert armed.status_code == 200
+        assert requests.post(f"{url}_standin/fault", json={"kind": "nope"}, timeout=10).status_code == 400
+        from facility_data.transfer.endpoints import Endpoint
+
+        src = Endpoint(name="a", kind="globus", site="als", uuid="aaaa", root_path="/")
+        dst = Endpoint(name="b", kind="globus", site="als", uuid="bbbb", root_path="/")
+        backend = GlobusHook().get_transfer_backend(poll_interval=0.02)
+        with pytest.raises(TransferError, match="QUOTA_EXCEEDED: quota exceeded"):
+            backend.transfer(src, "f.h5", dst, "f.h5")
+        assert backend.transfer(src, "f.h5", dst, "g.h5").files == 1  # the fault was for one task only
+        assert (tmp_path / "b" / "g.h5").read_bytes() == b"x"
+    finally:
+        assert stop(pid, marker)
