@@ -216,3 +216,10 @@ def test_standin_runs_as_its_own_process_and_takes_faults_over_http(tmp_path, mo
         assert (tmp_path / "b" / "g.h5").read_bytes() == b"x"
     finally:
         assert stop(pid, marker)
+
+
+def test_unsupported_checksum_algorithm_is_refused_at_submission(site):
+    put(site, "spot832", "raw/p1/scan.h5")
+    with pytest.raises(Exception, match="Unsupported checksum_algorithm 'WHIRLPOOL'"):
+        copy_op(checksum_algorithm="WHIRLPOOL").execute(ctx())
+    assert tasks(site) == [] and not site.local("nersc832", "raw/p1/scan.h5").exists()

@@ -191,3 +191,14 @@ def test_ledger_from_before_evidence_is_migrated_and_its_checksums_are_not_trust
     put(site, "nersc832", bl.location("nersc").path_of(KEY))
     d = decision(sweep(site, (bl, ledger, env[2])), "data")
     assert d.action == "kept" and "no verify_checksum evidence" in d.reason
+
+
+def test_dry_run_with_evidence_deletes_nothing(site, env):
+    arrive(site, env)
+    bl, ledger, _ = env
+    backend = GlobusHook().get_transfer_backend(poll_interval=0.02)
+    report = Sweep(bl, site.eps, ledger, now=datetime.now(UTC) + timedelta(days=40), dry_run=True,
+                   backend=lambda ep: backend).run()
+    assert decision(report, "data").action == "would_delete"
+    assert data_file(site, env).exists()
+    assert not [t for t in site.standin.tasks.values() if t.doc["type"] == "DELETE"]
