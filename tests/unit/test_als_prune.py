@@ -52,7 +52,7 @@ def put(env, role: str, key: str, content: bytes | dict, *, record: bool = True)
     if record:
         item = inspect(LocalTransfer(), ep, loc.path_of(key))
         ledger.record_copy(bl.id, role, key, scan=SCAN, endpoint=ep.name, path=loc.path_of(key), size=item.size,
-                           checksum=item.checksum)
+                           checksum=item.checksum, checksum_algorithm="sha256", verified_by="inspect")
     return path
 
 

@@ -11,8 +11,12 @@ Tables:
 * ``scans(beamline, scan, export_controlled, file_path, first_seen, size, checksum)``: one row per raw scan
   (``raw/<folder>/<f>.h5``) with its content fingerprint (size and ``sha256:...``), so a renamed or copied
   export-controlled scan is recognised by its bytes, not its name.
-* ``copies(beamline, location, key, scan, endpoint, path, size, checksum, arrived_at, state, updated_at, run_id)``:
-  the latest known state (``present``/``deleted``) of each item at each location.
+* ``copies(beamline, location, key, scan, endpoint, path, size, checksum, arrived_at, state, updated_at, run_id,
+  checksum_algorithm, verified_by)``: the latest known state (``present``/``deleted``) of each item at each
+  location. ``verified_by`` says how the checksum of that copy is known: ``inspect`` (computed from the bytes
+  there) or ``globus:<task id>`` (a Globus task that SUCCEEDED with ``verify_checksum`` using
+  ``checksum_algorithm``, checked with Globus when recorded). A row without it (older ledgers, unverified copies)
+  gives no checksum evidence for a copy whose bytes cannot be read.
 * ``events``: an append-only history of every record and delete, for audits.
 
 SQLite (stdlib) gives atomic, concurrent-safe writes from parallel tasks (WAL, busy timeout) in one file.
@@ -35,7 +39,8 @@ CREATE TABLE IF NOT EXISTS scans (
 CREATE TABLE IF NOT EXISTS copies (
     beamline TEXT NOT NULL, location TEXT NOT NULL, key TEXT NOT NULL, scan TEXT NOT NULL, endpoint TEXT NOT NULL,
     path TEXT NOT NULL, size INTEGER, checksum TEXT, arrived_at TEXT NOT NULL, state TEXT NOT NULL,
-    updated_at TEXT NOT NULL, run_id TEXT, PRIMARY KEY (beamline, location, key));
+    updated_at TEXT NOT NULL, run_id TEXT, checksum_algorithm TEXT, verified_by TEXT,
+    PRIMARY KEY (beamline, location, key));
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, beamline TEXT NOT NULL, action TEXT NOT NULL,
     location TEXT, key TEXT, detail TEXT);
@@ -58,6 +63,8 @@ class CopyRecord:
     checksum: str | None
     arrived_at: datetime
     state: str
+    checksum_algorithm: str | None = None
+    verified_by: str | None = None
 
 
 class Ledger:
@@ -75,6 +82,11 @@ class Ledger:
             for column, kind in (("size", "INTEGER"), ("checksum", "TEXT"), ("send_to_nersc", "INTEGER")):
                 if column not in columns:
                     db.execute(f"ALTER TABLE scans ADD COLUMN {column} {kind}")
+            copy_columns = {row[1] for row in db.execute("PRAGMA table_info(copies)")}
+            # ledgers from before the evidence of a copy's checksum was recorded: their rows get NULL (no evidence)
+            for column in ("checksum_algorithm", "verified_by"):
+                if column not in copy_columns:
+                    db.execute(f"ALTER TABLE copies ADD COLUMN {column} TEXT")
             db.execute("CREATE INDEX IF NOT EXISTS scans_content ON scans (size, checksum)")
             db.commit()
         finally:
@@ -152,20 +164,24 @@ class Ledger:
 
     # ---- copies ---------------------------------------------------------------------------------------------
     def record_copy(self, beamline: str, location: str, key: str, *, scan: str, endpoint: str, path: str,
-                    size: int | None, checksum: str | None, run_id: str | None = None) -> None:
-        """Record a verified copy as present (arrival time kept if it was already present with the same content)."""
+                    size: int | None, checksum: str | None, run_id: str | None = None,
+                    checksum_algorithm: str | None = None, verified_by: str | None = None) -> None:
+        """Record a verified copy as present (arrival time kept if it was already present with the same content).
+        ``verified_by``/``checksum_algorithm``: how ``checksum`` is known for this copy (see the module doc)."""
         now = _now()
         with self._connect() as db:
             row = db.execute("SELECT size, checksum, arrived_at, state FROM copies WHERE beamline=? AND location=? "
                              "AND key=?", (beamline, location, key)).fetchone()
             same = row is not None and row[3] == "present" and row[0] == size and row[1] == checksum
             arrived = row[2] if same else now
-            db.execute("INSERT OR REPLACE INTO copies VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            db.execute("INSERT OR REPLACE INTO copies (beamline, location, key, scan, endpoint, path, size, checksum, "
+                       "arrived_at, state, updated_at, run_id, checksum_algorithm, verified_by) "
+                       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                        (beamline, location, key, scan, endpoint, path, size, checksum, arrived, "present", now,
-                        run_id))
+                        run_id, checksum_algorithm, verified_by))
             self._event(db, beamline, "copy", location, key,
                         {"scan": scan, "endpoint": endpoint, "path": path, "size": size, "checksum": checksum,
-                         "run_id": run_id})
+                         "run_id": run_id, "checksum_algorithm": checksum_algorithm, "verified_by": verified_by})
 
     def mark_deleted(self, beamline: str, location: str, key: str, *, reason: str) -> None:
         now = _now()
@@ -177,13 +193,13 @@ class Ledger:
     def copy(self, beamline: str, location: str, key: str) -> CopyRecord | None:
         with self._connect() as db:
             row = db.execute("SELECT beamline, location, key, scan, endpoint, path, size, checksum, arrived_at, "
-                             "state FROM copies WHERE beamline=? AND location=? AND key=?",
+                             "state, checksum_algorithm, verified_by FROM copies WHERE beamline=? AND location=? AND key=?",
                              (beamline, location, key)).fetchone()
         return _record(row) if row else None
 
     def copies(self, beamline: str, location: str | None = None, *, state: str | None = "present") -> list[CopyRecord]:
-        sql = ("SELECT beamline, location, key, scan, endpoint, path, size, checksum, arrived_at, state FROM copies "
-               "WHERE beamline=?")
+        sql = ("SELECT beamline, location, key, scan, endpoint, path, size, checksum, arrived_at, state, "
+               "checksum_algorithm, verified_by FROM copies WHERE beamline=?")
         args: list = [beamline]
         if location is not None:
             sql += " AND location=?"
@@ -203,5 +219,6 @@ class Ledger:
 
 
 def _record(row) -> CopyRecord:
-    *head, arrived, state = row
-    return CopyRecord(*head, arrived_at=datetime.fromisoformat(arrived), state=state)
+    *head, arrived, state, algorithm, verified_by = row
+    return CopyRecord(*head, arrived_at=datetime.fromisoformat(arrived), state=state, checksum_algorithm=algorithm,
+                      verified_by=verified_by)

@@ -11,6 +11,12 @@ Deletion is switched on per location (``delete: true`` in the beamline file); el
 reports. Symbolic links are never followed or deleted: each is reported as an ``anomaly``, and the rest of its
 location is swept. A location that is skipped (endpoint not configured, cannot be listed) and every anomaly or
 error is a *problem*: the DAG fails the run with them once the report is written, so the failure callback alerts.
+
+On a Globus collection (whose listings carry no checksum) a copy's checksum comes from the ledger only with its
+evidence - a Globus task that SUCCEEDED with verify_checksum and an accepted algorithm - and only while the size
+Globus reports now still matches the recorded one; otherwise the item is kept with that reason. A Globus deletion
+runs as a Globus delete task with a deadline (``delete_deadline_seconds``), and the item is marked deleted only once
+the endpoint no longer has it.
 """
 
 from __future__ import annotations
@@ -23,11 +29,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from facility_data.als.beamline import Beamline, Location
-from facility_data.als.inventory import Item, backend_for, inspect
+from facility_data.als.inventory import Item, backend_for, inspect, recorded_evidence
 from facility_data.als.ledger import Ledger
 from facility_data.safety import Copy, Decision, may_delete, may_delete_site_bound
 from facility_data.transfer.base import FileStat, TransferBackend, TransferError
 from facility_data.transfer.endpoints import Endpoint
+from facility_data.transfer.globus import task_label
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +153,8 @@ class Sweep:
 
     def __init__(self, beamline: Beamline, endpoints: dict[str, Endpoint], ledger: Ledger, *,
                  now: datetime | None = None, dry_run: bool = True,
-                 backend: Callable[[Endpoint], TransferBackend] = backend_for, run_id: str | None = None):
+                 backend: Callable[[Endpoint], TransferBackend] = backend_for, run_id: str | None = None,
+                 delete_deadline_seconds: float = 3600.0):
         self.bl = beamline
         self.endpoints = endpoints
         self.ledger = ledger
@@ -154,6 +162,8 @@ class Sweep:
         self.dry_run = dry_run
         self.backend = backend
         self.run_id = run_id
+        self.delete_deadline_seconds = delete_deadline_seconds
+        self.unverified: dict[tuple[str, str], str] = {}  # (location, key) -> why its checksum is not trusted
         self.gone: set[tuple[str, str]] = set()  # (location, key) deleted (or would be) during this sweep
         self._listings: dict[tuple[str, str], dict[str, FileStat]] = {}  # (endpoint, dir) -> entries by name
         self.report = PruneReport(beamline=beamline.id, started=self.now.isoformat(), dry_run=dry_run)
@@ -200,10 +210,11 @@ class Sweep:
             return None, None
         checksum = item.checksum
         if checksum is None:
-            rec = self.ledger.copy(self.bl.id, name, key)
-            # The ledger's checksum is trusted only while the live size still matches what was recorded.
-            if rec and rec.state == "present" and rec.size == item.size:
-                checksum = rec.checksum
+            # The ledger's checksum is trusted only with its evidence and while the live size still matches.
+            evidence, why = recorded_evidence(self.ledger, self.bl.id, name, key, item.size)
+            checksum = evidence.checksum if evidence else None
+            if evidence is None:
+                self.unverified[name, key] = why
         return Copy(location=name, path=key, size=item.size, checksum=checksum), item
 
     def _age_days(self, name: str, key: str) -> float | None:
@@ -215,10 +226,15 @@ class Sweep:
     def _decide(self, name: str, loc: Location, key: str, target: Copy, export_controlled: bool | None) -> Decision:
         twins = [self._copy(other, key)[0] for other in loc.check]
         if export_controlled is False:
-            return may_delete(target, twins, required_locations=loc.check)
-        site_of = {n: self.endpoints[loc_.endpoint].site.lower() for n, loc_ in self.bl.locations.items()}
-        return may_delete_site_bound(target, twins, required_locations=loc.check, site_of=site_of,
-                                     home_site=self.bl.home_site.lower())
+            decision = may_delete(target, twins, required_locations=loc.check)
+        else:
+            site_of = {n: self.endpoints[loc_.endpoint].site.lower() for n, loc_ in self.bl.locations.items()}
+            decision = may_delete_site_bound(target, twins, required_locations=loc.check, site_of=site_of,
+                                             home_site=self.bl.home_site.lower())
+        why = [self.unverified[n, key] for n in (name, *loc.check) if (n, key) in self.unverified]
+        if not decision.allowed and why:  # say why a checksum was not known, for the audit
+            return Decision(False, f"{decision.reason} ({'; '.join(why)})")
+        return decision
 
     def _one(self, name: str, loc: Location, key: str) -> ItemDecision:
         ep = self._endpoint(loc)
@@ -249,8 +265,13 @@ class Sweep:
             d.action = "would_delete"
             d.reason += "; deletion is off for this location (delete: false)"
         else:
-            self.backend(ep).delete(ep, path, recursive=bool(item and item.is_dir),
-                                    label=f"prune {self.bl.id} {name}")
+            backend = self.backend(ep)
+            # One label per item and run: a Globus retry adopts this item's own delete task, never another's.
+            backend.delete(ep, path, recursive=bool(item and item.is_dir),
+                           label=task_label(f"prune {self.bl.id} {name}", f"{self.run_id}:{ep.name}:{path}"),
+                           deadline_seconds=self.delete_deadline_seconds)
+            if backend.stat(ep, path) is not None:
+                raise TransferError(f"{ep.name}:{path} is still there after its delete reported success")
             self.ledger.mark_deleted(self.bl.id, name, key, reason=decision.reason)
             d.action = "deleted"
         self.gone.add((name, key))

@@ -10,7 +10,13 @@ import logging
 from pathlib import Path
 
 from facility_data.als.beamline import Beamline, check_endpoints
-from facility_data.als.inventory import backend_for, inspect
+from facility_data.als.inventory import (
+    backend_for,
+    inspect,
+    live_evidence,
+    recorded_evidence,
+    transfer_evidence,
+)
 from facility_data.als.ledger import Ledger
 from facility_data.als.paths import ScanPath, ScanPathError, check_scan_file, parse_scan_path, scan_from_key
 from facility_data.conf import ConfError, check_conf
@@ -155,11 +161,18 @@ def validate_new_scan(bl: Beamline, endpoints: dict[str, Endpoint], ledger: Ledg
 
 
 def record_copy(bl: Beamline, endpoints: dict[str, Endpoint], ledger: Ledger, scan: dict, *, source: str,
-                destination: str, what: str = "raw", run_id: str | None = None) -> dict:
+                destination: str, what: str = "raw", run_id: str | None = None,
+                transfer: dict | None = None) -> dict:
     """Verify that ``destination`` holds the same bytes as ``source`` and record both copies in the ledger.
 
     ``what`` is ``raw``, ``tiff`` or ``zarr``. Size must match; checksums must match when both are knowable.
     A mismatch raises :class:`CopyMismatch` (the transfer is not trusted as done).
+
+    Each copy's checksum is recorded with its evidence (see :mod:`facility_data.als.inventory`): computed from the
+    bytes where they can be read; for a Globus destination, ``transfer`` (the GlobusTransferOperator's result)
+    names the task that Globus must confirm SUCCEEDED with verify_checksum, and the checksum is the source's known
+    one (live, the ledger's verified one, or the raw scan's fingerprint). Without evidence the copy is recorded
+    with no trusted checksum, so the prune sweep keeps what only it would vouch for.
     """
     eps = endpoints_for(bl, endpoints)
     key = scan["key"] if what == "raw" else scan[f"{what}_key"]
@@ -171,18 +184,31 @@ def record_copy(bl: Beamline, endpoints: dict[str, Endpoint], ledger: Ledger, sc
         if item is None:
             raise CopyMismatch(f"{what} of {scan['relative']} is missing at {role} ({ep.name}:{path})")
         found[role] = (ep, path, item)
-    (_, _, a), (_, dst_path, b) = found[source], found[destination]
+    (_, _, a), (dst_ep, dst_path, b) = found[source], found[destination]
     if a.size != b.size:
         raise CopyMismatch(f"{what} of {scan['relative']}: {destination} holds {b.size} B, {source} {a.size} B")
     if a.checksum and b.checksum and a.checksum != b.checksum:
         raise CopyMismatch(f"{what} of {scan['relative']}: checksum at {destination} differs from {source}")
+    evidence = {role: live_evidence(item) or recorded_evidence(ledger, bl.id, role, key, item.size)[0]
+                for role, (_, _, item) in found.items()}
+    fingerprint = scan.get("fingerprint") or {}
+    known = (evidence[source].checksum if evidence[source] else None) or \
+        (fingerprint.get("checksum") if what == "raw" and fingerprint.get("size") == a.size else None)
+    why = ""
+    if evidence[destination] is None and dst_ep.kind == "globus":
+        evidence[destination], why = transfer_evidence(backend_for(dst_ep), dst_ep, dst_path, transfer, known)
     checksum = a.checksum or b.checksum
     for role, (ep, path, item) in found.items():
+        ev = evidence[role]
         ledger.record_copy(bl.id, role, key, scan=scan["relative"], endpoint=ep.name, path=path, size=item.size,
-                           checksum=item.checksum or checksum, run_id=run_id)
+                           checksum=ev.checksum if ev else item.checksum or checksum, run_id=run_id,
+                           checksum_algorithm=ev.algorithm if ev else None, verified_by=ev.verified_by if ev else None)
+    ev = evidence[destination]
     log.info("verified %s of %s: %s:%s == %s:%s (%d B, %s)", what, scan["relative"], found[source][0].name,
-             found[source][1], found[destination][0].name, dst_path, b.size, checksum or "checksum unknown")
-    return {"size": b.size, "checksum": checksum, "files": b.files}
+             found[source][1], dst_ep.name, dst_path, b.size,
+             f"{ev.checksum} by {ev.verified_by}" if ev else f"checksum not verified there: {why or 'unknown'}")
+    return {"size": b.size, "checksum": ev.checksum if ev else checksum, "files": b.files,
+            "verified_by": ev.verified_by if ev else None}
 
 
 def leave_site_decision(bl: Beamline, endpoints: dict[str, Endpoint], ledger: Ledger, scan: dict, role: str):

@@ -4,6 +4,10 @@ The connection holds a confidential client: login = client id, password = client
 ``compute_endpoint`` = the default Globus Compute endpoint UUID (or ``local`` to run Compute functions in a local
 process pool, the embedded default). Credentials are read when a client is asked for, never at import time, and
 tokens come from ``ClientCredentialsAuthorizer`` (refreshed automatically).
+
+The service URLs are globus-sdk's own configuration: ``GLOBUS_SDK_SERVICE_URL_AUTH`` and
+``GLOBUS_SDK_SERVICE_URL_TRANSFER`` point the clients at the local stand-in
+(:mod:`facility_data.localsite.globus_standin`); unset, they reach the hosted Globus services.
 """
 
 from __future__ import annotations

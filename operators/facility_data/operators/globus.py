@@ -91,17 +91,24 @@ class GlobusTransferOperator(_GlobusTaskOperator):
     """Copy ``source_path`` on ``source_endpoint`` to ``destination_path`` on ``destination_endpoint``.
 
     Paths are relative to the endpoints' roots. ``recursive`` copies a directory. ``export_controlled`` data may
-    not leave its site (facility_data.safety decides, before anything moves). Returns transfer statistics.
+    not leave its site (facility_data.safety decides, before anything moves). Returns transfer statistics, plus
+    ``verify_checksum``, ``checksum_algorithm`` and ``source_checksum`` (what was asked of Globus) for the copy's
+    evidence in the ledger.
+
+    ``checksum_algorithm`` (default SHA256) is what Globus verifies with; ``source_checksum`` ("sha256:<hex>",
+    e.g. the scan's fingerprint) is given to Globus as the item's ``external_checksum`` so Globus checks both ends.
     """
 
     template_fields: Sequence[str] = ("source_endpoint", "source_path", "destination_endpoint", "destination_path",
-                                      "globus_label", "export_controlled", "recursive")
+                                      "globus_label", "export_controlled", "recursive", "source_checksum")
     ui_color = "#d8e8f8"
 
     def __init__(self, *, source_endpoint: str, source_path: str, destination_endpoint: str, destination_path: str,
                  recursive: bool = False, export_controlled: bool = False, verify_checksum: bool = True,
-                 **kwargs) -> None:
+                 checksum_algorithm: str | None = "SHA256", source_checksum: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.checksum_algorithm = checksum_algorithm
+        self.source_checksum = source_checksum
         self.source_endpoint = source_endpoint
         self.source_path = source_path
         self.destination_endpoint = destination_endpoint
@@ -132,7 +139,9 @@ class GlobusTransferOperator(_GlobusTaskOperator):
                                              label=task_label(self.globus_label, _identity(context)), recursive=recursive,
                                              export_controlled=export_controlled,
                                              verify_checksum=self.verify_checksum,
-                                             deadline_seconds=self.deadline.total_seconds())
+                                             deadline_seconds=self.deadline.total_seconds(),
+                                             checksum_algorithm=self.checksum_algorithm,
+                                             source_checksum=self.source_checksum or None)
         return self._wait_globus(backend, task_id)
 
     def _result(self, event: dict, seconds: float) -> dict:
@@ -142,7 +151,9 @@ class GlobusTransferOperator(_GlobusTaskOperator):
                           event.get("stats") or {})
         stats = transfer_stats(state, seconds)
         self.log.info("Globus task %s SUCCEEDED: %s", state.task_id, stats.summary())
-        return self._report(stats.as_dict())
+        return self._report({**stats.as_dict(), "verify_checksum": bool(self.verify_checksum),
+                             "checksum_algorithm": self.checksum_algorithm,
+                             "source_checksum": self.source_checksum or None})
 
     def _report(self, stats: dict) -> dict:
         from facility_data.metrics import transfer_metrics
@@ -187,7 +198,7 @@ class GlobusDeleteOperator(_GlobusTaskOperator):
             self.log.info("%s:%s already absent", ep.name, self.path)
             return {"endpoint": ep.name, "path": self.path, "files_deleted": 0}
         task_id, _ = backend.submit_delete(ep, self.path, label=task_label(self.globus_label or "delete", _identity(context)),
-                                           recursive=recursive)
+                                           recursive=recursive, deadline_seconds=self.deadline.total_seconds())
         return self._wait_globus(backend, task_id)
 
     def _result(self, event: dict, seconds: float) -> dict:

@@ -34,6 +34,17 @@ FATAL_NICE_STATUS = frozenset({"FILE_NOT_FOUND", "PERMISSION_DENIED", "NOT_A_DIR
 _LABEL_OK = re.compile(r"[^A-Za-z0-9 _.\-]")  # no commas: they separate task_list filter values
 
 
+DEFAULT_ALGORITHM = "SHA256"  # the ledger's checksums are sha256: one algorithm end to end
+# Algorithms whose verification counts as evidence for pruning: 32-bit checksums (ADLER32, CRC32) do not.
+EVIDENCE_ALGORITHMS = frozenset({"MD5", "SHA1", "SHA256", "SHA512"})
+
+
+def external_checksum(checksum: str | None, algorithm: str | None) -> str | None:
+    """The hex digest of ``checksum`` ("sha256:<hex>") when it is of ``algorithm``, else None."""
+    prefix, _, digest = (checksum or "").partition(":")
+    return digest if digest and algorithm and prefix.upper() == algorithm.upper() else None
+
+
 def task_label(label: str | None, identity: str) -> str:
     """A Globus-legal label ending in a short hash of ``identity``: the same Airflow task gets the same label."""
     tag = hashlib.sha256(identity.encode()).hexdigest()[:12]
@@ -59,7 +70,7 @@ class TaskState:
 def task_stats(doc: dict) -> dict:
     keys = ("files", "files_transferred", "files_skipped", "directories", "bytes_transferred",
             "bytes_checksummed", "effective_bytes_per_second", "subtasks_failed", "request_time",
-            "completion_time", "label", "type")
+            "completion_time", "label", "type", "verify_checksum")
     return {k: doc.get(k) for k in keys if k in doc}
 
 
@@ -123,9 +134,13 @@ class GlobusTransfer(TransferBackend):
 
     def submit_transfer(self, src: Endpoint, src_path: str, dst: Endpoint, dst_path: str, *, label: str,
                         recursive: bool = False, export_controlled: bool = False,
-                        verify_checksum: bool = True, deadline_seconds: float | None = None) -> tuple[str, bool]:
+                        verify_checksum: bool = True, deadline_seconds: float | None = None,
+                        checksum_algorithm: str | None = DEFAULT_ALGORITHM,
+                        source_checksum: str | None = None) -> tuple[str, bool]:
         """Submit (or adopt) a transfer task; returns (task_id, adopted). ``deadline_seconds`` is also given to
-        Globus, so the service itself stops the task if nobody is left to cancel it."""
+        Globus, so the service itself stops the task if nobody is left to cancel it. ``checksum_algorithm`` is the
+        one Globus verifies with; a known ``source_checksum`` of a file ("sha256:<hex>") is given to Globus as the
+        item's ``external_checksum``, so Globus checks source *and* destination against it."""
         import globus_sdk
 
         check_transfer_allowed(src, src_path, dst, dst_path, export_controlled=export_controlled)
@@ -141,13 +156,19 @@ class GlobusTransfer(TransferBackend):
         tdata = globus_sdk.TransferData(src.uuid, dst.uuid, label=label, sync_level="checksum",
                                         verify_checksum=verify_checksum, notify_on_succeeded=False,
                                         notify_on_failed=False, notify_on_inactive=False, **extra)
-        tdata.add_item(src.remote_path(src_path), dst.remote_path(dst_path), recursive=recursive)
+        item = {"checksum_algorithm": checksum_algorithm} if checksum_algorithm else {}
+        external = external_checksum(source_checksum, checksum_algorithm)
+        if external and not recursive:
+            item["external_checksum"] = external
+        tdata.add_item(src.remote_path(src_path), dst.remote_path(dst_path), recursive=recursive, **item)
         task_id = str(self.client.submit_transfer(tdata)["task_id"])
         log.info("submitted Globus transfer %s: %s:%s -> %s:%s (label %r)", task_id, src.name, src_path,
                  dst.name, dst_path, label)
         return task_id, False
 
-    def submit_delete(self, endpoint: Endpoint, path: str, *, label: str, recursive: bool = False) -> tuple[str, bool]:
+    def submit_delete(self, endpoint: Endpoint, path: str, *, label: str, recursive: bool = False,
+                      deadline_seconds: float | None = None) -> tuple[str, bool]:
+        """Submit (or adopt) a delete task; ``deadline_seconds`` is given to Globus as the task's deadline."""
         import globus_sdk
 
         safe_relpath(path)  # never the endpoint root
@@ -156,12 +177,36 @@ class GlobusTransfer(TransferBackend):
         if existing:
             log.info("adopting Globus delete task %s already submitted with label %r", existing["task_id"], label)
             return str(existing["task_id"]), True
+        extra = {}
+        if deadline_seconds is not None:
+            extra["deadline"] = datetime.now(UTC) + timedelta(seconds=deadline_seconds)
         ddata = globus_sdk.DeleteData(endpoint.uuid, label=label, recursive=recursive,
-                                      notify_on_succeeded=False, notify_on_failed=False, notify_on_inactive=False)
+                                      notify_on_succeeded=False, notify_on_failed=False, notify_on_inactive=False,
+                                      **extra)
         ddata.add_item(endpoint.remote_path(path))
         task_id = str(self.client.submit_delete(ddata)["task_id"])
         log.info("submitted Globus delete %s of %s:%s (label %r)", task_id, endpoint.name, path, label)
         return task_id, False
+
+    def copy_evidence(self, task_id: str, dst: Endpoint, dst_path: str) -> tuple[bool, str]:
+        """(verified, why): did Globus task ``task_id`` SUCCEED with checksum verification in copying to
+        ``dst_path`` on ``dst``? Read from Globus itself (task document and its successful transfers), so a stale or
+        forged XCom value cannot make a copy count as verified."""
+        self._require_globus(dst)
+        doc = self.client.get_task(task_id).data
+        if doc.get("type") != "TRANSFER" or doc.get("status") != "SUCCEEDED":
+            return False, f"Globus task {task_id} is a {doc.get('type')} task in status {doc.get('status')}"
+        if not doc.get("verify_checksum"):
+            return False, f"Globus task {task_id} ran without verify_checksum"
+        if str(doc.get("destination_endpoint_id")) != str(dst.uuid):
+            return False, f"Globus task {task_id} copied to collection {doc.get('destination_endpoint_id')}, " \
+                          f"not {dst.name} ({dst.uuid})"
+        target = dst.remote_path(dst_path).rstrip("/")
+        for entry in self.client.task_successful_transfers(task_id):
+            done = str(entry.get("destination_path", "")).rstrip("/")
+            if done == target or done.startswith(target + "/"):
+                return True, f"Globus task {task_id} SUCCEEDED with verify_checksum"
+        return False, f"Globus task {task_id} lists no successful transfer to {target}"
 
     def task_state(self, task_id: str) -> TaskState:
         doc = self.client.get_task(task_id).data
@@ -242,6 +287,7 @@ class GlobusTransfer(TransferBackend):
 
     def delete(self, endpoint, path, *, recursive=False, label=None, deadline_seconds=None) -> dict[str, Any]:
         label = label or task_label("delete", f"{endpoint.name}:{path}")
-        task_id, _ = self.submit_delete(endpoint, path, label=label, recursive=recursive)
+        task_id, _ = self.submit_delete(endpoint, path, label=label, recursive=recursive,
+                                        deadline_seconds=deadline_seconds)
         state = self.wait(task_id, deadline_seconds=deadline_seconds)
         return {"endpoint": endpoint.name, "path": str(path), "task_id": task_id, **state.stats}
