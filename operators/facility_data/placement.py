@@ -8,6 +8,7 @@ that no rule matches fails the DAG file's parse, so a new task never runs on wha
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from decimal import Decimal
@@ -106,10 +107,19 @@ def placement_path() -> Path:
 
 
 def load_placement(path: str | Path | None = None) -> Placement:
+    path = Path(path or placement_path())
     try:
-        return load_model(path or placement_path(), Placement)
-    except PlacementError:
-        raise
+        content = path.read_bytes()
+    except OSError:
+        content = None  # load_model names the missing or unreadable file
+    # one DAG file places many DAGs: validate once per content of the file and environment it expands
+    return _load(path, content, tuple(sorted(os.environ.items())))
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: Path, content: bytes | None, environ: tuple) -> Placement:
+    try:
+        return load_model(path, Placement)
     except ConfigError as exc:
         raise PlacementError(str(exc)) from None
 

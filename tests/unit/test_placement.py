@@ -195,3 +195,17 @@ def test_place_sets_mapped_tasks_too(tmp_path):
         one.expand(x=[1])
     with pytest.raises(PlacementError, match="no rule under tasks: places other / one"):
         place(other, path=path)
+
+
+def test_an_edited_placement_file_is_read_again(tmp_path, monkeypatch):
+    """The file is validated once per content (many DAGs per DAG file), never served stale after an edit."""
+    path = tmp_path / "placement.yaml"
+    path.write_text("roles: {site-a: {queue: qa}}\ntasks: [{task: '*', role: site-a}]\n")
+    assert load_placement(path).roles["site-a"].queue == "qa"
+    path.write_text("roles: {site-a: {queue: qb}}\ntasks: [{task: '*', role: site-a}]\n")
+    assert load_placement(path).roles["site-a"].queue == "qb"
+    path.write_text("roles: {site-a: {queue: '${SITE_A_QUEUE}'}}\ntasks: [{task: '*', role: site-a}]\n")
+    monkeypatch.setenv("SITE_A_QUEUE", "qc")
+    assert load_placement(path).roles["site-a"].queue == "qc"
+    monkeypatch.setenv("SITE_A_QUEUE", "qd")
+    assert load_placement(path).roles["site-a"].queue == "qd"
