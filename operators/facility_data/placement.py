@@ -134,8 +134,8 @@ def pod_override(name: str, profile: PodProfile):
         requests.setdefault("ephemeral-storage", profile.tmp_size)
         mounts.append(k8s.V1VolumeMount(name="tmp", mount_path="/tmp"))
         volumes.append(k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=profile.tmp_size)))
-    container = k8s.V1Container(name=BASE_CONTAINER, volume_mounts=mounts or None, resources=k8s.V1ResourceRequirements(
-        requests=requests or None, limits=dict(profile.limits) or None))
+    resources = k8s.V1ResourceRequirements(requests=requests or None, limits=dict(profile.limits) or None)
+    container = k8s.V1Container(name=BASE_CONTAINER, volume_mounts=mounts or None, resources=resources)
     return k8s.V1Pod(metadata=k8s.V1ObjectMeta(labels={"facility-data/pod-profile": name}),
                      spec=k8s.V1PodSpec(containers=[container], volumes=volumes or None))
 
