@@ -139,9 +139,10 @@ def test_placement_quantities_read_as_kubernetes_reads_them(value):
 
 
 # --- the Helm chart's values -------------------------------------------------------------------------------------
-#: the chart keys values.yaml may use, each checked by hand against the official chart's documentation
-#: (https://airflow.apache.org/docs/helm-chart/stable/: parameters reference, "Adding Connections, Variables and
-#: Environment Variables", "Manage DAG files"); not checked against values.schema.json (not available offline).
+#: the chart keys values.yaml may use, each looked up by hand in the official chart's documentation
+#: (https://airflow.apache.org/docs/helm-chart/: "Adding Connections, Variables and Environment Variables" for `env`
+#: and `secret`, "Manage Dag files" for `images.airflow.*` and `dags.gitSync.*`, which mounts the checkout at
+#: <dags>/repo); this is our own list, not the chart's values.schema.json (not available offline).
 CHART_KEYS = {
     "executor", "images.airflow.repository", "images.airflow.tag", "dags.persistence.enabled",
     "dags.gitSync.enabled", "dags.gitSync.repo", "dags.gitSync.branch", "dags.gitSync.rev", "dags.gitSync.depth",
