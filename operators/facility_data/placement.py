@@ -151,14 +151,20 @@ def _set(task, name: str, value) -> None:
 def place(dag, *, path: str | Path | None = None):
     """Give every task of ``dag`` its queue (and executor, pod override) from the placement file; returns ``dag``.
     Raises :class:`PlacementError` (a parse error of the DAG file) for a task that no rule places."""
+    from airflow.sdk.configuration import conf
+
     cfg = load_placement(path)
     source = path or placement_path()
+    default_queue = conf.get("operators", "default_queue")
     for task in dag.tasks:
         rule = cfg.rule_for(dag.dag_id, task.task_id)
         if rule is None:
             raise PlacementError(f"{source}: no rule under tasks: places {dag.dag_id} / {task.task_id}; add one "
                                  f"naming its site role ({', '.join(cfg.roles)})")
         role = cfg.roles[rule.role]
+        if task.queue not in (default_queue, role.queue):  # one place says where tasks run: this file
+            raise PlacementError(f"{dag.dag_id} / {task.task_id} sets queue={task.queue!r} itself, but {source} "
+                                 f"places it on {role.queue!r}: set queues only in the placement file")
         _set(task, "queue", role.queue)
         if role.executor:
             _set(task, "executor", role.executor)

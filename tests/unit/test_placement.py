@@ -209,3 +209,22 @@ def test_an_edited_placement_file_is_read_again(tmp_path, monkeypatch):
     assert load_placement(path).roles["site-a"].queue == "qc"
     monkeypatch.setenv("SITE_A_QUEUE", "qd")
     assert load_placement(path).roles["site-a"].queue == "qd"
+
+
+def test_a_task_that_sets_its_own_queue_is_refused(tmp_path):
+    """Queues are set in one place: a queue= in DAG code that disagrees with the placement file is an error."""
+    from datetime import datetime
+
+    from airflow.sdk import DAG, task
+
+    path = tmp_path / "placement.yaml"
+    path.write_text("roles: {site-a: {queue: qa}}\ntasks: [{task: '*', role: site-a}]\n")
+    with DAG("d", schedule=None, start_date=datetime(2025, 1, 1)) as dag:
+        task(lambda: None, task_id="mine", queue="elsewhere")()
+    with pytest.raises(PlacementError, match="d / mine sets queue='elsewhere' itself, but .* places it on 'qa'"):
+        place(dag, path=path)
+
+    with DAG("again", schedule=None, start_date=datetime(2025, 1, 1)) as again:
+        task(lambda: None, task_id="t")()
+    place(place(again, path=path), path=path)  # placing twice is no conflict
+    assert again.get_task("t").queue == "qa"
