@@ -5,5 +5,6 @@ bl7012_new_file, bl733_new_file (and their prune sweeps and previews). Edit the 
 """
 
 from facility_data.als.dag_factory import build_all
+from facility_data.placement import place
 
-globals().update(build_all())
+globals().update({name: place(dag) for name, dag in build_all().items()})

@@ -15,6 +15,7 @@ from airflow.sdk import Param, dag, task
 
 from facility_data.dag_defaults import default_args
 from facility_data.operators.globus import GlobusDeleteOperator, GlobusTransferOperator
+from facility_data.placement import place
 
 PROBE = "{{ ti.xcom_pull(task_ids='write_probe')['path'] }}"
 # Empty when no probe was written: the delete operator then refuses the (empty) path before touching anything.
@@ -121,4 +122,4 @@ def als_transfer_healthcheck():
     [checked, *cleanups] >> healthcheck_passed(checked)
 
 
-als_transfer_healthcheck()
+place(als_transfer_healthcheck())

@@ -18,6 +18,7 @@ from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetabl
 from facility_data.dag_defaults import default_args
 from facility_data.operators.embargo import EmbargoZipOperator
 from facility_data.operators.rucio import RucioRegisterOperator
+from facility_data.placement import place
 from facility_data.rubin.policy import schedule_start
 from facility_data.rubin.runs import PER_RUN_PARALLELISM
 
@@ -146,3 +147,5 @@ with DAG(
     verdict = summary()
     per_exposure >> verdict
     report_not_processed(selected["skipped"]) >> verdict
+
+place(dag)

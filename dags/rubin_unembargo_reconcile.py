@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from airflow.sdk import DAG, Asset, Param, get_current_context, task
 
 from facility_data.dag_defaults import default_args
+from facility_data.placement import place
 
 #: at most this many exposures are repaired at once within one run (each repair may rebuild a ~4 GB zip)
 REPAIR_PARALLELISM = 4
@@ -165,3 +166,5 @@ with DAG(
     todo = check(request)
     repaired = repair.partial(request=request).expand(item=todo)
     alert(finish(request, todo, repaired))
+
+place(dag)
