@@ -30,14 +30,17 @@ _RUCIO_TRANSIENT = {"DatabaseException", "ServiceUnavailable", "RucioException",
 def is_transient_s3(exc: BaseException) -> bool:
     """Network errors and 5xx/throttling answers of an S3 service (not 4xx such as NoSuchKey)."""
     try:
-        from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+        from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
     except ImportError:  # pragma: no cover - boto3 is in the lock
         return False
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return str(err.get("Code")) in _S3_TRANSIENT_CODES or status >= 500
-    return isinstance(exc, ConnectionError | HTTPClientError | ConnectionResetError | TimeoutError)
+    # builtin ConnectionError: reset, refused, aborted; HTTPClientError: botocore's wrapping of a broken stream
+    return isinstance(exc, BotoConnectionError | HTTPClientError | IncompleteReadError | ConnectionError
+                      | TimeoutError)
 
 
 def is_transient_rucio(exc: BaseException) -> bool:
@@ -45,22 +48,34 @@ def is_transient_rucio(exc: BaseException) -> bool:
     return type(exc).__name__ in _RUCIO_TRANSIENT or isinstance(exc, ConnectionError | TimeoutError)
 
 
+class Attempts:
+    """The attempt budget of one operation, for callers that cannot simply call again (a stream resumed where it
+    broke): ``failed(exc)`` re-raises a permanent error or the last one, else logs and waits the backoff."""
+
+    def __init__(self, *, transient: Callable[[BaseException], bool], what: str, attempts: int | None = None):
+        self.transient, self.what = transient, what
+        self.attempts = attempts or ATTEMPTS
+        self.attempt, self.delay = 1, BASE_DELAY
+
+    def failed(self, exc: BaseException) -> None:
+        if not self.transient(exc):
+            raise exc
+        if self.attempt >= self.attempts:
+            log.error("%s: gave up after %d attempts: %s: %s", self.what, self.attempts, type(exc).__name__, exc)
+            raise exc
+        self.attempt += 1
+        log.warning("%s: attempt %d/%d in %.1f s: %s: %s", self.what, self.attempt, self.attempts, self.delay,
+                    type(exc).__name__, exc)
+        time.sleep(self.delay)
+        self.delay = min(self.delay * 2, MAX_DELAY)
+
+
 def call_with_retry(fn: Callable[[], T], *, transient: Callable[[BaseException], bool], what: str,
                     attempts: int | None = None) -> T:
     """Call ``fn``; on a transient error wait and try again, at most ``attempts`` times in all."""
-    attempts = attempts or ATTEMPTS
-    delay = BASE_DELAY
-    for attempt in range(1, attempts + 1):
+    budget = Attempts(transient=transient, what=what, attempts=attempts)
+    while True:
         try:
             return fn()
         except Exception as exc:
-            if not transient(exc):
-                raise
-            if attempt >= attempts:
-                log.error("%s: gave up after %d attempts: %s: %s", what, attempts, type(exc).__name__, exc)
-                raise
-            log.warning("%s: attempt %d/%d in %.1f s: %s: %s", what, attempt + 1, attempts, delay,
-                        type(exc).__name__, exc)
-            time.sleep(delay)
-            delay = min(delay * 2, MAX_DELAY)
-    raise AssertionError("unreachable")
+            budget.failed(exc)
