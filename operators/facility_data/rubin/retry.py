@@ -1,4 +1,5 @@
-"""Bounded retries with exponential backoff for transient faults of S3 and Rucio.
+"""Bounded retries with exponential backoff, and the one classification of transient faults per service: S3, Rucio,
+Butler registries and Globus (``is_transient_<service>``).
 
 Today's tool loops forever on a repeated Rucio DatabaseException; here every call gets a fixed number of attempts,
 then the last error propagates (and Airflow's own task retries take over).
@@ -68,6 +69,19 @@ class Attempts:
                     type(exc).__name__, exc)
         time.sleep(self.delay)
         self.delay = min(self.delay * 2, MAX_DELAY)
+
+
+def is_transient_butler(exc: BaseException) -> bool:
+    """A Butler registry that is locked or busy (SQLite: another connection holds a write transaction longer than
+    the Butler's own busy wait) or whose database connection dropped; not schema or data errors."""
+    try:
+        from sqlalchemy.exc import DBAPIError, OperationalError
+    except ImportError:  # pragma: no cover - sqlalchemy comes with the Butler
+        return False
+    if isinstance(exc, OperationalError):
+        text = str(exc.orig if exc.orig is not None else exc).lower()
+        return "database is locked" in text or "database is busy" in text or bool(exc.connection_invalidated)
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
 def call_with_retry(fn: Callable[[], T], *, transient: Callable[[BaseException], bool], what: str,
