@@ -84,6 +84,38 @@ def is_transient_butler(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
+#: Globus answers worth another try; any other 4xx (404 no such task, 403 not allowed, ...) is final.
+GLOBUS_TRANSIENT_STATUS = (429, 500, 502, 503, 504)
+
+
+def is_transient_globus(exc: BaseException) -> bool:
+    """A Globus 5xx/429 answer or a network error (globus_sdk.NetworkError); not 4xx such as 404 or 403."""
+    import globus_sdk
+
+    if isinstance(exc, globus_sdk.GlobusAPIError):
+        return exc.http_status in GLOBUS_TRANSIENT_STATUS
+    return isinstance(exc, globus_sdk.NetworkError)
+
+
+def globus_retry_config():
+    """The retry settings of every Globus client: globus_sdk's own retry loop (it also refreshes expired tokens)
+    with this module's budget, transient statuses and backoff, each retry logged like call_with_retry's."""
+    from globus_sdk.transport import RetryConfig
+
+    def backoff(ctx) -> float:
+        delay = ctx.backoff if ctx.backoff is not None else min(BASE_DELAY * 2 ** ctx.attempt, MAX_DELAY)
+        if ctx.response is not None:
+            what, why = ctx.response.request.url, f"HTTP {ctx.response.status_code}"
+        else:
+            what, why = getattr(getattr(ctx.exception, "request", None), "url", "?"), repr(ctx.exception)
+        log.warning("globus %s: attempt %d/%d in %.1f s: %s", what, ctx.attempt + 2, ATTEMPTS, delay, why)
+        return delay
+
+    return RetryConfig(max_retries=ATTEMPTS - 1, max_sleep=MAX_DELAY, backoff=backoff,
+                                  transient_error_status_codes=GLOBUS_TRANSIENT_STATUS,
+                                  retry_after_status_codes=(429, 503))
+
+
 def call_with_retry(fn: Callable[[], T], *, transient: Callable[[BaseException], bool], what: str,
                     attempts: int | None = None) -> T:
     """Call ``fn``; on a transient error wait and try again, at most ``attempts`` times in all."""
