@@ -55,8 +55,9 @@ class GlobusHook(BaseHook):
         import globus_sdk
         from globus_sdk.scopes import TransferScopes
 
-        from facility_data.rubin.retry import globus_retry_config  # the one classification of transient faults
+        from facility_data.rubin.retry import globus_retry_config
 
+        # transient statuses, budget and logged backoff come from the one classification (rubin/retry.py)
         return globus_sdk.TransferClient(authorizer=self.get_authorizer(TransferScopes.all),
                                          retry_config=self.retry_config or globus_retry_config())
 
