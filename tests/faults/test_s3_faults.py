@@ -110,6 +110,28 @@ def test_resets_beyond_the_budget_fail_naming_the_object_and_leave_nothing(site,
     assert not steps.paths(policy, exp).zip.exists() and leftovers(policy, exp) == []
 
 
+def test_object_replaced_between_a_reset_and_the_resume_is_never_spliced(site, s3_night, proxy, caplog):
+    night, policy, exp = s3_night
+    ctx = proxied_context(site, policy, proxy, exp)
+    first = ctx.objects(exp)[0]
+
+    class ReplaceOnRetry(logging.Handler):  # the summit rewrites the object while the read is cut
+        def emit(self, record):
+            if "attempt 2/" in record.getMessage():
+                night.store.client.put_object(Bucket=night.store.bucket, Key=first.key, Body=b"\0" * first.size)
+
+    handler = ReplaceOnRetry()
+    logging.getLogger(retry.__name__).addHandler(handler)
+    proxy.reset_after(FILE_SIZE // 3)
+    try:
+        with caplog.at_level(logging.WARNING, logger=retry.__name__), pytest.raises(StoreReadFailed) as err:
+            steps.run_zip(ctx, exp)
+    finally:
+        logging.getLogger(retry.__name__).removeHandler(handler)
+    assert f"{first.key}: replaced while being read" in str(err.value), str(err.value)
+    assert not steps.paths(policy, exp).zip.exists() and leftovers(policy, exp) == []
+
+
 def test_stalled_server_times_out_and_is_retried(site, s3_night, proxy, caplog):
     night, policy, exp = s3_night
     ctx = proxied_context(site, policy, proxy, exp, read_timeout=0.5)

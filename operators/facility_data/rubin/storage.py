@@ -42,6 +42,12 @@ class StoredObject:
         return self.key.rsplit("/", 1)[-1]
 
 
+def _error_code(exc: BaseException) -> str | None:
+    """An S3 error answer's code (botocore ClientError), else None."""
+    response = getattr(exc, "response", None)
+    return response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+
+
 def folder_key(instrument: str, day_obs: int, obs_id: str) -> str:
     return f"{instrument}/{day_obs}/{obs_id}/"
 
@@ -177,7 +183,13 @@ class S3Store:
             kwargs = {"Bucket": self.bucket, "Key": full}
             if etag is not None:
                 kwargs.update(Range=f"bytes={got}-", IfMatch=etag)
-            resp = self._retry(lambda kw=kwargs: self.client.get_object(**kw), key)
+            try:
+                resp = self._retry(lambda kw=kwargs: self.client.get_object(**kw), key)
+            except Exception as exc:
+                if etag is not None and _error_code(exc) == "PreconditionFailed":
+                    raise StoreReadFailed(f"s3://{self.bucket}/{full}: replaced while being read (ETag no longer "
+                                          f"{etag}); read stopped at byte {got} of {size}") from exc
+                raise
             if etag is None:
                 etag, size = resp.get("ETag"), int(resp["ContentLength"])
             chunks = resp["Body"].iter_chunks(CHUNK)
