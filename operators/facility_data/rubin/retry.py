@@ -112,8 +112,7 @@ def globus_retry_config():
         return delay
 
     return RetryConfig(max_retries=ATTEMPTS - 1, max_sleep=MAX_DELAY, backoff=backoff,
-                                  transient_error_status_codes=GLOBUS_TRANSIENT_STATUS,
-                                  retry_after_status_codes=(429, 503))
+                       transient_error_status_codes=GLOBUS_TRANSIENT_STATUS, retry_after_status_codes=(429, 503))
 
 
 def call_with_retry(fn: Callable[[], T], *, transient: Callable[[BaseException], bool], what: str,

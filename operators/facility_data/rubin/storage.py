@@ -181,16 +181,18 @@ class S3Store:
         got, size, etag = 0, None, None
         while size is None or got < size:
             kwargs = {"Bucket": self.bucket, "Key": full}
-            if etag is not None:
-                kwargs.update(Range=f"bytes={got}-", IfMatch=etag)
+            if size is not None:  # a resume
+                kwargs["Range"] = f"bytes={got}-"
+                if etag:
+                    kwargs["IfMatch"] = etag
             try:
                 resp = self._retry(lambda kw=kwargs: self.client.get_object(**kw), key)
             except Exception as exc:
-                if etag is not None and _error_code(exc) == "PreconditionFailed":
+                if size is not None and _error_code(exc) == "PreconditionFailed":
                     raise StoreReadFailed(f"s3://{self.bucket}/{full}: replaced while being read (ETag no longer "
                                           f"{etag}); read stopped at byte {got} of {size}") from exc
                 raise
-            if etag is None:
+            if size is None:
                 etag, size = resp.get("ETag"), int(resp["ContentLength"])
             chunks = resp["Body"].iter_chunks(CHUNK)
             try:
