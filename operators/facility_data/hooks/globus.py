@@ -59,8 +59,11 @@ class GlobusHook(BaseHook):
         import globus_sdk
         from globus_sdk.scopes import TransferScopes
 
-        kwargs = {"retry_config": self.retry_config} if self.retry_config is not None else {}
-        return globus_sdk.TransferClient(authorizer=self.get_authorizer(TransferScopes.all), **kwargs)
+        from facility_data.rubin.retry import globus_retry_config
+
+        # transient statuses, budget and logged backoff come from the one classification (rubin/retry.py)
+        return globus_sdk.TransferClient(authorizer=self.get_authorizer(TransferScopes.all),
+                                         retry_config=self.retry_config or globus_retry_config())
 
     def get_transfer_backend(self, *, poll_interval: float = 10.0):
         from facility_data.transfer.globus import GlobusTransfer

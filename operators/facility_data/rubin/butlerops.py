@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from facility_data.rubin.policy import ButlerRef, EmbargoPolicy
+from facility_data.rubin.retry import call_with_retry, is_transient_butler
 from facility_data.rubin.storage import StoredObject
 from facility_data.rubin.windows import ExposureRef
 from facility_data.rubin.zipbuild import InconsistentArtifact
@@ -88,15 +89,31 @@ def tracts(butler, policy: EmbargoPolicy, exp: ExposureRef, visits: list[int]) -
     return sorted(out)
 
 
+def _retrying(fn, what: str):
+    """``fn`` retried while the registry is locked or its connection dropped (bounded: retry.ATTEMPTS)."""
+    return call_with_retry(fn, transient=is_transient_butler, what=what)
+
+
 def ingested(dest, refs: list, visits: list[int], instrument: str) -> tuple[bool, str]:
     """Whether every dataset is known to ``dest`` with a stored artifact and the visits' records exist."""
+    return _retrying(lambda: _ingested(dest, refs, visits, instrument), f"butler {_repo(dest)} (check)")
+
+
+def _repo(butler) -> str:
+    """The repository a Butler opened (for messages)."""
+    return str(getattr(getattr(butler, "_config", None), "configDir", None) or butler)
+
+
+def _ingested(dest, refs: list, visits: list[int], instrument: str) -> tuple[bool, str]:
     missing_records = [v for v in visits
                        if not dest.query_dimension_records("visit", instrument=instrument, visit=v, explain=False)]
     known = []
     for ref in refs:
         try:
             found = dest.get_dataset(ref.id)
-        except Exception:  # unknown dataset type in a fresh repo
+        except Exception as exc:  # unknown dataset type in a fresh repo; a locked registry is retried
+            if is_transient_butler(exc):
+                raise
             found = None
         if found is not None:
             known.append(found)
@@ -107,7 +124,13 @@ def ingested(dest, refs: list, visits: list[int], instrument: str) -> tuple[bool
 
 
 def ingest(dest, source, refs: list, visits: list[int], instrument: str, zip_path: Path) -> None:
-    """Dimension records (visits included) then the zip by direct reference; safe to repeat."""
+    """Dimension records (visits included) then the zip by direct reference; safe to repeat, so the whole of it is
+    retried while the registry is locked (each part is its own transaction: a failed one leaves nothing)."""
+    _retrying(lambda: _ingest(dest, source, refs, visits, instrument, zip_path),
+              f"butler {_repo(dest)} (ingest {zip_path.name})")
+
+
+def _ingest(dest, source, refs: list, visits: list[int], instrument: str, zip_path: Path) -> None:
     for dataset_type in {r.datasetType for r in refs}:
         dest.registry.registerDatasetType(dataset_type)
     data_ids = [r.dataId for r in refs] + [

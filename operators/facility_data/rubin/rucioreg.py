@@ -204,8 +204,15 @@ def register(client, plan: Plan) -> list[str]:
                 if acted:
                     done.append(f"attach {f.name} -> {ds}")
     if f"close {plan.obs}" in todo:
-        client.close(plan.scope, plan.obs)
-        done.append(f"close {plan.obs}")
+        try:
+            client.close(plan.scope, plan.obs)
+            done.append(f"close {plan.obs}")
+        except _exc("UnsupportedOperation"):
+            # Rucio refuses to close a closed dataset: a retried close whose first answer was lost (the server had
+            # closed it), or another run's close. Done if it is closed now; anything else is the server's refusal.
+            if client.get_did(plan.scope, plan.obs).get("open", True):
+                raise
+            log.info("%s:%s was already closed", plan.scope, plan.obs)
     if "meta arcBackup" in todo:
         client.set_metadata(plan.scope, plan.obs, "arcBackup", plan.arc_backup)
         done.append("meta arcBackup")

@@ -16,9 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
 
-from facility_data.rubin.retry import call_with_retry, is_transient_s3
+from facility_data.rubin.retry import Attempts, call_with_retry, is_transient_s3
 
 CHUNK = 8 * 1024 * 1024
+
+
+class StoreReadFailed(RuntimeError):
+    """Reading an embargo object failed for good (its transient faults outlasted the retry budget); names it."""
+
+
+class IncompleteRead(ConnectionError):
+    """The store ended an object's body before its Content-Length (a transient fault: resumed)."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,12 @@ class StoredObject:
     @property
     def name(self) -> str:
         return self.key.rsplit("/", 1)[-1]
+
+
+def _error_code(exc: BaseException) -> str | None:
+    """An S3 error answer's code (botocore ClientError), else None."""
+    response = getattr(exc, "response", None)
+    return response.get("Error", {}).get("Code") if isinstance(response, dict) else None
 
 
 def folder_key(instrument: str, day_obs: int, obs_id: str) -> str:
@@ -158,11 +172,49 @@ class S3Store:
         return sorted(names)
 
     def iter_chunks(self, key: str) -> Iterator[bytes]:
-        body = self._retry(lambda: self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"], key)
-        try:
-            yield from body.iter_chunks(CHUNK)
-        finally:
-            body.close()
+        """The object's bytes in chunks. A transient fault mid-read (connection reset, read timeout, short body)
+        resumes from the next byte with a ranged GET pinned to the first answer's ETag (a replaced object is never
+        spliced), within one bounded budget per object; after the last attempt :class:`StoreReadFailed` names the
+        object and how far the read got."""
+        full = self.prefix + key
+        budget = Attempts(transient=is_transient_s3, what=f"s3://{self.bucket}/{full} (read)")
+        got, size, etag = 0, None, None
+        while size is None or got < size:
+            kwargs = {"Bucket": self.bucket, "Key": full}
+            if size is not None:  # a resume
+                kwargs["Range"] = f"bytes={got}-"
+                if etag:
+                    kwargs["IfMatch"] = etag
+            try:
+                resp = self._retry(lambda kw=kwargs: self.client.get_object(**kw), key)
+            except Exception as exc:
+                if size is not None and _error_code(exc) == "PreconditionFailed":
+                    raise StoreReadFailed(f"s3://{self.bucket}/{full}: replaced while being read (ETag no longer "
+                                          f"{etag}); read stopped at byte {got} of {size}") from exc
+                raise
+            if size is None:
+                etag, size = resp.get("ETag"), int(resp["ContentLength"])
+            chunks = resp["Body"].iter_chunks(CHUNK)
+            try:
+                while True:
+                    try:
+                        chunk = next(chunks, None)
+                        if chunk is None and got < size:
+                            raise IncompleteRead(f"body ended at byte {got} of {size}")
+                    except Exception as exc:
+                        try:
+                            budget.failed(exc)
+                        except Exception as final:
+                            raise StoreReadFailed(
+                                f"s3://{self.bucket}/{full}: read failed at byte {got} of {size} after "
+                                f"{budget.attempt} attempt(s): {type(final).__name__}: {final}") from final
+                        break  # transient: resume from byte ``got``
+                    if chunk is None:
+                        break
+                    got += len(chunk)
+                    yield chunk
+            finally:
+                resp["Body"].close()
 
     def read(self, key: str) -> bytes:
         return self._retry(
