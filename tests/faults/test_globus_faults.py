@@ -1,5 +1,5 @@
 """Globus 5xx on task-status polling, through the real globus-sdk (its own retry loop, configured from
-rubin/retry.py) against canned HTTP responses (``responses``, as tests/unit/test_globus_transfer.py): 502/503 are
+facility_data/retry.py) against canned HTTP responses (``responses``, as tests/unit/test_globus_transfer.py): 502/503 are
 retried boundedly and each retry is logged; after the budget, and at once on a 4xx, the service's error surfaces.
 
 Not modelled: Globus itself (the responses are canned), Retry-After values from the real service.
@@ -17,7 +17,7 @@ import responses
 from globus_sdk.testing import load_response
 
 from facility_data.hooks.globus import GlobusHook
-from facility_data.rubin import retry
+from facility_data import retry
 from facility_data.triggers.globus import GlobusTaskTrigger
 
 TRANSFER = "https://transfer.api.globus.org/v0.10"

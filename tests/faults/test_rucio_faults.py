@@ -18,7 +18,7 @@ from _fault_workers import released
 from _proxy import FaultProxy
 
 from facility_data.localsite.rucio_server import ensure_archive_rse
-from facility_data.rubin import retry, rucioreg, steps
+from facility_data import retry, rucioreg, steps
 from facility_data.rubin.policy import ArchiveRule
 from facility_data.rubin.synthetic import build_night, unique_day_obs
 

@@ -2,7 +2,7 @@
 
 The night is written straight to the server; the steps read it through the proxy, which resets connections
 mid-body, stalls, or stops listening. The client's own (botocore) retries are off here, so what is counted is
-the project's bounded retry layer (rubin/retry.py); in production botocore's retries run underneath it.
+the project's bounded retry layer (facility_data/retry.py); in production botocore's retries run underneath it.
 """
 
 from __future__ import annotations

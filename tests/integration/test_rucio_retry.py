@@ -8,7 +8,7 @@ import pytest
 from rucio.common.exception import ServerConnectionException
 
 from facility_data.localsite.procs import free_port
-from facility_data.rubin import retry
+from facility_data import retry
 from facility_data.rubin.rucioreg import RetryingRucio
 
 

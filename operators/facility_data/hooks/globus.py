@@ -59,9 +59,9 @@ class GlobusHook(BaseHook):
         import globus_sdk
         from globus_sdk.scopes import TransferScopes
 
-        from facility_data.rubin.retry import globus_retry_config
+        from facility_data.retry import globus_retry_config
 
-        # transient statuses, budget and logged backoff come from the one classification (rubin/retry.py)
+        # transient statuses, budget and logged backoff come from the one classification (facility_data/retry.py)
         return globus_sdk.TransferClient(authorizer=self.get_authorizer(TransferScopes.all),
                                          retry_config=self.retry_config or globus_retry_config())
 

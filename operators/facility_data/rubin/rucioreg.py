@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from facility_data.rubin.retry import call_with_retry, is_transient_rucio
+from facility_data.retry import call_with_retry, is_transient_rucio
 from facility_data.rubin.zipbuild import FileHashes, InconsistentArtifact
 
 log = logging.getLogger(__name__)

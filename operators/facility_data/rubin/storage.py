@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
 
-from facility_data.rubin.retry import Attempts, call_with_retry, is_transient_s3
+from facility_data.retry import Attempts, call_with_retry, is_transient_s3
 
 CHUNK = 8 * 1024 * 1024
 
