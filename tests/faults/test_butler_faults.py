@@ -17,8 +17,9 @@ from contextlib import closing
 import pytest
 from _fault_workers import released
 
-from facility_data.rubin import butlerops, retry, steps
-from facility_data.rubin.synthetic import build_night, unique_day_obs
+from facility_data import retry
+from facility_data.demo.rubin_synthetic import build_night, unique_day_obs
+from facility_data.rubin import butlerops, steps
 
 warnings.filterwarnings("ignore", module="erfa")
 

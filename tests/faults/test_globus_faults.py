@@ -16,8 +16,8 @@ import pytest
 import responses
 from globus_sdk.testing import load_response
 
-from facility_data.hooks.globus import GlobusHook
 from facility_data import retry
+from facility_data.hooks.globus import GlobusHook
 from facility_data.triggers.globus import GlobusTaskTrigger
 
 TRANSFER = "https://transfer.api.globus.org/v0.10"

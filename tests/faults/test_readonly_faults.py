@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from _fault_workers import released
 
-from facility_data.rubin import lease, retry, steps
-from facility_data.rubin.synthetic import build_night, unique_day_obs
+from facility_data import retry
+from facility_data.demo.rubin_synthetic import build_night, unique_day_obs
+from facility_data.rubin import lease, steps
 
 warnings.filterwarnings("ignore", module="erfa")
 
@@ -70,9 +71,6 @@ def test_read_only_destination_fails_at_once_naming_the_path(night, caplog, whic
     assert not lease.lease_path(p.zip).exists()
 
 
-@pytest.mark.xfail(strict=True, reason="not implemented (outside this branch's scope): the lease's release "
-                   "(steps.Context.exclusive -> lease.Lease.release) raises EROFS on unlinking the lease and so "
-                   "replaces the step's WriteFailed naming the yaml; release should log its own failure instead")
 def test_destination_turning_read_only_mid_run_fails_naming_the_file_and_the_lease_is_not_masking_it(
         night, monkeypatch, caplog):
     """The day directory is remounted read-only between the zip and the dimensions step, while the run holds the

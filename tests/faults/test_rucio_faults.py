@@ -17,10 +17,11 @@ import pytest
 from _fault_workers import released
 from _proxy import FaultProxy
 
+from facility_data import retry
+from facility_data.demo.rubin_synthetic import build_night, unique_day_obs
 from facility_data.localsite.rucio_server import ensure_archive_rse
-from facility_data import retry, rucioreg, steps
+from facility_data.rubin import rucioreg, steps
 from facility_data.rubin.policy import ArchiveRule
-from facility_data.rubin.synthetic import build_night, unique_day_obs
 
 pytestmark = pytest.mark.integration
 warnings.filterwarnings("ignore", module="erfa")

@@ -15,10 +15,11 @@ import pytest
 from _fault_workers import released
 from _proxy import FaultProxy
 
-from facility_data.rubin import lease, retry, steps
+from facility_data import retry
+from facility_data.demo.rubin_synthetic import build_night, unique_day_obs
+from facility_data.rubin import lease, steps
 from facility_data.rubin.policy import Storage
 from facility_data.rubin.storage import S3Store, StoreReadFailed
-from facility_data.rubin.synthetic import build_night, unique_day_obs
 
 pytestmark = pytest.mark.integration
 warnings.filterwarnings("ignore", module="erfa")

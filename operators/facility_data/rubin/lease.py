@@ -192,6 +192,11 @@ class Lease:
                 self.path.unlink()
         except FileNotFoundError:
             pass
+        except OSError as e:
+            # e.g. the directory turned read-only: never mask the step's own error; without heartbeats the lease
+            # expires after ttl_s and the next run breaks it as a dead holder's
+            log.warning("could not remove lease %s (%s); it expires in %.0f s without heartbeats",
+                        self.path, e, self.ttl_s)
         finally:
             os.close(self._fd)
 

@@ -48,6 +48,15 @@ class WriteFailed(OSError):
     """Writing an artifact failed (ENOSPC, EIO, a read-only destination, ...); the message names the path."""
 
 
+def _remove_temp(tmp: Path) -> None:
+    """Remove our temporary file; a failure (a destination turned read-only) is logged, never raised over the
+    write's own error."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("could not remove temporary %s: %s", tmp, exc)
+
+
 def _write_failed(exc: OSError, dest: Path, tmp: Path) -> WriteFailed:
     return WriteFailed(exc.errno, f"{exc.strerror or exc} while writing {dest} (temporary {tmp.name}, removed)")
 
@@ -208,7 +217,7 @@ def install_bytes(dest: Path, data: bytes, owner: str | None = None) -> bool:
             raise _write_failed(exc, dest, tmp) from exc
         return _install(tmp, dest)
     finally:
-        tmp.unlink(missing_ok=True)
+        _remove_temp(tmp)
 
 
 def _member_info(name: str, size: int) -> zipfile.ZipInfo:
@@ -289,7 +298,7 @@ def build_zip(store: EmbargoStore, objects: Iterable[StoredObject], butler_index
                  hashes.bytes, hashes.md5, hashes.adler32)
         return hashes, dest
     finally:
-        tmp.unlink(missing_ok=True)
+        _remove_temp(tmp)
 
 
 def quick_check(path: Path, objects: Iterable[StoredObject]) -> str | None:
