@@ -182,10 +182,20 @@ def _scan_day(scan: str) -> str | None:
     return f"{m.group(1)}-{m.group(2)}-{m.group(3)}" if m else None
 
 
+class _NoLedger:
+    """A beamline whose ledger file does not exist yet: nothing recorded (the dashboard never creates one)."""
+
+    def copies(self, *a, **k):
+        return []
+
+    def events(self, *a, **k):
+        return []
+
+
 def _ledger(bl):
     from facility_data.als.ledger import Ledger
 
-    return Ledger(bl.ledger_file())
+    return Ledger(bl.ledger_file()) if bl.ledger_file().is_file() else _NoLedger()
 
 
 def als_report_days(reports: list[ReportFile], beamline: str) -> dict[str, ReportFile]:

@@ -197,12 +197,9 @@ def add_dashboard(app: FastAPI, base: Callable[[], Path], *, rubin_context: Call
     @app.get("/dashboard/als/{beamline_id}/{day}", response_class=HTMLResponse)
     def als_day(request: Request, beamline_id: str, day: str) -> str:
         app_root, bl, when = _app_root(request), beamline(beamline_id), _iso_day(day)
-        warn = ""
         try:
             result = d.als_day(bl, when, base())
-        except HTTPException:
-            raise
-        except Exception as exc:  # the ledger of the runs' DB: refused, never an empty day
+        except Exception as exc:  # the report, the ledger or the runs' DB unreadable: refused, never an empty day
             log.error("dashboard: %s %s cannot be read: %r", bl.id, day, exc)
             raise _bad(f"{bl.id} {day} cannot be read: {type(exc).__name__}", 503) from exc
         locations = sorted({loc for s in result.scans for loc in s.copies})
@@ -215,7 +212,7 @@ def add_dashboard(app: FastAPI, base: Callable[[], Path], *, rubin_context: Call
                   f"{_link(f'{app_root}/file/{quote(result.report.relative)}', result.report.relative)}; copies "
                   f"from the ledger now.</p>" if result.report else
                   "<p class='warn'>No reconcile report of this day yet: copies from the ledger only.</p>")
-        body = (f"{source}{warn}<h2>By state</h2>{_counts(result.counts)}"
+        body = (f"{source}<h2>By state</h2>{_counts(result.counts)}"
                 f'<img alt="reconcile state per day" src="{app_root}/dashboard/als/{bl.id}/chart.png?last={day}">'
                 "<h2>Scans</h2>"
                 + _table(["scan", "state", "first missing step", *locations, "reason", "run"], rows,

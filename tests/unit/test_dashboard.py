@@ -338,3 +338,14 @@ def test_scrub_replaces_absolute_paths_and_keeps_relative_names():
     assert scrub("raw/ALS-1/20240101_x.h5 at data832") == "raw/ALS-1/20240101_x.h5 at data832"
     assert scrub("see https://scicat.example/api/v3 for it") == "see https://scicat.example/api/v3 for it"
     assert scrub("butler:/site/butler/main: 0/2 datasets") == "butler:<path>: 0/2 datasets"
+
+
+def test_a_fresh_site_gets_no_ledger_from_the_dashboard(token, tmp_path, monkeypatch):
+    """The dashboard only reads: a site whose ledger does not exist yet shows nothing recorded, creates nothing."""
+    site = tmp_path / "fresh"
+    monkeypatch.setenv("FACILITY_SITE", str(site))
+    monkeypatch.delenv("FACILITY_REPORTS", raising=False)
+    c = TestClient(create_app(site / "reports"), headers={"Authorization": f"Bearer {token}"})
+    assert "No scan or exposure matches" in c.get("/dashboard/search", params={"q": f"{DONE_SCAN}.h5"}).text
+    assert "no scan of this day" in c.get("/dashboard/als/bl832/2024-01-01").text
+    assert not site.exists()
