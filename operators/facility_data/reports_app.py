@@ -137,14 +137,18 @@ def index_page(reports: list[ReportFile], f: dict) -> str:
     if f["page"] < pages:
         nav.append(f'<a href="{esc(link(page=f["page"] + 1))}">older</a>')
     return (f"<html><head><meta charset='utf-8'><title>Facility reports</title></head><body>"
-            f"<h1>Facility reports</h1><p>{len(chosen)} of {len(reports)} file(s) match, newest "
+            f"<p><a href='dashboard/'>Dashboard</a></p><h1>Facility reports</h1><p>{len(chosen)} of {len(reports)} file(s) match, newest "
             f"first</p><p>{kind_links}</p>{form}<p>{' | '.join(nav)}</p>"
             f"<table><tr><th>report</th><th>kind</th><th>night</th><th>written</th><th>bytes</th></tr>"
             f"{rows or '<tr><td colspan=5>no reports match</td></tr>'}</table>"
             f"<p>{' | '.join(nav)}</p></body></html>")
 
 
-def create_app(root: Path | None = None) -> FastAPI:
+def create_app(root: Path | None = None, *, rubin_context=None) -> FastAPI:
+    """The reports browser and the operator dashboard (``facility_data.dashboard_pages``), both behind Airflow's
+    login. ``rubin_context``: how the dashboard opens the Rubin sinks (default: the policy's, via connections)."""
+    from facility_data.dashboard_pages import add_dashboard
+
     # No public API docs, and every route behind Airflow's login.
     app = FastAPI(title="Facility reports", docs_url=None, redoc_url=None, openapi_url=None,
                   dependencies=[Depends(require_airflow_login)])
@@ -162,4 +166,5 @@ def create_app(root: Path | None = None) -> FastAPI:
     def report(relative: str) -> FileResponse:
         return FileResponse(resolve_report(base(), relative))
 
+    add_dashboard(app, base, rubin_context=rubin_context)
     return app
