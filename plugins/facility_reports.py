@@ -1,14 +1,14 @@
 """Airflow plugin: the site's reports (prune audits, reconcile reports) and the operator dashboard under
 /facility-reports, linked from Browse, served only to users logged in to Airflow (see
-facility_data.reports_app.require_airflow_login). The Browse links carry ``[api] base_url``'s path, so a UI served
+facility_data.ui.app.require_airflow_login). The Browse links carry ``[api] base_url``'s path, so a UI served
 under a prefix (``https://host/airflow/``) links to ``/airflow/facility-reports/``."""
 
 from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from facility_data.dashboard import ui_root
-from facility_data.reports_app import create_app
+from facility_data.ui.dashboard import ui_root
+from facility_data.ui.app import create_app
 
 
 class FacilityReportsPlugin(AirflowPlugin):

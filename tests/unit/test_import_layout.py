@@ -30,6 +30,7 @@ ALLOWED: dict[str, frozenset[str] | None] = {
     "operators": BASE | {"hooks", "triggers", "transfer", "hpc", "rubin"},
     "rubin": BASE | {"hooks"},
     "als": BASE | {"hooks", "transfer", "hpc", "operators", "sensors"},
+    "ui": BASE | {"als", "rubin", "hooks"},
     "localsite": BASE,
     "demo": None,
 }

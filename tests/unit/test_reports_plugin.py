@@ -20,7 +20,7 @@ import jwt
 import pytest
 from fastapi.testclient import TestClient
 
-from facility_data.reports_app import create_app
+from facility_data.ui.app import create_app
 
 REPO = Path(__file__).resolve().parents[2]
 

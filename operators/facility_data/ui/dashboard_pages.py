@@ -4,7 +4,7 @@
 ``/dashboard/rubin/<instrument>/<day_obs>`` and ``/dashboard/als/<beamline>/<YYYY-MM-DD>`` show one night or day;
 ``/dashboard/als/<beamline>/chart.png`` is the ALS reconcile's per-day chart; ``/dashboard/search?q=`` shows one
 item's journey. Links into the app are relative to where it is mounted (the request's root path); links into the
-Airflow UI honour ``[api] base_url`` (:func:`facility_data.dashboard.run_url`).
+Airflow UI honour ``[api] base_url`` (:func:`facility_data.ui.dashboard.run_url`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from urllib.parse import quote
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from facility_data import dashboard as d
+from facility_data.ui import dashboard as d
 from facility_data.reports import catalogue
 
 log = logging.getLogger(__name__)

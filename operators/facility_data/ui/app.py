@@ -145,9 +145,9 @@ def index_page(reports: list[ReportFile], f: dict) -> str:
 
 
 def create_app(root: Path | None = None, *, rubin_context=None) -> FastAPI:
-    """The reports browser and the operator dashboard (``facility_data.dashboard_pages``), both behind Airflow's
+    """The reports browser and the operator dashboard (``facility_data.ui.dashboard_pages``), both behind Airflow's
     login. ``rubin_context``: how the dashboard opens the Rubin sinks (default: the policy's, via connections)."""
-    from facility_data.dashboard_pages import add_dashboard
+    from facility_data.ui.dashboard_pages import add_dashboard
 
     # No public API docs, and every route behind Airflow's login.
     app = FastAPI(title="Facility reports", docs_url=None, redoc_url=None, openapi_url=None,
