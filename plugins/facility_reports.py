@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from facility_data.ui.dashboard import ui_root
 from facility_data.ui.app import create_app
+from facility_data.ui.dashboard import ui_root
 
 
 class FacilityReportsPlugin(AirflowPlugin):

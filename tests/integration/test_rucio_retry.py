@@ -7,8 +7,8 @@ import logging
 import pytest
 from rucio.common.exception import ServerConnectionException
 
-from facility_data.localsite.procs import free_port
 from facility_data import retry
+from facility_data.localsite.procs import free_port
 from facility_data.rubin.rucioreg import RetryingRucio
 
 

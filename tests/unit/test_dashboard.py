@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from facility_data.ui.dashboard import scrub
 from facility_data.ui.app import create_app
+from facility_data.ui.dashboard import scrub
 
 warnings.filterwarnings("ignore", module="erfa")
 REPO = Path(__file__).resolve().parents[2]
@@ -78,13 +78,13 @@ def _probe_run(folder: Path, dag_id: str, obs_ids: list[str]):
 @pytest.fixture(scope="module")
 def world(airflow_db, tmp_path_factory):
     """Everything the dashboard reads, set up once: site dir, Rubin night and policy, ALS scans, ledger, report."""
-    from facility_data.demo import als_synthetic
     from facility_data.als.beamline import load_beamline
     from facility_data.als.ledger import Ledger
     from facility_data.als.reconcile import Reconcile, Request, reports_dir, write_report
     from facility_data.als.steps import record_copy, validate_new_scan
-    from facility_data.rubin import steps
+    from facility_data.demo import als_synthetic
     from facility_data.demo.rubin_synthetic import build_night, unique_day_obs, write_policy
+    from facility_data.rubin import steps
     from facility_data.transfer import LocalTransfer, load_endpoints
 
     site = tmp_path_factory.mktemp("dash") / "site"

@@ -9,8 +9,8 @@ import warnings
 import pytest
 import yaml
 
-from facility_data.config import ConfigError
 from facility_data import retry
+from facility_data.config import ConfigError
 from facility_data.rubin.policy import load_policy, policy_path
 from facility_data.rubin.runs import BadRequest, validate
 

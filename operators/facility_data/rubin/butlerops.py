@@ -6,8 +6,8 @@ import json
 import logging
 from pathlib import Path
 
-from facility_data.rubin.policy import ButlerRef, EmbargoPolicy
 from facility_data.retry import call_with_retry, is_transient_butler
+from facility_data.rubin.policy import ButlerRef, EmbargoPolicy
 from facility_data.rubin.storage import StoredObject
 from facility_data.rubin.windows import ExposureRef
 from facility_data.rubin.zipbuild import InconsistentArtifact

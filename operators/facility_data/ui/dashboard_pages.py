@@ -20,8 +20,8 @@ from urllib.parse import quote
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from facility_data.ui import dashboard as d
 from facility_data.reports import catalogue
+from facility_data.ui import dashboard as d
 
 log = logging.getLogger(__name__)
 esc = html.escape
