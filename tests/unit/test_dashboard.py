@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from no_rucio import NoRucio  # tests/unit is on sys.path
 
 from facility_data.ui.app import create_app
 from facility_data.ui.dashboard import scrub
@@ -26,22 +27,6 @@ REPO = Path(__file__).resolve().parents[2]
 FOLDER = "ALS-11111_synthetic"
 DAY = date(2024, 1, 1)
 DONE_SCAN, LOST_SCAN = "20240101_120000_done", "20240101_130000_lost"
-
-
-class NoRucio:
-    """Rucio with nothing registered."""
-
-    def list_dids(self, *a, **k):
-        return []
-
-    def get_metadata_bulk(self, *a, **k):
-        return []
-
-    def bulk_list_files(self, *a, **k):
-        return []
-
-    def list_replicas(self, *a, **k):
-        return []
 
 
 PROBE_DAG = """

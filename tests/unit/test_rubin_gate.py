@@ -11,6 +11,7 @@ import warnings
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from no_rucio import NoRucio  # tests/unit is on sys.path
 
 from facility_data.config import ConfigError
 from facility_data.demo.rubin_synthetic import CALIB_WHERE, build_night, unique_day_obs, write_policy
@@ -143,7 +144,7 @@ def test_butler_artifact_missing_from_the_folder_is_inconsistent_at_source(night
 def test_reconcile_counts_inconsistent_at_source_as_unrepairable(night):
     obs_id = night.obs_ids[4]
     _truncate(night, obs_id)
-    ctx = steps.Context(_policy(night), rucio=_NoRucio())
+    ctx = steps.Context(_policy(night), rucio=NoRucio())
     result = reconcile.check_night(ctx, night.instrument, night.day_obs, now=datetime.now(UTC))  # fast
     check = next(e for e in result.exposures if e.obs_id == obs_id)
     assert check.state == "inconsistent_at_source", check
@@ -157,26 +158,10 @@ def test_reconcile_counts_inconsistent_at_source_as_unrepairable(night):
     assert deep.state == "inconsistent_at_source", deep
 
 
-class _NoRucio:
-    """Rucio with nothing registered (this module checks the gate; tests/integration has the real server)."""
-
-    def list_dids(self, *a, **k):
-        return []
-
-    def get_metadata_bulk(self, *a, **k):
-        return []
-
-    def bulk_list_files(self, *a, **k):
-        return []
-
-    def list_replicas(self, *a, **k):
-        return []
-
-
 def test_no_manifest_fast_reconcile_is_incomplete_at_source(night):
     obs_id = night.obs_ids[5]
     _file(night, obs_id, steps.manifest_name(obs_id)).unlink()
-    ctx = steps.Context(_policy(night), rucio=_NoRucio())
+    ctx = steps.Context(_policy(night), rucio=NoRucio())
     result = reconcile.check_night(ctx, night.instrument, night.day_obs, now=datetime.now(UTC))
     check = next(e for e in result.exposures if e.obs_id == obs_id)
     assert check.state == "incomplete_at_source" and "gate: no manifest" in check.problems
