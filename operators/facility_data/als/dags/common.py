@@ -62,8 +62,11 @@ def warn_and_alert(what: str, exc: BaseException) -> None:
 
 
 @contextmanager
-def permanent():
-    """Bad input and safety refusals fail the task at once: retrying cannot fix them."""
+def permanent(item: str):
+    """The task boundary for expected refusals (bad conf or configuration, safety policy): one ERROR line naming
+    ``item`` and the rule, then AirflowFailException (no retry: retrying cannot fix them) raised ``from None``, so
+    the task runner's traceback is a few Airflow frames: no domain frames, no chained cause. Anything else (a real
+    error) propagates untouched, with its traceback and the DAG's retries."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from facility_data.conf import ConfError
@@ -73,8 +76,18 @@ def permanent():
     try:
         yield
     except (ConfError, ConfigError, SafetyError) as exc:
-        log.error("%s: %s", type(exc).__name__, exc)
-        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+        rule = ("data-safety policy" if isinstance(exc, SafetyError) else
+                "bad configuration" if isinstance(exc, ConfigError) else "bad conf")
+        reason = f"{type(exc).__name__}: {exc}"
+        log.error("refused %s (%s): %s", item, rule, reason)
+        raise AirflowFailException(reason) from None
+
+
+def conf_item(conf: object) -> str:
+    """What a manual run asked for, to name it in a refusal: its file_path, else the whole (small) conf."""
+    if isinstance(conf, dict) and isinstance(conf.get("file_path"), str):
+        return repr(conf["file_path"])
+    return f"conf {conf!r}"[:300]
 
 
 def recon_asset(bl: Beamline, target: str) -> Asset:
@@ -89,3 +102,16 @@ def flat(scan: dict) -> dict:
         for what, path in paths.items():
             out[f"{role}_{what}"] = path
     return out
+
+
+def announced_line(extra: dict) -> str:
+    """An asset event's extra in a few words, for the one log line of an announce task."""
+    sizes = ", ".join(f"{role} {size} B" for role, size in (extra.get("sizes") or {}).items())
+    return (f"export_controlled={extra.get('export_controlled')}, send_to_nersc={extra.get('send_to_nersc')}"
+            + (f", {sizes}" if sizes else ""))
+
+
+def outputs_line(out: dict) -> str:
+    """``{name: {"files", "size", ...}}`` (what record_output / record_copy return) as "tiff: 12 files, 3456 B; ..."."""
+    return "; ".join(f"{name}: {o.get('files')} files, {o.get('size')} B" for name, o in out.items())
+

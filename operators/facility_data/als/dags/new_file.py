@@ -14,6 +14,8 @@ from airflow.sdk import DAG, Asset, Param, task
 from facility_data.als.beamline import Beamline
 from facility_data.als.dags.common import (
     START,
+    announced_line,
+    conf_item,
     context,
     decision_override,
     env,
@@ -65,18 +67,19 @@ the decision settings (Variable `{bl.decision_variable}`, defaults in `include/b
         render_template_as_native_obj=False,
     ) as dag:
 
-        @task(multiple_outputs=True)
+        @task(multiple_outputs=True, show_return_value_in_logs=False)  # validate_new_scan logs one line
         def validate() -> dict:
             """Check the conf and that the scan exists at the source; nothing moves before this succeeds."""
             from facility_data.als.steps import validate_new_scan
 
+            conf = run_conf()
             endpoints, ledger = env(bl)
-            with permanent():
-                return flat(validate_new_scan(bl, endpoints, ledger, run_conf()))
+            with permanent(conf_item(conf)):
+                return flat(validate_new_scan(bl, endpoints, ledger, conf))
 
         scan = validate()
 
-        @task(multiple_outputs=True)
+        @task(multiple_outputs=True, show_return_value_in_logs=False)  # steps.record_copy logs one line
         def record_copy(record: dict, source: str, destination: str) -> dict:
             """Verify the destination equals the source (size, checksum) and record both in the ledger."""
             from facility_data.als.steps import record_copy as _record
@@ -94,7 +97,7 @@ the decision settings (Variable `{bl.decision_variable}`, defaults in `include/b
             data_ok = record_copy.override(task_id="verify_data_copy")(scan, "spot", "data")
             spot_to_data >> data_ok
         else:
-            @task
+            @task(show_return_value_in_logs=False)  # record_present logs one line
             def record_arrival(record: dict) -> dict:
                 """The scan arrives directly on the data server: record it (size, checksum, arrival time)."""
                 from facility_data.als.steps import record_present
@@ -104,7 +107,7 @@ the decision settings (Variable `{bl.decision_variable}`, defaults in `include/b
 
             data_ok = record_arrival(scan)
 
-        @task
+        @task(show_return_value_in_logs=False)
         def ingest_scicat(record: dict) -> dict:
             """Catalogue the scan in SciCat; a failure is a visible warning + alert, never a blocker."""
             if not bl.scicat.enabled:
@@ -141,7 +144,7 @@ the decision settings (Variable `{bl.decision_variable}`, defaults in `include/b
                 from facility_data.als.steps import nersc_copy_decision
 
                 endpoints, ledger = env(bl)
-                with permanent():
+                with permanent(record["relative"]):
                     go, reason = nersc_copy_decision(bl, endpoints, ledger, record)
                 log.info("NERSC copy of %s: %s (%s)", record["relative"], "yes" if go else "skipped", reason)
                 return go
@@ -158,7 +161,7 @@ the decision settings (Variable `{bl.decision_variable}`, defaults in `include/b
         if not assets:
             return dag
 
-        @task(trigger_rule="none_failed")
+        @task(trigger_rule="none_failed", show_return_value_in_logs=False)
         def raw_copies(record: dict) -> dict:
             """Where the raw scan now is (size, checksum per location), read back from the ledger."""
             _, ledger = env(bl)
@@ -167,6 +170,8 @@ the decision settings (Variable `{bl.decision_variable}`, defaults in `include/b
                 rec = ledger.copy(bl.id, role, record["key"])
                 if rec is not None and rec.state == "present":
                     out[role] = {"size": rec.size, "checksum": rec.checksum}
+            log.info("%s: raw copies verified at %s", record["relative"],
+                     ", ".join(f"{role} ({c['size']} B)" for role, c in out.items()) or "no location")
             return out
 
         copies = raw_copies(scan)
@@ -175,7 +180,7 @@ the decision settings (Variable `{bl.decision_variable}`, defaults in `include/b
             nersc_ok >> copies
 
         for target, asset in assets.items():
-            @task(task_id=f"announce_{target}", outlets=[asset])
+            @task(task_id=f"announce_{target}", outlets=[asset], show_return_value_in_logs=False)
             def announce(record: dict, where: dict, target: str = target, asset: Asset = asset) -> dict:
                 """Emit the asset event that starts <bl>_recon_<target>, if enabled and allowed."""
                 from airflow.sdk.exceptions import AirflowSkipException
@@ -191,7 +196,7 @@ the decision settings (Variable `{bl.decision_variable}`, defaults in `include/b
                     raise AirflowSkipException(refusal)
                 if target != "local":
                     endpoints, ledger = env(bl)
-                    with permanent():
+                    with permanent(record["relative"]):
                         decision = leave_site_decision(bl, endpoints, ledger, record, target)
                     if not decision.allowed:
                         log.warning("not announcing %s to %s reconstruction: %s", record["relative"], target,
@@ -202,7 +207,7 @@ the decision settings (Variable `{bl.decision_variable}`, defaults in `include/b
                          "sizes": {role: c["size"] for role, c in where.items()},
                          "checksum": next((c["checksum"] for c in where.values() if c.get("checksum")), None)}
                 context()["outlet_events"][asset].extra = extra
-                log.info("announced %s to %s reconstruction: %s", record["relative"], target, extra)
+                log.info("announced %s to %s reconstruction (%s)", record["relative"], target, announced_line(extra))
                 return extra
 
             announce(scan, copies)

@@ -35,7 +35,7 @@ def build_prune_dag(bl: Beamline, *, preview: bool = False) -> DAG:
                     "(JSON + text). Symlinks are reported, never followed or deleted. A skipped location or any "
                     "anomaly or error fails the run once the report is written.") as dag:
 
-        @task
+        @task(show_return_value_in_logs=False)  # logs its summary line
         def sweep() -> dict:
             from airflow.sdk.exceptions import AirflowFailException
 
@@ -47,16 +47,18 @@ def build_prune_dag(bl: Beamline, *, preview: bool = False) -> DAG:
             run = ctx.get("dag_run")
             if preview:
                 if getattr(run, "conf", None):
-                    raise AirflowFailException(f"{bl.id}_prune_preview takes no conf (got {sorted(run.conf)}): it "
-                                               f"is always a dry run; {bl.id}_prune is the sweep that deletes")
+                    reason = (f"{bl.id}_prune_preview takes no conf (got {sorted(run.conf)}): it is always a dry "
+                              f"run; {bl.id}_prune is the sweep that deletes")
+                    log.error("refused conf %r (bad conf): %s", run.conf, reason)
+                    raise AirflowFailException(reason)
                 dry_run = True
             else:
-                with permanent():  # a misspelt key is refused, never ignored
+                with permanent(f"conf {getattr(run, 'conf', None)!r}"):  # a misspelt key is refused, never ignored
                     check_conf(getattr(run, "conf", None), {"dry_run": (bool,)}, what=f"{bl.id}_prune")
                 manual = str(getattr(run, "run_type", "manual")).lower().endswith("manual")
                 dry_run = bool(ctx["params"]["dry_run"]) if manual else False
             endpoints, ledger = env(bl)
-            with permanent():
+            with permanent(f"the {bl.id} prune sweep"):
                 check_endpoints(bl, endpoints)
             report = write_report(Sweep(bl, endpoints, ledger, dry_run=dry_run, run_id=run_id()).run(),
                                   bl.reports_path())

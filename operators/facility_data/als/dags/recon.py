@@ -16,10 +16,12 @@ from airflow.sdk import DAG, Asset, Param, chain, task, task_group
 from facility_data.als.beamline import Beamline
 from facility_data.als.dags.common import (
     START,
+    conf_item,
     context,
     decision_override,
     env,
     flat,
+    outputs_line,
     permanent,
     recon_asset,
     run_conf,
@@ -45,7 +47,7 @@ def _recon_params(bl: Beamline) -> dict:
 
 
 def _collect_task(bl: Beamline, target: str, asset: Asset):
-    @task
+    @task(show_return_value_in_logs=False)  # logs the scans it selected
     def collect() -> list[dict]:
         """The scans to reconstruct (from the asset events, or the manual conf), after every check."""
         from airflow.sdk.exceptions import AirflowSkipException
@@ -56,9 +58,12 @@ def _collect_task(bl: Beamline, target: str, asset: Asset):
         from facility_data.als.steps import event_extras
 
         extras = event_extras(ctx.get("triggering_asset_events"))
+        conf = run_conf()
+        asked = (", ".join(repr(e.get("file_path")) if isinstance(e, dict) else repr(e) for e in extras)
+                 if extras else conf_item(conf))
         endpoints, ledger = env(bl)
-        with permanent():
-            scans = recon_requests(bl, endpoints, ledger, target, event_extras=extras, conf=run_conf(),
+        with permanent(f"{target} reconstruction of {asked}"):
+            scans = recon_requests(bl, endpoints, ledger, target, event_extras=extras, conf=conf,
                                    decision_override=decision_override(bl))
         if not scans:
             raise AirflowSkipException(f"{target} reconstruction disabled by the decision settings")
@@ -69,7 +74,7 @@ def _collect_task(bl: Beamline, target: str, asset: Asset):
 
 
 def _publish_task(bl: Beamline, role: str = "data_scratch"):
-    @task
+    @task(show_return_value_in_logs=False)
     def publish(record: dict) -> dict:
         """Make the outputs at data832 group-writable (local endpoints) and record them in the ledger."""
         from facility_data.als.permissions import DIR_MODE, make_group_writable
@@ -84,7 +89,7 @@ def _publish_task(bl: Beamline, role: str = "data_scratch"):
             eps[role].local_path(record[f"{role}_folder"]).chmod(DIR_MODE)
         out = {what: record_output(bl, endpoints, ledger, record, role, what, run_id=run_id())
                for what in ("tiff", "zarr")}
-        log.info("reconstruction of %s published at %s: %s", record["relative"], eps[role].name, out)
+        log.info("reconstruction of %s published at %s: %s", record["relative"], eps[role].name, outputs_line(out))
         return {"relative": record["relative"], **out}
 
     return publish
@@ -106,33 +111,37 @@ def build_recon_local_dag(bl: Beamline) -> DAG:
     with dag:
         scans = _collect_task(bl, "local", asset)
 
-        @task
+        @task(show_return_value_in_logs=False)
         def reconstruct(record: dict) -> dict:
             """Filtered back-projection of the raw scan into data832 scratch: <folder>/rec<stem>/."""
             from facility_data.als.recon import reconstruct as _reconstruct
             from facility_data.als.steps import local_paths
 
             endpoints, _ = env(bl)
-            h5, folder, tiff, _zarr = local_paths(bl, endpoints, record)
+            with permanent(record["relative"]):
+                h5, folder, tiff, _zarr = local_paths(bl, endpoints, record)
             result = _reconstruct(h5, folder)
-            log.info("reconstructed %s -> %s", h5, tiff)
+            log.info("reconstructed %s -> %s: %d slices %s in %.2f s", record["relative"], tiff, result.n_slices,
+                     "x".join(map(str, result.shape)), result.seconds)
             return {**record, "recon": result.to_dict()}
 
-        @task
+        @task(show_return_value_in_logs=False)
         def multiscale(record: dict) -> dict:
             """The TIFF stack as a multiscale OME-Zarr: <folder>/rec<stem>.zarr/."""
             from facility_data.als.multiscale import build_multiscale, pixel_size_from_scan
             from facility_data.als.steps import local_paths
 
             endpoints, _ = env(bl)
-            h5, _folder, tiff, zarr = local_paths(bl, endpoints, record)
+            with permanent(record["relative"]):
+                h5, _folder, tiff, zarr = local_paths(bl, endpoints, record)
             try:
                 pixel = pixel_size_from_scan(h5)
             except Exception as exc:
                 pixel = bl.recon.pixel_size_um_fallback
                 log.warning("no pixel size in %s (%s); using the configured %.3f um", h5, exc, pixel)
             result = build_multiscale(tiff, zarr, pixel)
-            log.info("multiscale %s -> %s", tiff, zarr)
+            log.info("multiscale %s -> %s: %d levels, full resolution %s", record["relative"], zarr,
+                     len(result.shapes), "x".join(map(str, result.shapes[0])) if result.shapes else "none")
             return {**record, "multiscale": result.to_dict()}
 
         _publish_task(bl).expand(record=multiscale.expand(record=reconstruct.expand(record=scans)))
@@ -156,7 +165,7 @@ def _copy_back(bl: Beamline, record, source: str, destination: str, what: str, d
 
 
 def _verify_outputs_task(bl: Beamline, source: str, extra_copies: tuple[str, ...] = ()):
-    @task
+    @task(show_return_value_in_logs=False)
     def verify_and_record(record: dict) -> dict:
         """Check the copies at data832 equal the remote outputs, make them group-writable, record them."""
         from facility_data.als.permissions import DIR_MODE, make_group_writable
@@ -172,7 +181,7 @@ def _verify_outputs_task(bl: Beamline, source: str, extra_copies: tuple[str, ...
             for dest in ("data_scratch", *extra_copies):
                 out[f"{what}@{dest}"] = record_copy(bl, endpoints, ledger, record, source=source, destination=dest,
                                                     what=what, run_id=run_id())
-        log.info("reconstruction of %s verified at %s: %s", record["relative"], eps["data_scratch"].name, out)
+        log.info("reconstruction of %s verified: %s", record["relative"], outputs_line(out))
         return out
 
     return verify_and_record
@@ -220,7 +229,7 @@ def build_recon_nersc_dag(bl: Beamline) -> DAG:
 
     cfg = bl.recon.nersc
 
-    @task(multiple_outputs=True)
+    @task(multiple_outputs=True, show_return_value_in_logs=False)
     def prepare(record: dict) -> dict:
         """Job parameters: paths as the NERSC jobs see them."""
         import shlex
@@ -237,6 +246,7 @@ def build_recon_nersc_dag(bl: Beamline) -> DAG:
         zarr = _fs_path(eps["nersc_pscratch"], record["nersc_pscratch_zarr"])
         q = shlex.quote
         common = cfg.job_params()
+        log.info("%s: NERSC jobs read %s and write %s", record["relative"], staged, tiff)
         return {**record,
                 "recon_job": {**common, "scratch_dir": scratch_dir, "folder": record["folder"],
                               "raw_file": raw_file, "output_dir": tiff,
@@ -269,7 +279,7 @@ def build_recon_alcf_dag(bl: Beamline) -> DAG:
 
     cfg = bl.recon.alcf
 
-    @task(multiple_outputs=True)
+    @task(multiple_outputs=True, show_return_value_in_logs=False)
     def prepare(record: dict) -> dict:
         """Function arguments: paths as the ALCF endpoint sees them."""
         from facility_data.als.steps import endpoints_for
@@ -280,6 +290,7 @@ def build_recon_alcf_dag(bl: Beamline) -> DAG:
         folder = _fs_path(eps["alcf_scratch"], record["alcf_scratch_folder"])
         tiff = _fs_path(eps["alcf_scratch"], record["alcf_scratch_tiff"])
         zarr = _fs_path(eps["alcf_scratch"], record["alcf_scratch_zarr"])
+        log.info("%s: ALCF functions read %s and write %s", record["relative"], h5, tiff)
         return {**record, "recon_args": [h5, folder],
                 "multires_args": [tiff, zarr, h5, bl.recon.pixel_size_um_fallback]}
 

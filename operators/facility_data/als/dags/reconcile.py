@@ -11,6 +11,8 @@ from airflow.sdk import DAG, Asset, Param, task
 from facility_data.als.beamline import Beamline
 from facility_data.als.dags.common import (
     START,
+    announced_line,
+    conf_item,
     context,
     decision_override,
     env,
@@ -48,7 +50,7 @@ def build_reconcile_dag(bl: Beamline) -> DAG:
                     "text), re-announces missing reconstructions (asset events, as the new-file DAG emits them). Any "
                     "scan not done or held fails the run (`verdict`), after the announcements.") as dag:
 
-        @task(multiple_outputs=True)
+        @task(multiple_outputs=True, show_return_value_in_logs=False)  # logs its summary line
         def reconcile() -> dict:
             """Classify, repair the raw copies, retry SciCat, write the reports; what to announce and what failed."""
             from facility_data.als.reconcile import (
@@ -61,8 +63,9 @@ def build_reconcile_dag(bl: Beamline) -> DAG:
             )
             from facility_data.hooks.scicat import SciCatHook
 
-            with permanent():
-                request = check_request(bl, run_conf(), today=datetime.now(UTC).date())
+            conf = run_conf()
+            with permanent(conf_item(conf)):
+                request = check_request(bl, conf, today=datetime.now(UTC).date())
                 endpoints, ledger = env(bl)
                 run = Reconcile(bl, endpoints, ledger, request, decision_override=decision_override(bl),
                                 run_id=run_id(),
@@ -81,21 +84,23 @@ def build_reconcile_dag(bl: Beamline) -> DAG:
         for target in bl.recon_targets:
             asset = recon_asset(bl, target)
 
-            @task(task_id=f"announce_{target}", outlets=[asset])
+            @task(task_id=f"announce_{target}", outlets=[asset], show_return_value_in_logs=False)
             def announce(extra: dict, asset: Asset = asset) -> dict:
                 """One scan's asset event for <bl>_recon_<target>, as <bl>_new_file emits it."""
                 context()["outlet_events"][asset].extra = extra
-                log.info("re-announced %s to %s: %s", extra["relative"], asset.name, extra)
+                log.info("re-announced %s to %s (%s)", extra["relative"], asset.name, announced_line(extra))
                 return extra
 
-            @task(task_id=f"to_announce_{target}")
-            def to_announce(extras: list[dict]) -> list[dict]:
+            @task(task_id=f"to_announce_{target}", show_return_value_in_logs=False)
+            def to_announce(extras: list[dict], target: str = target) -> list[dict]:
                 """The scans to announce (Airflow maps only over a task's return value)."""
+                log.info("%d scan(s) to re-announce to the %s reconstruction: %s", len(extras), target,
+                         ", ".join(e.get("relative", "?") for e in extras) or "none")
                 return extras
 
             announced.append(announce.expand(extra=to_announce(result[f"announce_{target}"])))
 
-        @task(trigger_rule="none_failed")
+        @task(trigger_rule="none_failed", show_return_value_in_logs=False)
         def verdict(summary: dict, problems: list[str]) -> dict:
             """Green only when every scan is done or held; otherwise fail (the alert) naming them."""
             from airflow.sdk.exceptions import AirflowFailException
@@ -103,6 +108,8 @@ def build_reconcile_dag(bl: Beamline) -> DAG:
             if problems:
                 raise AirflowFailException(f"reconcile {bl.id}: {len(problems)} scan(s) not done: "
                                            + "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else ""))
+            log.info("reconcile %s: every scan done or held (%s)", bl.id,
+                     ", ".join(f"{k}={v}" for k, v in summary.items()))
             return summary
 
         announced >> verdict(result["summary"], result["problems"])
