@@ -141,8 +141,7 @@ class GlobusTransferOperator(_GlobusTaskOperator):
         state = TaskState(event["task_id"], event["status"], event.get("globus_status", ""), event.get("message", ""),
                           event.get("stats") or {})
         stats = transfer_stats(state, seconds)
-        self.log.info("Globus task %s SUCCEEDED: %s:%s -> %s:%s: %s", state.task_id, self.source_endpoint,
-                      self.source_path, self.destination_endpoint, self.destination_path, stats.summary())
+        self.log.info("Globus task %s SUCCEEDED: %s", state.task_id, stats.summary())
         return self._report(stats.as_dict())
 
     def _report(self, stats: dict) -> dict:
