@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from airflow.sdk.exceptions import AirflowFailException
 
 from facility_data.als.beamline import load_beamline
+from facility_data.als.dags.common import permanent
 from facility_data.als.ledger import Ledger
 from facility_data.als.paths import HDF5_SIGNATURE
 from facility_data.als.steps import (
@@ -248,3 +250,21 @@ def test_ledger_finds_scans_by_content_and_upgrades_old_files(tmp_path):
     ledger.record_scan("bl832", "raw/P-1_u/a.h5", export_controlled=False, file_path="x", size=7, checksum="sha256:bb")
     assert ledger.same_content(5, "sha256:aa")["bl832:raw/P-1_u/a.h5"] is True
     assert ledger.events("bl832")[-1]["checksum"] == "sha256:bb"
+
+
+# ---- the task boundary for refusals (facility_data.als.dags.common.permanent) --------------------------------
+@pytest.mark.parametrize(("exc", "rule"), [(ConfError("conf key x is unknown"), "bad conf"),
+                                           (SafetyError("REFUSED copy to nersc: controlled"), "data-safety policy")])
+def test_a_refusal_becomes_one_error_line_and_an_unchained_fail(caplog, exc, rule):
+    with pytest.raises(AirflowFailException) as err, permanent("raw/P-1_u/a.h5"):
+        raise exc
+    assert str(err.value) == f"{type(exc).__name__}: {exc}"
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # no "direct cause"/"During handling"
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [f"refused raw/P-1_u/a.h5 ({rule}): {type(exc).__name__}: {exc}"]
+
+
+def test_a_real_error_is_not_a_refusal_and_keeps_its_retries(caplog):
+    with pytest.raises(CopyMismatch), permanent("raw/P-1_u/a.h5"):
+        raise CopyMismatch("size differs")
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

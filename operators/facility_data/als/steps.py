@@ -375,4 +375,6 @@ def record_present(bl: Beamline, endpoints: dict[str, Endpoint], ledger: Ledger,
         raise CopyMismatch(f"{scan['relative']} is not a file at {role} ({ep.name}:{path})")
     ledger.record_copy(bl.id, role, scan["key"], scan=scan["relative"], endpoint=ep.name, path=path,
                        size=item.size, checksum=item.checksum, run_id=run_id)
+    log.info("recorded %s at %s: %s:%s (%s B, %s)", scan["relative"], role, ep.name, path, item.size,
+             item.checksum or "checksum unknown")
     return {"size": item.size, "checksum": item.checksum, "files": 1}

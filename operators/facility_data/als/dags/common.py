@@ -1,0 +1,117 @@
+"""What every ALS DAG builder shares: the start date, a running task's environment (endpoints, ledger, run conf),
+the refusal boundary, warnings that alert, and the reconstruction assets.
+
+Only ``airflow.sdk`` and light project modules are imported at top level; the rest is imported when a task runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from datetime import datetime
+
+from airflow.sdk import Asset
+
+from facility_data.als.beamline import Beamline
+
+log = logging.getLogger(__name__)
+
+START = datetime(2025, 1, 1)
+
+
+def context():
+    from airflow.sdk import get_current_context
+
+    return get_current_context()
+
+
+def env(bl: Beamline):
+    """(endpoints, ledger) for a running task (never at parse time)."""
+    from facility_data.als.ledger import Ledger
+    from facility_data.transfer import load_endpoints
+
+    return load_endpoints(), Ledger(bl.ledger_file())
+
+
+def decision_override(bl: Beamline):
+    from airflow.sdk import Variable
+
+    return Variable.get(bl.decision_variable, default=None)
+
+
+def run_id() -> str | None:
+    return getattr(context().get("dag_run"), "run_id", None)
+
+
+def run_conf() -> dict:
+    """The conf exactly as the run was given it. Airflow merges unknown keys into ``params``, where a misspelt
+    safety flag would pass unseen; the closed-schema checks read this instead."""
+    conf = getattr(context().get("dag_run"), "conf", None)
+    return dict(conf) if isinstance(conf, dict) else ({} if conf is None else conf)
+
+
+def warn_and_alert(what: str, exc: BaseException) -> None:
+    """A non-blocking failure: a WARNING in the task log and an alert through the project's notifier."""
+    from facility_data.notify import FacilityAlertNotifier
+
+    log.warning("%s failed (data movement continues): %s: %s", what, type(exc).__name__, exc)
+    try:
+        FacilityAlertNotifier().notify({**context(), "exception": exc})
+    except Exception as alert_exc:  # alerting must never turn a warning into a failure
+        log.warning("could not send the alert for %s: %s", what, alert_exc)
+
+
+@contextmanager
+def permanent(item: str):
+    """The task boundary for expected refusals (bad conf or configuration, safety policy): one ERROR line naming
+    ``item`` and the rule, then AirflowFailException (no retry: retrying cannot fix them) raised ``from None``, so
+    the task runner's traceback is a few Airflow frames: no domain frames, no chained cause. Anything else (a real
+    error) propagates untouched, with its traceback and the DAG's retries."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from facility_data.conf import ConfError
+    from facility_data.config import ConfigError
+    from facility_data.safety import SafetyError
+
+    try:
+        yield
+    except (ConfError, ConfigError, SafetyError) as exc:
+        rule = ("data-safety policy" if isinstance(exc, SafetyError) else
+                "bad configuration" if isinstance(exc, ConfigError) else "bad conf")
+        reason = f"{type(exc).__name__}: {exc}"
+        log.error("refused %s (%s): %s", item, rule, reason)
+        raise AirflowFailException(reason) from None
+
+
+def conf_item(conf: object) -> str:
+    """What a manual run asked for, to name it in a refusal: its file_path, else the whole (small) conf."""
+    if isinstance(conf, dict) and isinstance(conf.get("file_path"), str):
+        return repr(conf["file_path"])
+    return f"conf {conf!r}"[:300]
+
+
+def recon_asset(bl: Beamline, target: str) -> Asset:
+    return Asset(name=bl.asset_name(target), uri=bl.asset_uri(target), group="als",
+                 extra={"beamline": bl.id, "target": target})
+
+
+def flat(scan: dict) -> dict:
+    """A scan record plus flat ``<role>_<what>`` keys, so operators can take ``xcom["data_raw"]`` arguments."""
+    out = dict(scan)
+    for role, paths in scan["paths"].items():
+        for what, path in paths.items():
+            out[f"{role}_{what}"] = path
+    return out
+
+
+def announced_line(extra: dict) -> str:
+    """An asset event's extra in a few words, for the one log line of an announce task."""
+    sizes = ", ".join(f"{role} {size} B" for role, size in (extra.get("sizes") or {}).items())
+    return (f"export_controlled={extra.get('export_controlled')}, send_to_nersc={extra.get('send_to_nersc')}"
+            + (f", {sizes}" if sizes else ""))
+
+
+def outputs_line(out: dict) -> str:
+    """``{name: {"files", "size", ...}}`` (what record_output / record_copy return) as "tiff: 12 files, 3456 B; ..."."""
+    return "; ".join(f"{name}: {o.get('files')} files, {o.get('size')} B" for name, o in out.items())
+

@@ -1,0 +1,215 @@
+"""``<id>_new_file``: triggered by the acquisition side's file watcher (REST API) or by hand. Validates the conf,
+copies spot -> data (if the beamline has a spot location), then data -> NERSC unless export-controlled or
+``send_to_nersc`` is false, verifies and records each copy in the ledger, ingests into SciCat (a failure is a
+warning plus an alert, never a blocker), and emits one asset event per enabled reconstruction target.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from airflow.sdk import DAG, Asset, Param, task
+
+from facility_data.als.beamline import Beamline
+from facility_data.als.dags.common import (
+    START,
+    announced_line,
+    conf_item,
+    context,
+    decision_override,
+    env,
+    flat,
+    permanent,
+    recon_asset,
+    run_conf,
+    run_id,
+    warn_and_alert,
+)
+from facility_data.als.paths import form_pattern
+from facility_data.dag_defaults import default_args
+
+log = logging.getLogger(__name__)
+
+
+def build_new_file_dag(bl: Beamline) -> DAG:
+    from facility_data.operators.globus import GlobusTransferOperator
+
+    deadline = timedelta(minutes=bl.transfer_deadline_minutes)
+    assets = {t: recon_asset(bl, t) for t in bl.recon_targets}
+    doc = f"""
+### {bl.id}_new_file: a new BL {bl.beamline} scan
+Triggered by the file watcher (`POST /api/v2/dags/{bl.id}_new_file/dagRuns` with `conf.file_path`) or by hand.
+Validates the conf, copies {'spot -> data -> NERSC' if bl.source_role == 'spot' else 'data -> NERSC'}
+(never off site when export-controlled), records each verified copy in the ledger, ingests into SciCat (a failure
+is a warning and an alert, never a blocker), then announces the scan to the reconstruction targets enabled by
+the decision settings (Variable `{bl.decision_variable}`, defaults in `include/beamlines/{bl.id}.yaml`).
+"""
+    with DAG(
+        dag_id=f"{bl.id}_new_file",
+        description=f"BL {bl.beamline}: move a new scan, catalogue it, start its reconstructions",
+        schedule=None,
+        start_date=START,
+        catchup=False,
+        is_paused_upon_creation=False,  # the watcher's trigger must never land on a paused DAG
+        default_args=default_args(),
+        tags=["als", bl.id, "transfer", "scicat"],
+        doc_md=doc,
+        params={
+            "file_path": Param(
+                type="string", pattern=form_pattern(bl.rules), minLength=1,
+                description=f"Watcher path: {bl.rules.raw_root}/<PROPOSAL>-<digits>_<user>/<YYYYMMDD_HHMMSS_name>.h5"),
+            "is_export_control": Param(False, type="boolean",
+                                       description="Export-controlled scans never leave ALS"),
+            "send_to_nersc": Param(bl.send_to_nersc, type="boolean",
+                                   description="Copy the raw scan to NERSC (ignored when export-controlled)"),
+        },
+        render_template_as_native_obj=False,
+    ) as dag:
+
+        @task(multiple_outputs=True, show_return_value_in_logs=False)  # validate_new_scan logs one line
+        def validate() -> dict:
+            """Check the conf and that the scan exists at the source; nothing moves before this succeeds."""
+            from facility_data.als.steps import validate_new_scan
+
+            conf = run_conf()
+            endpoints, ledger = env(bl)
+            with permanent(conf_item(conf)):
+                return flat(validate_new_scan(bl, endpoints, ledger, conf))
+
+        scan = validate()
+
+        @task(multiple_outputs=True, show_return_value_in_logs=False)  # steps.record_copy logs one line
+        def record_copy(record: dict, source: str, destination: str) -> dict:
+            """Verify the destination equals the source (size, checksum) and record both in the ledger."""
+            from facility_data.als.steps import record_copy as _record
+
+            endpoints, ledger = env(bl)
+            return _record(bl, endpoints, ledger, record, source=source, destination=destination,
+                           run_id=run_id())
+
+        if bl.source_role == "spot":
+            spot_to_data = GlobusTransferOperator(
+                task_id="copy_spot_to_data", source_endpoint=bl.location("spot").endpoint,
+                source_path=scan["spot_raw"], destination_endpoint=bl.location("data").endpoint,
+                destination_path=scan["data_raw"], export_controlled=scan["export_controlled"],
+                label=f"{bl.id} spot->data", deadline=deadline, verify_checksum=True)
+            data_ok = record_copy.override(task_id="verify_data_copy")(scan, "spot", "data")
+            spot_to_data >> data_ok
+        else:
+            @task(show_return_value_in_logs=False)  # record_present logs one line
+            def record_arrival(record: dict) -> dict:
+                """The scan arrives directly on the data server: record it (size, checksum, arrival time)."""
+                from facility_data.als.steps import record_present
+
+                endpoints, ledger = env(bl)
+                return record_present(bl, endpoints, ledger, record, "data", run_id=run_id())
+
+            data_ok = record_arrival(scan)
+
+        @task(show_return_value_in_logs=False)
+        def ingest_scicat(record: dict) -> dict:
+            """Catalogue the scan in SciCat; a failure is a visible warning + alert, never a blocker."""
+            if not bl.scicat.enabled:
+                log.info("SciCat ingest is disabled for %s", bl.id)
+                return {"status": "disabled"}
+            try:
+                from pathlib import Path
+
+                from facility_data.als.scicat_ingest import ingest_scan
+                from facility_data.als.steps import endpoints_for
+                from facility_data.hooks.scicat import SciCatHook
+
+                if bl.scicat.h5_root:
+                    h5 = Path(bl.scicat.h5_root) / record["relative"]
+                else:
+                    endpoints, _ = env(bl)
+                    h5 = endpoints_for(bl, endpoints)["data"].local_path(record["data_raw"])
+                pid = ingest_scan(SciCatHook(bl.scicat.conn_id), h5, source_path=record["file_path"],
+                                  source_root=bl.scicat.source_root, storage_root=bl.scicat.storage_root,
+                                  owner_group_fallback=bl.scicat.owner_group_fallback or bl.beamline)
+            except Exception as exc:
+                warn_and_alert(f"SciCat ingest of {record['relative']}", exc)
+                return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+            log.info("SciCat dataset %s for %s", pid, record["relative"])
+            return {"status": "ingested", "pid": pid}
+
+        data_ok >> ingest_scicat(scan)
+
+        nersc_ok = None
+        if "nersc" in bl.locations:
+            @task.short_circuit(ignore_downstream_trigger_rules=False)
+            def nersc_gate(record: dict) -> bool:
+                """data -> NERSC only when not export-controlled (safety policy) and send_to_nersc is true."""
+                from facility_data.als.steps import nersc_copy_decision
+
+                endpoints, ledger = env(bl)
+                with permanent(record["relative"]):
+                    go, reason = nersc_copy_decision(bl, endpoints, ledger, record)
+                log.info("NERSC copy of %s: %s (%s)", record["relative"], "yes" if go else "skipped", reason)
+                return go
+
+            gate = nersc_gate(scan)
+            data_to_nersc = GlobusTransferOperator(
+                task_id="copy_data_to_nersc", source_endpoint=bl.location("data").endpoint,
+                source_path=scan["data_raw"], destination_endpoint=bl.location("nersc").endpoint,
+                destination_path=scan["nersc_raw"], export_controlled=scan["export_controlled"],
+                label=f"{bl.id} data->nersc", deadline=deadline, verify_checksum=True)
+            nersc_ok = record_copy.override(task_id="verify_nersc_copy")(scan, "data", "nersc")
+            data_ok >> gate >> data_to_nersc >> nersc_ok
+
+        if not assets:
+            return dag
+
+        @task(trigger_rule="none_failed", show_return_value_in_logs=False)
+        def raw_copies(record: dict) -> dict:
+            """Where the raw scan now is (size, checksum per location), read back from the ledger."""
+            _, ledger = env(bl)
+            out = {}
+            for role in ("spot", "data", "nersc"):
+                rec = ledger.copy(bl.id, role, record["key"])
+                if rec is not None and rec.state == "present":
+                    out[role] = {"size": rec.size, "checksum": rec.checksum}
+            log.info("%s: raw copies verified at %s", record["relative"],
+                     ", ".join(f"{role} ({c['size']} B)" for role, c in out.items()) or "no location")
+            return out
+
+        copies = raw_copies(scan)
+        data_ok >> copies
+        if nersc_ok is not None:
+            nersc_ok >> copies
+
+        for target, asset in assets.items():
+            @task(task_id=f"announce_{target}", outlets=[asset], show_return_value_in_logs=False)
+            def announce(record: dict, where: dict, target: str = target, asset: Asset = asset) -> dict:
+                """Emit the asset event that starts <bl>_recon_<target>, if enabled and allowed."""
+                from airflow.sdk.exceptions import AirflowSkipException
+
+                from facility_data.als.steps import leave_site_decision, send_to_nersc_refusal
+
+                decisions = bl.effective_decisions(decision_override(bl))
+                if not getattr(decisions, target):
+                    raise AirflowSkipException(f"{target} reconstruction disabled by the decision settings")
+                refusal = target == "nersc" and send_to_nersc_refusal(bl, record["relative"], record["send_to_nersc"])
+                if refusal:
+                    log.warning("not announcing %s to nersc reconstruction: %s", record["relative"], refusal)
+                    raise AirflowSkipException(refusal)
+                if target != "local":
+                    endpoints, ledger = env(bl)
+                    with permanent(record["relative"]):
+                        decision = leave_site_decision(bl, endpoints, ledger, record, target)
+                    if not decision.allowed:
+                        log.warning("not announcing %s to %s reconstruction: %s", record["relative"], target,
+                                    decision.reason)
+                        raise AirflowSkipException(decision.reason)
+                extra = {"file_path": record["file_path"], "relative": record["relative"],
+                         "export_controlled": record["export_controlled"], "send_to_nersc": record["send_to_nersc"],
+                         "sizes": {role: c["size"] for role, c in where.items()},
+                         "checksum": next((c["checksum"] for c in where.values() if c.get("checksum")), None)}
+                context()["outlet_events"][asset].extra = extra
+                log.info("announced %s to %s reconstruction (%s)", record["relative"], target, announced_line(extra))
+                return extra
+
+            announce(scan, copies)
+
+    return dag
