@@ -80,13 +80,14 @@ the decision settings (Variable `{bl.decision_variable}`, defaults in `include/b
         scan = validate()
 
         @task(multiple_outputs=True, show_return_value_in_logs=False)  # steps.record_copy logs one line
-        def record_copy(record: dict, source: str, destination: str) -> dict:
-            """Verify the destination equals the source (size, checksum) and record both in the ledger."""
+        def record_copy(record: dict, source: str, destination: str, transfer: dict | None = None) -> dict:
+            """Verify the destination equals the source (size, checksum) and record both in the ledger, with the
+            copy task's result as the evidence a Globus destination needs (see steps.record_copy)."""
             from facility_data.als.steps import record_copy as _record
 
             endpoints, ledger = env(bl)
             return _record(bl, endpoints, ledger, record, source=source, destination=destination,
-                           run_id=run_id())
+                           run_id=run_id(), transfer=transfer)
 
         if bl.source_role == "spot":
             spot_to_data = GlobusTransferOperator(
@@ -94,7 +95,7 @@ the decision settings (Variable `{bl.decision_variable}`, defaults in `include/b
                 source_path=scan["spot_raw"], destination_endpoint=bl.location("data").endpoint,
                 destination_path=scan["data_raw"], export_controlled=scan["export_controlled"],
                 label=f"{bl.id} spot->data", deadline=deadline, verify_checksum=True)
-            data_ok = record_copy.override(task_id="verify_data_copy")(scan, "spot", "data")
+            data_ok = record_copy.override(task_id="verify_data_copy")(scan, "spot", "data", spot_to_data.output)
             spot_to_data >> data_ok
         else:
             @task(show_return_value_in_logs=False)  # record_present logs one line
@@ -155,7 +156,7 @@ the decision settings (Variable `{bl.decision_variable}`, defaults in `include/b
                 source_path=scan["data_raw"], destination_endpoint=bl.location("nersc").endpoint,
                 destination_path=scan["nersc_raw"], export_controlled=scan["export_controlled"],
                 label=f"{bl.id} data->nersc", deadline=deadline, verify_checksum=True)
-            nersc_ok = record_copy.override(task_id="verify_nersc_copy")(scan, "data", "nersc")
+            nersc_ok = record_copy.override(task_id="verify_nersc_copy")(scan, "data", "nersc", data_to_nersc.output)
             data_ok >> gate >> data_to_nersc >> nersc_ok
 
         if not assets:
