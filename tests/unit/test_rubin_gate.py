@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from facility_data.config import ConfigError
-from facility_data.rubin import reconcile, steps, windows
+from facility_data.rubin import classify, reconcile, steps, windows
 from facility_data.rubin.policy import PolicyRow, WithoutManifest, load_policy
 from facility_data.rubin.runs import select
 from facility_data.rubin.synthetic import CALIB_WHERE, build_night, unique_day_obs, write_policy
@@ -153,7 +153,7 @@ def test_reconcile_counts_inconsistent_at_source_as_unrepairable(night):
     assert result.counts["inconsistent_at_source"] == sum(e.state == "inconsistent_at_source"
                                                           for e in result.exposures)
     exp = windows.ExposureRef.from_dict(check.exposure)
-    deep = reconcile._deep_check(ctx, exp, ctx.objects(exp), steps.step_names(ctx.policy))
+    deep = classify.deep_check(ctx, exp, ctx.objects(exp), steps.step_names(ctx.policy))
     assert deep.state == "inconsistent_at_source", deep
 
 
