@@ -164,6 +164,15 @@ def check_night(ctx: steps.Context, instrument: str, day_obs: int, *, now: datet
     return night
 
 
+def check_exposures(ctx: steps.Context, instrument: str, day_obs: int,
+                    exps: list[ExposureRef]) -> list[ExposureCheck]:
+    """The fast check of some released exposures of one night, each sink read once for all of them (read-only);
+    one ExposureCheck per exposure, in the order given."""
+    objects = list_day_objects(ctx.store, instrument, day_obs, folders=[e.obs_id for e in exps])
+    night = read_night(ctx, instrument, day_obs, exps, subset=[e.exposure for e in exps])
+    return fast_checks(ctx, exps, objects, steps.step_names(ctx.policy), night)
+
+
 def select_night(ctx: steps.Context, instrument: str, day_obs: int, now: datetime):
     """The night's exposures past release (and the others, with why), by the unembargo's own manual selection.
 
