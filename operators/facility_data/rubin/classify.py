@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from facility_data.rubin import rucioreg, steps
-from facility_data.rubin.sinks import _SELECT_CHUNK, NightSinks, RucioState, list_day_objects, read_night
+from facility_data.rubin.sinks import SELECT_CHUNK, NightSinks, RucioState, list_day_objects, read_night
 from facility_data.rubin.storage import StoredObject, folder_key
 from facility_data.rubin.windows import ExposureRef, ManualRequest, select_manual
 from facility_data.rubin.zipbuild import quick_check
@@ -182,9 +182,9 @@ def select_night(ctx: steps.Context, instrument: str, day_obs: int, now: datetim
                                               bind={"day": day_obs}, explain=False, limit=None)
     obs_ids = sorted(r.obs_id for r in recs)
     exps, problems = [], []
-    for i in range(0, len(obs_ids), _SELECT_CHUNK):
+    for i in range(0, len(obs_ids), SELECT_CHUNK):
         e, p = select_manual(ctx.source, ctx.policy,
-                             ManualRequest(instrument, day_obs, tuple(obs_ids[i:i + _SELECT_CHUNK]), False), now)
+                             ManualRequest(instrument, day_obs, tuple(obs_ids[i:i + SELECT_CHUNK]), False), now)
         exps += e
         problems += p
     return exps, problems

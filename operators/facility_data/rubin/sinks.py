@@ -1,11 +1,11 @@
 """Reading the sinks of the Rubin unembargo in bulk, one night at a time (read-only).
 
-For one night (instrument + day_obs) each sink is read once, whatever the number of exposures: one exposure query
-and one dataset query per dataset type on the source Butler, one directory (or bucket prefix) listing of the embargo
-store, one listing of the destination directory, per destination Butler one dataset query per dataset type plus one
-visit query and one datastore-record lookup, and for Rucio a handful of bulk calls (list_dids with a name wildcard,
-bulk_list_files, get_metadata_bulk, list_replicas). :func:`read_night` gathers them; facility_data.rubin.classify
-judges each exposure against them.
+For one night (instrument + day_obs) each sink is read once, whatever the number of exposures: one dataset query
+per dataset type on the source Butler, one directory (or bucket prefix) listing of the embargo store, one listing of
+the destination directory, per destination Butler one dataset query per dataset type plus one visit query and one
+datastore-record lookup, and for Rucio a handful of bulk calls (list_dids with a name wildcard, bulk_list_files,
+get_metadata_bulk, list_replicas). :func:`read_night` gathers them and facility_data.rubin.classify judges each
+exposure against them; :func:`night_records` reads the source's dimension records (what each yaml must hold).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from facility_data.rubin.storage import LocalStore, S3Store, StoredObject, folde
 from facility_data.rubin.windows import ExposureRef
 
 _CHUNK = 500  # DIDs per bulk Rucio call
-_SELECT_CHUNK = 250  # exposures per selection query (SQLite limits the size of an IN clause)
+SELECT_CHUNK = 250  # exposures per selection query (SQLite limits the size of an IN clause)
 
 
 def list_day_objects(store, instrument: str, day_obs: int,
@@ -91,7 +91,7 @@ def query_ids(butler, policy: EmbargoPolicy, instrument: str, day_obs: int,
 
     wheres = ["exposure.day_obs = :day"] if exposures is None else [
         "exposure.day_obs = :day AND exposure.id IN (" + ",".join(str(int(e)) for e in chunk) + ")"
-        for chunk in chunks(sorted(exposures), _SELECT_CHUNK)]
+        for chunk in chunks(sorted(exposures), SELECT_CHUNK)]
     out: dict[int, dict[str, int]] = defaultdict(dict)
     for dataset_type, collection in policy.collections(instrument).items():
         for where in wheres:
