@@ -12,11 +12,11 @@ Scheduled and backfill runs refuse the manual-only Params day_obs/obs_ids.
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, Param, get_current_context, task, task_group
+from airflow.sdk import DAG, Param, task, task_group
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
 
 from facility_data.dag_defaults import default_args
-from facility_data.operators.embargo import EmbargoZipOperator
+from facility_data.operators.embargo import EmbargoZipOperator, RubinStepOperator
 from facility_data.operators.rucio import RucioRegisterOperator
 from facility_data.placement import place
 from facility_data.rubin.policy import schedule_start
@@ -79,34 +79,14 @@ with DAG(
 
     @task_group(group_id="exposure")
     def unembargo(exposure: dict):
-        @task(map_index_template="{{ obs_id }}", max_active_tis_per_dagrun=PER_RUN_PARALLELISM,
-              show_return_value_in_logs=False)  # run_named_step logs one line per step instead
-        def gate(exposure: dict) -> dict:
-            from facility_data.operators.embargo import run_rubin_step
-
-            ctx = get_current_context()
-            return run_rubin_step("gate", exposure, ctx["params"]["dry_run"], None, ctx)
-
-        @task(map_index_template="{{ obs_id }}", max_active_tis_per_dagrun=PER_RUN_PARALLELISM,
-              show_return_value_in_logs=False)  # run_named_step logs one line per step instead
-        def dimensions(exposure: dict) -> dict:
-            from facility_data.operators.embargo import run_rubin_step
-
-            ctx = get_current_context()
-            return run_rubin_step("dimensions", exposure, ctx["params"]["dry_run"], None, ctx)
-
-        @task(map_index_template="{{ obs_id }}", max_active_tis_per_dagrun=PER_RUN_PARALLELISM,
-              show_return_value_in_logs=False)  # run_named_step logs one line per step instead
-        def butler_ingest(exposure: dict) -> dict:
-            from facility_data.operators.embargo import run_rubin_step
-
-            ctx = get_current_context()
-            return run_rubin_step("butler", exposure, ctx["params"]["dry_run"], None, ctx)
-
-        zipped = EmbargoZipOperator(task_id="zip", exposure=exposure, max_active_tis_per_dagrun=PER_RUN_PARALLELISM)
-        registered = RucioRegisterOperator(task_id="rucio", exposure=exposure, zip_result=zipped.output,
-                                           max_active_tis_per_dagrun=PER_RUN_PARALLELISM)
-        gate(exposure) >> zipped >> dimensions(exposure) >> butler_ingest(exposure) >> registered
+        # every step is idempotent; each mapped instance is named by its obs_id and logs one line of its own
+        each = {"exposure": exposure, "max_active_tis_per_dagrun": PER_RUN_PARALLELISM}
+        gate = RubinStepOperator(task_id="gate", step="gate", **each)
+        zipped = EmbargoZipOperator(task_id="zip", **each)
+        dimensions = RubinStepOperator(task_id="dimensions", step="dimensions", **each)
+        butler_ingest = RubinStepOperator(task_id="butler_ingest", step="butler", **each)
+        registered = RucioRegisterOperator(task_id="rucio", zip_result=zipped.output, **each)
+        gate >> zipped >> dimensions >> butler_ingest >> registered
 
     @task(trigger_rule="all_done", show_return_value_in_logs=False)
     def summary(**context) -> dict:

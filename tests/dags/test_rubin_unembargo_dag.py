@@ -34,6 +34,32 @@ def dag():
     return dag
 
 
+
+def test_each_exposure_step_is_one_rubin_step_operator(dag):
+    """The DAG composes operators: every per-exposure step is a RubinStepOperator naming its step, chained in
+    order, named by obs_id in the UI and bounded per run."""
+    from facility_data.operators.embargo import RubinStepOperator
+    from facility_data.operators.rucio import RucioRegisterOperator
+    from facility_data.rubin.runs import PER_RUN_PARALLELISM
+
+    chain = ["exposure.gate", "exposure.zip", "exposure.dimensions", "exposure.butler_ingest", "exposure.rucio"]
+    tasks = [dag.get_task(t) for t in chain]
+    assert all(isinstance(t, RubinStepOperator) for t in tasks[:-1])
+    assert [t.step for t in tasks[:-1]] == ["gate", "zip", "dimensions", "butler"]
+    assert isinstance(tasks[-1], RucioRegisterOperator)  # takes the zip's hashes too
+    assert all(t.map_index_template == "{{ obs_id }}" and t.max_active_tis_per_dagrun == PER_RUN_PARALLELISM
+               for t in tasks)
+    assert all(nxt in t.downstream_task_ids for t, nxt in zip(tasks, chain[1:], strict=False))
+    assert dag.default_args["retries"] == 3  # the fixture zeroes the tasks' own copy
+
+
+def test_a_rubin_step_operator_refuses_an_unknown_step():
+    from facility_data.operators.embargo import RubinStepOperator
+
+    with pytest.raises(ValueError, match="unknown Rubin step 'ingest'"):
+        RubinStepOperator(task_id="x", step="ingest", exposure={})
+
+
 def _night(tmp_path, **kw):
     day = unique_day_obs(2025, 2025)
     return build_night(tmp_path, day_obs=day, detectors=4, cadence_s=240, **kw)

@@ -14,7 +14,7 @@ import pytest
 
 from facility_data.demo.rubin_synthetic import build_night, unique_day_obs
 from facility_data.localsite.rucio_server import ensure_archive_rse
-from facility_data.rubin import reconcile, rucioreg, steps, windows
+from facility_data.rubin import classify, reconcile, repair, rucioreg, steps, windows
 from facility_data.rubin.policy import ArchiveRule
 
 pytestmark = pytest.mark.integration
@@ -95,16 +95,16 @@ def test_missing_rule_is_a_missing_part_for_the_steps_and_the_fast_reconcile(sit
     got = {e.obs_id: e for e in result.exposures}
     for exp in exps:
         check = got[exp.obs_id]
-        assert (check.state, check.first_missing) == (reconcile.PARTIAL, steps.RUCIO)
+        assert (check.state, check.first_missing) == (classify.PARTIAL, steps.RUCIO)
         assert any(rucioreg.rule_part(_obs(exp), ARCHIVE) in p for p in check.problems), check.problems
     # archival off: the same night is done (the rule is asked for only when configured)
     result = reconcile.check_night(steps.Context(off, rucio=client, dry_run=True), "LSSTCam", night.day_obs, now=now)
-    assert {e.state for e in result.exposures} == {reconcile.DONE}
+    assert {e.state for e in result.exposures} == {classify.DONE}
     for exp in exps:
-        reconcile.repair_exposure(steps.Context(on, rucio=client), got[exp.obs_id])
+        repair.repair_exposure(steps.Context(on, rucio=client), got[exp.obs_id])
         assert len(_rules(client, exp)) == 1
     result = reconcile.check_night(steps.Context(on, rucio=client, dry_run=True), "LSSTCam", night.day_obs, now=now)
-    assert {e.state for e in result.exposures} == {reconcile.DONE}
+    assert {e.state for e in result.exposures} == {classify.DONE}
 
 
 def test_unknown_archive_expression_fails_the_step_loudly(site, client, night):
@@ -124,9 +124,9 @@ def test_embargo_copy_is_not_pruned_while_the_archival_rule_is_missing(site, cli
     exp = _exposures(night, off)[0]
     steps.run_exposure(steps.Context(off, rucio=client), exp)
     on = off.model_copy(update={"rucio": off.rucio.model_copy(update={"archive": ArchiveRule(rse_expression=ARCHIVE)})})
-    refused = reconcile.prune_exposure(steps.Context(on, rucio=client), exp, delete=True)
+    refused = repair.prune_exposure(steps.Context(on, rucio=client), exp, delete=True)
     assert not refused["allowed"] and "rucio" in refused["reason"] and refused["deleted"] == 0
     assert night.store.list_folder("LSSTCam", night.day_obs, exp.obs_id)
     steps.run_step(steps.Context(on, rucio=client), exp, steps.RUCIO)
-    allowed = reconcile.prune_exposure(steps.Context(on, rucio=client, dry_run=True), exp, delete=True)
+    allowed = repair.prune_exposure(steps.Context(on, rucio=client, dry_run=True), exp, delete=True)
     assert allowed["allowed"] and allowed["deleted"] == 0

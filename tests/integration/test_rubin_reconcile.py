@@ -18,7 +18,7 @@ from datetime import timedelta
 import pytest
 
 from facility_data.demo.rubin_synthetic import INSTRUMENT, build_night, fits_bytes, unique_day_obs
-from facility_data.rubin import reconcile, steps, windows
+from facility_data.rubin import classify, reconcile, repair, sinks, steps, windows
 
 pytestmark = pytest.mark.integration
 warnings.filterwarnings("ignore", module="erfa")
@@ -112,11 +112,11 @@ def crashed(site, tmp_path_factory):
     expected: dict[str, tuple[str, str | None]] = {}
     reference = ids[-4]
     steps.run_exposure(ctx, exps[reference])
-    expected[reference] = (reconcile.DONE, None)
+    expected[reference] = (classify.DONE, None)
     for i, upto in enumerate(LOCAL_CRASHES.values()):
         for name in names[:upto]:
             steps.run_step(ctx, exps[ids[i]], name)
-        state = reconcile.NOT_STARTED if upto <= 1 else reconcile.PARTIAL
+        state = classify.NOT_STARTED if upto <= 1 else classify.PARTIAL
         expected[ids[i]] = (state, names[max(upto, 1)])
     # inside the second ingest: dimension records transferred, zip not ingested
     e = exps[ids[n_local]]
@@ -124,7 +124,7 @@ def crashed(site, tmp_path_factory):
         steps.run_step(ctx, e, name)
     dest = ctx.butler(policy.destinations[1], writeable=True)
     dest.transfer_dimension_records_from(ctx.source, [r.dataId for r in ctx.refs(e)])
-    expected[e.obs_id] = (reconcile.PARTIAL, names[4])
+    expected[e.obs_id] = (classify.PARTIAL, names[4])
     # Rucio: a crash before every single mutating call of the registration
     rucio_ids = ids[n_local + 1: n_local + 1 + 12]
     for k, obs_id in enumerate(rucio_ids):
@@ -134,10 +134,10 @@ def crashed(site, tmp_path_factory):
         crashing = steps.Context(policy, rucio=CrashingRucio(site.rucio_client(), k))
         try:
             steps.run_step(crashing, exp, steps.RUCIO)
-            expected[obs_id] = (reconcile.DONE, None)  # k >= the number of calls: it completed
+            expected[obs_id] = (classify.DONE, None)  # k >= the number of calls: it completed
         except Crash:
-            expected[obs_id] = (reconcile.PARTIAL, steps.RUCIO)
-    expected[ids[-1]] = (reconcile.INCOMPLETE, steps.GATE)
+            expected[obs_id] = (classify.PARTIAL, steps.RUCIO)
+    expected[ids[-1]] = (classify.INCOMPLETE, steps.GATE)
     # inconsistent: a zip whose member differs from its embargo object (same size, one byte flipped)
     bad = exps[ids[-2]]
     steps.run_exposure(ctx, bad)
@@ -150,7 +150,7 @@ def crashed(site, tmp_path_factory):
                 data = data[:-1] + bytes([data[-1] ^ 0xFF])
             dst.writestr(info, data)
     tampered.replace(p.zip)
-    expected[bad.obs_id] = (reconcile.INCONSISTENT, steps.ZIP)
+    expected[bad.obs_id] = (classify.INCONSISTENT, steps.ZIP)
     # inconsistent at the source side: an embargo object changed after its zip was made (same size)
     bad_src = exps[ids[-3]]
     steps.run_exposure(ctx, bad_src)
@@ -158,11 +158,11 @@ def crashed(site, tmp_path_factory):
     data = bytearray(ctx.store.read(key))
     data[-1] ^= 0xFF
     ctx.store.put(key, bytes(data))
-    expected[bad_src.obs_id] = (reconcile.INCONSISTENT, steps.ZIP)
+    expected[bad_src.obs_id] = (classify.INCONSISTENT, steps.ZIP)
     # a folder the summit wrote but the embargo Butler never got an exposure record for
     orphan = f"MC_O_{day}_{900:06d}"
     ctx.store.put(f"{INSTRUMENT}/{day}/{orphan}/{orphan}_R01_S00.fits", b"x" * 80)
-    expected[orphan] = (reconcile.INCOMPLETE, steps.GATE)
+    expected[orphan] = (classify.INCOMPLETE, steps.GATE)
     return {"night": night, "policy": policy, "exps": exps, "expected": expected, "now": now,
             "reference": reference, "bad": bad, "bad_src": bad_src}
 
@@ -171,8 +171,8 @@ def _expected_fast(crashed) -> dict:
     expected = dict(crashed["expected"])
     # the rewritten zip keeps its members' sizes but not its own: the fast check sees it against Rucio's bytes;
     # a same-size change of an embargo object is visible only to the deep check
-    expected[crashed["bad"].obs_id] = (reconcile.INCONSISTENT, steps.RUCIO)
-    expected[crashed["bad_src"].obs_id] = (reconcile.DONE, None)
+    expected[crashed["bad"].obs_id] = (classify.INCONSISTENT, steps.RUCIO)
+    expected[crashed["bad_src"].obs_id] = (classify.DONE, None)
     return expected
 
 
@@ -183,7 +183,7 @@ def test_fast_check_matches_ground_truth_and_the_steps(site, crashed):
     got = {e.obs_id: (e.state, e.first_missing) for e in result.exposures}
     expected = _expected_fast(crashed)
     assert got == expected
-    assert sum(1 for s, _ in expected.values() if s == reconcile.PARTIAL) >= 10
+    assert sum(1 for s, _ in expected.values() if s == classify.PARTIAL) >= 10
     # the first missing step agrees with the unembargo steps' own read-only check
     for obs_id, exp in crashed["exps"].items():
         if obs_id in (crashed["bad"].obs_id, crashed["bad_src"].obs_id):
@@ -192,7 +192,7 @@ def test_fast_check_matches_ground_truth_and_the_steps(site, crashed):
         assert status.first_missing == got[obs_id][1], obs_id
     counts = result.counts
     assert counts["total"] == len(expected) and counts["partial"] == sum(
-        1 for s, _ in expected.values() if s == reconcile.PARTIAL)
+        1 for s, _ in expected.values() if s == classify.PARTIAL)
 
 
 def test_deep_check_finds_the_inconsistent_zip(site, crashed):
@@ -201,7 +201,7 @@ def test_deep_check_finds_the_inconsistent_zip(site, crashed):
     got = {e.obs_id: e for e in result.exposures}
     for which in ("bad", "bad_src"):
         bad = got[crashed[which].obs_id]
-        assert bad.state == reconcile.INCONSISTENT and bad.first_missing == steps.ZIP
+        assert bad.state == classify.INCONSISTENT and bad.first_missing == steps.ZIP
         assert any("differs from embargo object" in p for p in bad.problems), bad.problems
     assert {o: (e.state, e.first_missing) for o, e in got.items()} == crashed["expected"]
 
@@ -215,13 +215,13 @@ def test_repair_brings_every_crash_to_the_uninterrupted_end_state(site, crashed,
     ctx = steps.Context(policy, rucio=site.rucio_client())
     result = reconcile.run(ctx, request, now=now, reports_dir=tmp_path)
     expected = _expected_fast(crashed)
-    repairable = [o for o, (s, _) in expected.items() if s in reconcile.REPAIRABLE]
+    repairable = [o for o, (s, _) in expected.items() if s in classify.REPAIRABLE]
     assert sorted(r["obs_id"] for r in result["repaired"]) == sorted(repairable)
     assert result["failed"] == []
     counts = result["counts"][str(night.day_obs)]
-    assert counts["done"] == sum(1 for s, _ in expected.values() if s == reconcile.DONE) + len(repairable)
+    assert counts["done"] == sum(1 for s, _ in expected.values() if s == classify.DONE) + len(repairable)
     assert {u["obs_id"]: u["state"] for u in result["unrepairable"]} == {
-        o: s for o, (s, _) in expected.items() if s in reconcile.UNREPAIRABLE}
+        o: s for o, (s, _) in expected.items() if s in classify.UNREPAIRABLE}
     assert bad_zip.read_bytes() == before  # reported, never overwritten
     reference = _fingerprint(site, policy, crashed["exps"][crashed["reference"]])
     assert reference["obs"] == {"open": False, "arcBackup": "SLAC_RAW_DISK_BKUP:need", "SafeCopies": ""}
@@ -244,7 +244,7 @@ def test_exposure_completed_at_source_after_its_window_is_picked_up(site, tmp_pa
     now = night.ends[late] + timedelta(hours=200)  # long past its release window
     ctx = lambda: steps.Context(policy, rucio=site.rucio_client())  # noqa: E731
     first = {e.obs_id: e.state for e in reconcile.check_night(ctx(), INSTRUMENT, night.day_obs, now=now).exposures}
-    assert first[late] == reconcile.INCOMPLETE
+    assert first[late] == classify.INCOMPLETE
     # the last science file arrives (object + dataset), as a late summit transfer would
     det = [d for d in detector_layout(DETECTORS) if d.purpose == "SCIENCE"][-1]
     key = f"{INSTRUMENT}/{night.day_obs}/{late}/{late}_{det.name}.fits"
@@ -266,7 +266,7 @@ def test_catch_up_by_night_ignores_embargo_length_and_respects_release(site, tmp
     end = max(night.ends.values())
     soon = reconcile.check_night(ctx, INSTRUMENT, night.day_obs, now=end + timedelta(hours=25))
     # the 0 h calib is released (and checked on its own: datasets and folder of that exposure only), 720 h ones not
-    assert [(e.obs_id, e.state) for e in soon.exposures] == [(c, reconcile.NOT_STARTED) for c in sorted(night.calibs)]
+    assert [(e.obs_id, e.state) for e in soon.exposures] == [(c, classify.NOT_STARTED) for c in sorted(night.calibs)]
     assert soon.counts["still_embargoed"] == 2
     later = reconcile.check_night(ctx, INSTRUMENT, night.day_obs, now=end + timedelta(hours=721))
     assert later.counts["total"] == 3 and later.counts["not_started"] == 3
@@ -289,7 +289,7 @@ def test_prune_guard_needs_deep_verification_of_every_sink(site, tmp_path):
     assert [(p["obs_id"], p["allowed"], p["deleted"]) for p in result["prune"]] == [(done.obs_id, True, 0)]
     assert ctx.store.list_folder(INSTRUMENT, night.day_obs, done.obs_id)
     # the partial exposure is refused by the policy itself (its Rucio sink is not verified)
-    refused = reconcile.prune_exposure(steps.Context(policy, rucio=site.rucio_client()), partial, delete=True)
+    refused = repair.prune_exposure(steps.Context(policy, rucio=site.rucio_client()), partial, delete=True)
     assert not refused["allowed"] and "rucio" in refused["reason"] and refused["deleted"] == 0
     assert ctx.store.list_folder(INSTRUMENT, night.day_obs, partial.obs_id)
     delete = reconcile.Request(INSTRUMENT, (night.day_obs,), False, False, False, "delete")
@@ -300,8 +300,8 @@ def test_prune_guard_needs_deep_verification_of_every_sink(site, tmp_path):
     assert not ctx.store.list_folder(INSTRUMENT, night.day_obs, done.obs_id)
     after = reconcile.check_night(steps.Context(policy, rucio=site.rucio_client()), INSTRUMENT, night.day_obs,
                                   now=now)
-    assert {e.obs_id: e.state for e in after.exposures} == {done.obs_id: reconcile.PRUNED,
-                                                            partial.obs_id: reconcile.PARTIAL}
+    assert {e.obs_id: e.state for e in after.exposures} == {done.obs_id: classify.PRUNED,
+                                                            partial.obs_id: classify.PARTIAL}
     assert steps.paths(policy, done).zip.exists()
 
 
@@ -321,8 +321,8 @@ def test_demo_breakage_is_found_at_the_right_step_and_repaired(site, tmp_path):
     found = reconcile.check_night(steps.Context(policy, rucio=site.rucio_client()), INSTRUMENT, night.day_obs,
                                   now=now)
     assert [(e.state, e.first_missing) for e in found.exposures] == [
-        (reconcile.PARTIAL, steps.RUCIO), (reconcile.PARTIAL, steps.butler_step(policy.destinations[0])),
-        (reconcile.PARTIAL, steps.DIMENSIONS), (reconcile.DONE, None)]
+        (classify.PARTIAL, steps.RUCIO), (classify.PARTIAL, steps.butler_step(policy.destinations[0])),
+        (classify.PARTIAL, steps.DIMENSIONS), (classify.DONE, None)]
     request = reconcile.Request(INSTRUMENT, (night.day_obs,), True, False, False, "off")
     result = reconcile.run(steps.Context(policy, rucio=site.rucio_client()), request, now=now,
                            reports_dir=tmp_path / "r")
@@ -349,6 +349,6 @@ def test_night_listing_from_s3_matches_per_folder_listing(site):
         for name in ("a.fits", "a.json", "x_expectedSensors.json"):
             store.put(f"{INSTRUMENT}/{day}/MC_O_{day}_{seq:06d}/{name}", b"y" * (seq * 10 + len(name)))
     store.put(f"{INSTRUMENT}/{day + 1}/MC_O_{day + 1}_000001/a.fits", b"other night")
-    listed = reconcile.list_day_objects(store, INSTRUMENT, day)
+    listed = sinks.list_day_objects(store, INSTRUMENT, day)
     assert listed == {o: store.list_folder(INSTRUMENT, day, o) for o in store.list_day(INSTRUMENT, day)}
     assert sorted(listed) == [f"MC_O_{day}_000001", f"MC_O_{day}_000002"] and all(len(v) == 3 for v in listed.values())

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from facility_data.demo.rubin_synthetic import CALIB_WHERE, build_night, write_policy
-from facility_data.rubin import reconcile, steps, windows
+from facility_data.rubin import classify, repair, steps, windows
 from facility_data.rubin.policy import ButlerRef, PolicyRow
 from facility_data.rubin.runs import select
 
@@ -133,7 +133,7 @@ def test_no_run_kind_selects_an_exposure_before_its_release(world, kind, hours, 
     params = {"instrument": night.instrument}
     ready, skipped = [], []
     if kind == "reconcile":
-        exps, problems = reconcile._select_night(ctx, night.instrument, DAY, now)
+        exps, problems = classify.select_night(ctx, night.instrument, DAY, now)
         ready, skipped = [e.to_dict() for e in exps], problems
     else:
         if kind in ("scheduled", "backfill", "manual_future_logical_date"):
@@ -268,11 +268,11 @@ def test_reconcile_repair_never_releases_early(world):
     obs_id = night.obs_ids[3]
     policy = _policy(night, 80)
     ref = _ref(night, policy, obs_id, T0)
-    check = reconcile.ExposureCheck(obs_id, reconcile.NOT_STARTED, steps.ZIP, exposure=ref.to_dict())
+    check = classify.ExposureCheck(obs_id, classify.NOT_STARTED, steps.ZIP, exposure=ref.to_dict())
     rucio = RecordingRucio()
     ctx = _ctx(policy, clock=lambda: night.ends[obs_id] + timedelta(hours=79), rucio=rucio)
     with pytest.raises(steps.EmbargoViolation):
-        reconcile.repair_exposure(ctx, check)
+        repair.repair_exposure(ctx, check)
     assert _released_anything(night, policy, ref, rucio) == []
 
 

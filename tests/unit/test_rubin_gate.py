@@ -15,7 +15,7 @@ from no_rucio import NoRucio  # tests/unit is on sys.path
 
 from facility_data.config import ConfigError
 from facility_data.demo.rubin_synthetic import CALIB_WHERE, build_night, unique_day_obs, write_policy
-from facility_data.rubin import reconcile, steps, windows
+from facility_data.rubin import classify, reconcile, steps, windows
 from facility_data.rubin.policy import PolicyRow, WithoutManifest, load_policy
 from facility_data.rubin.runs import select
 
@@ -154,7 +154,7 @@ def test_reconcile_counts_inconsistent_at_source_as_unrepairable(night):
     assert result.counts["inconsistent_at_source"] == sum(e.state == "inconsistent_at_source"
                                                           for e in result.exposures)
     exp = windows.ExposureRef.from_dict(check.exposure)
-    deep = reconcile._deep_check(ctx, exp, ctx.objects(exp), steps.step_names(ctx.policy))
+    deep = classify.deep_check(ctx, exp, ctx.objects(exp), steps.step_names(ctx.policy))
     assert deep.state == "inconsistent_at_source", deep
 
 

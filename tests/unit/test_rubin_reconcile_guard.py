@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from facility_data.rubin import reconcile
-from facility_data.rubin.reconcile import ExposureCheck, NightResult
+from facility_data.rubin import classify, reconcile
+from facility_data.rubin.classify import ExposureCheck, NightResult
 from facility_data.safety import SafetyError, SinkCheck, may_delete_unembargoed
 
 SINKS = ["zip", "dimensions", "butler:main", "rucio"]
@@ -57,13 +57,13 @@ NAMES = ["gate", "zip", "dimensions", "butler:main", "rucio"]
     ({"gate": "ok", "zip": "ok", "dimensions": "error"}, "error", "dimensions", None),
 ])
 def test_classification_from_sink_states(sinks, state, first, after):
-    check = reconcile._classify(ExposureCheck("MC_O_20250101_000001", "?", sinks=dict(sinks)), NAMES)
+    check = classify.judge(ExposureCheck("MC_O_20250101_000001", "?", sinks=dict(sinks)), NAMES)
     assert (check.state, check.first_missing, check.stopped_after) == (state, first, after)
 
 
 def test_rucio_parts_done_but_later_parts_missing_is_partial_not_not_started():
     sinks = {"gate": "ok", "rucio": "missing", "_partial_rucio": "yes"}
-    check = reconcile._classify(ExposureCheck("o", "?", sinks=sinks), NAMES)
+    check = classify.judge(ExposureCheck("o", "?", sinks=sinks), NAMES)
     assert check.state == "partial" and "_partial_rucio" not in check.sinks
 
 

@@ -1,7 +1,10 @@
-"""EmbargoZipOperator: the zip step of the Rubin unembargo for one exposure (see facility_data.rubin.steps).
+"""The Rubin unembargo's operators: one per step of one exposure (see facility_data.rubin.steps).
 
-Builds ``<prefix>/<instrument>/<day_obs>/<obs_id>.zip`` from the exposure's embargo folder, or verifies the one that
-exists against the source; returns the zip's path, bytes, md5 and adler32 (XCom) for the Rucio step.
+``RubinStepOperator(step=...)`` runs any step (gate, zip, dimensions, butler, rucio) through
+``facility_data.rubin.runs.run_named_step`` (one log line per step) and maps the domain errors onto task states
+(``rubin_task_outcome``, the one such mapping). ``EmbargoZipOperator`` is the zip step: it builds
+``<prefix>/<instrument>/<day_obs>/<obs_id>.zip`` from the exposure's embargo folder, or verifies the one that exists
+against the source, and returns the zip's path, bytes, md5 and adler32 (XCom) for the Rucio step.
 """
 
 from __future__ import annotations
@@ -50,7 +53,38 @@ def run_rubin_step(name: str, exposure: dict, dry_run: bool, policy_path: str | 
         return run_named_step(name, exposure, dry_run=dry_run, policy_path=policy_path, **kwargs)
 
 
-class EmbargoZipOperator(BaseOperator):
+#: the steps a RubinStepOperator runs ("butler" runs every destination Butler of the policy)
+STEPS = ("gate", "zip", "dimensions", "butler", "rucio")
+
+
+class RubinStepOperator(BaseOperator):
+    """Run one step of the unembargo for one exposure: idempotent (check, act only if missing, verify).
+
+    :param step: one of ``STEPS``
+    :param exposure: an exposure ref dict (from the select task; see facility_data.rubin.windows.ExposureRef)
+    :param policy_path: embargo policy YAML (default include/embargo_policy.yaml)
+    :param dry_run: report what would be done; None = the run's ``dry_run`` Param
+
+    The UI names each mapped instance by its obs_id. The return value (XCom) is the step's outcome dict with the
+    exposure's ``obs_id``; it is not logged (the step logs one line of its own: ``runs.step_line``).
+    """
+
+    template_fields: Sequence[str] = ("exposure", "policy_path")
+    ui_color = "#d6eaf8"
+
+    def __init__(self, *, step: str, exposure: dict, policy_path: str | None = None, dry_run: bool | None = None,
+                 **kwargs) -> None:
+        if step not in STEPS:
+            raise ValueError(f"unknown Rubin step {step!r}; expected one of {STEPS}")
+        kwargs.setdefault("map_index_template", "{{ obs_id }}")
+        super().__init__(**kwargs)
+        self.step, self.exposure, self.policy_path, self.dry_run = step, exposure, policy_path, dry_run
+
+    def execute(self, context) -> Any:
+        return run_rubin_step(self.step, self.exposure, _dry_run(self.dry_run, context), self.policy_path, context)
+
+
+class EmbargoZipOperator(RubinStepOperator):
     """Zip one exposure's embargo folder (byte-identical members) into the destination, atomically, no overwrite.
 
     :param exposure: an exposure ref dict (from the select task; see facility_data.rubin.windows.ExposureRef)
@@ -58,14 +92,6 @@ class EmbargoZipOperator(BaseOperator):
     :param dry_run: report what would be done; None = the run's ``dry_run`` Param
     """
 
-    template_fields: Sequence[str] = ("exposure", "policy_path")
-    ui_color = "#d6eaf8"
-
     def __init__(self, *, exposure: dict, policy_path: str | None = None, dry_run: bool | None = None,
                  **kwargs) -> None:
-        kwargs.setdefault("map_index_template", "{{ obs_id }}")
-        super().__init__(**kwargs)
-        self.exposure, self.policy_path, self.dry_run = exposure, policy_path, dry_run
-
-    def execute(self, context) -> Any:
-        return run_rubin_step("zip", self.exposure, _dry_run(self.dry_run, context), self.policy_path, context)
+        super().__init__(step="zip", exposure=exposure, policy_path=policy_path, dry_run=dry_run, **kwargs)

@@ -14,7 +14,7 @@ import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
-from facility_data.rubin.reconcile import STATES, NightResult
+from facility_data.rubin.classify import STATES, NightResult
 
 log = logging.getLogger(__name__)
 

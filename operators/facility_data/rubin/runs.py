@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
 
@@ -193,17 +194,47 @@ def verdict_lines(summary: dict) -> list[str]:
 
 
 def unverified_in_sinks(exposures: list[dict], policy_path: str | Path | None = None) -> dict[str, str]:
-    """obs_id -> what the sinks lack, for every exposure a shallow check (steps.exposure_status) does not show
-    complete; read-only."""
-    from facility_data.rubin import steps
+    """obs_id -> what the sinks lack, for every exposure they do not show done; read-only.
+
+    Per night, each sink is read once for all the exposures (the reconcile's fast check,
+    facility_data.rubin.classify.check_exposures), not once per exposure; each dimensions yaml is also compared
+    with the source Butler's records (read for the whole night at once), which the fast check does not do: an
+    altered yaml is inconsistent."""
+    from facility_data.rubin import classify, steps
+    from facility_data.rubin.sinks import night_records
+    from facility_data.rubin.zipbuild import InconsistentArtifact
 
     ctx = context_for(True, policy_path)  # dry_run: checking never writes
-    out = {}
+    nights: dict[tuple[str, int], list[ExposureRef]] = defaultdict(list)
     for exposure in exposures:
-        status = steps.exposure_status(ctx, ExposureRef.from_dict(exposure))
-        if not status.complete:
-            step = status.first_missing
-            out[status.obs_id] = f"{step} {status.steps[step]}: {status.details.get(step)}"[:500]
+        exp = ExposureRef.from_dict(exposure)
+        nights[(exp.instrument, exp.day_obs)].append(exp)
+    out = {}
+    for (instrument, day_obs), exps in sorted(nights.items()):
+        done = []
+        for exp, check in zip(exps, classify.check_exposures(ctx, instrument, day_obs, exps), strict=True):
+            if check.state == classify.DONE:
+                done.append(exp)
+            else:
+                where = f"{check.first_missing} {check.state}" if check.first_missing else check.state
+                out[exp.obs_id] = f"{where}: {'; '.join(check.problems)}"[:500]
+        try:
+            records = night_records(ctx.source, instrument, day_obs, [e.exposure for e in done]) if done else {}
+        except Exception as exc:  # noqa: BLE001 - an unreadable source leaves each yaml unverified
+            out.update({e.obs_id: f"{steps.DIMENSIONS} error: {type(exc).__name__}: {exc}"[:500] for e in done})
+            continue
+        for exp in done:
+            # the records the yaml check compares with, read for the night above
+            ctx.cached(exp, "records", lambda exp=exp, records=records: records[exp.exposure])
+            try:
+                ok, detail = steps.check_dimensions(ctx, exp)
+                state = "done" if ok else "missing"
+            except InconsistentArtifact as exc:
+                state, detail = "inconsistent", str(exc)
+            except Exception as exc:  # noqa: BLE001 - an unreadable sink is not a verified one
+                state, detail = "error", f"{type(exc).__name__}: {exc}"
+            if state != "done":
+                out[exp.obs_id] = f"{steps.DIMENSIONS} {state}: {detail}"[:500]
     return out
 
 
