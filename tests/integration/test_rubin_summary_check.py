@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from facility_data.rubin import runs, steps
 from facility_data.demo.rubin_synthetic import build_night, unique_day_obs, write_policy
+from facility_data.rubin import runs, steps
 from facility_data.rubin.windows import ExposureRef
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ import pytest
 from facility_data.config import ConfigError
 from facility_data.reports import ReportsConfig, apply_retention, load_config
 from facility_data.rubin import reconcile
-from facility_data.rubin.reconcile import ExposureCheck, NightResult
+from facility_data.rubin.classify import ExposureCheck, NightResult
 
 
 def aged(path: Path, days: float, data: str = "x") -> Path:

@@ -21,7 +21,6 @@ from facility_data.rubin.classify import (
     DONE,
     REPAIRABLE,
     UNREPAIRABLE,
-    ExposureCheck,  # noqa: F401 - tests/unit/test_reports_retention imports it here
     NightResult,
     check_night,
 )
