@@ -14,8 +14,9 @@ from datetime import timedelta
 
 import pytest
 
-from facility_data import retry, rucioreg, steps, windows
+from facility_data import retry
 from facility_data.demo.rubin_synthetic import build_night, unique_day_obs
+from facility_data.rubin import rucioreg, steps, windows
 from facility_data.rubin.policy import Storage
 from facility_data.rubin.storage import S3Store
 from facility_data.rubin.zipbuild import file_hashes
