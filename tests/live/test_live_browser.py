@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from _live_support import floor15
+from playwright.sync_api import expect
 
 # the timeout includes starting the site and Airflow (minutes on a busy 2-core machine)
 pytestmark = [pytest.mark.live, pytest.mark.integration, pytest.mark.timeout(900)]
@@ -100,6 +101,7 @@ def test_backfill_dialog_one_hour_range_proposes_five_windows(browser_page, live
         popover.get_by_placeholder("HH:mm").fill(moment.strftime("%H:%M"))
         browser_page.keyboard.press("Tab")
         browser_page.keyboard.press("Escape")
+        expect(popover).to_have_count(0, timeout=10_000)  # closed before the next field's popover opens
     shown = dialog.get_by_text("will be triggered")
     shown.wait_for(timeout=30_000)
     browser_page.wait_for_timeout(1000)  # the dialog re-asks on every change: let the last answer land
