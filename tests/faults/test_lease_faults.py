@@ -58,9 +58,7 @@ def test_lease_of_a_dead_pid_on_this_host_does_not_block(tmp_path):
     proc.join(30)
     holder = lease.read_holder(path)
     assert holder.token == token and holder.pid == proc.pid and holder.host == lease.HOST  # left behind, not released
-    began = time.monotonic()
-    held = lease.acquire(path, wait_s=0)  # no wait: the pid is gone, so the holder is dead at once
-    assert time.monotonic() - began < 1
+    held = lease.acquire(path, wait_s=0)  # no wait allowed: taken only because the pid is gone
     assert lease.read_holder(path).token == held.token != token
     held.release()
     assert not path.exists()
@@ -95,9 +93,8 @@ def test_waiting_step_proceeds_when_the_live_holder_releases(tmp_path, night):
     exp = exposures(night)[0]
     proc, _, release = start_holder(tmp_path, lease.lease_path(steps.paths(policy, exp).zip), dead=False)
     threading.Timer(1.0, release.write_text, args=("",)).start()
-    began = time.monotonic()
     assert steps.run_zip(steps.Context(policy, lease_wait_s=30), exp).state == "done"
-    assert 1.0 <= time.monotonic() - began < 30
+    assert release.exists()  # the step went on only after the holder was told to release, not before
     proc.join(30)
 
 
@@ -154,9 +151,7 @@ def test_sigkill_mid_zip_leaves_nothing_at_the_final_path_and_the_next_attempt_c
     assert f"temporary files: 1, {listed[0]['bytes']} bytes (1 of dead owners" in reconcile.summary(
         {"temporary": listed})
     # fresh temp (seconds old, far below the old 6 h rule) of a dead owner: removed at once by the next attempt
-    began = time.monotonic()
     assert steps.run_zip(steps.Context(policy, lease_wait_s=0), exp).state == "done"
-    assert time.monotonic() - began < 30
     assert not temps[0].exists() and not list(p.zip.parent.glob(".*.tmp"))
     assert not lease.lease_path(p.zip).exists()
     clean = night.policy(destination_prefix=tmp_path / "clean")
