@@ -89,14 +89,20 @@ the decision settings (Variable `{bl.decision_variable}`, defaults in `include/b
             return _record(bl, endpoints, ledger, record, source=source, destination=destination,
                            run_id=run_id(), transfer=transfer)
 
+        def copy_and_verify(source: str, destination: str):
+            """copy_<source>_to_<destination> >> verify_<destination>_copy (the copy's result is its evidence)."""
+            copy = GlobusTransferOperator(
+                task_id=f"copy_{source}_to_{destination}", source_endpoint=bl.location(source).endpoint,
+                source_path=scan[f"{source}_raw"], destination_endpoint=bl.location(destination).endpoint,
+                destination_path=scan[f"{destination}_raw"], export_controlled=scan["export_controlled"],
+                label=f"{bl.id} {source}->{destination}", deadline=deadline, verify_checksum=True)
+            verified = record_copy.override(task_id=f"verify_{destination}_copy")(
+                scan, source, destination, copy.output)
+            copy >> verified
+            return copy, verified
+
         if bl.source_role == "spot":
-            spot_to_data = GlobusTransferOperator(
-                task_id="copy_spot_to_data", source_endpoint=bl.location("spot").endpoint,
-                source_path=scan["spot_raw"], destination_endpoint=bl.location("data").endpoint,
-                destination_path=scan["data_raw"], export_controlled=scan["export_controlled"],
-                label=f"{bl.id} spot->data", deadline=deadline, verify_checksum=True)
-            data_ok = record_copy.override(task_id="verify_data_copy")(scan, "spot", "data", spot_to_data.output)
-            spot_to_data >> data_ok
+            _, data_ok = copy_and_verify("spot", "data")
         else:
             @task(show_return_value_in_logs=False)  # record_present logs one line
             def record_arrival(record: dict) -> dict:
@@ -150,14 +156,8 @@ the decision settings (Variable `{bl.decision_variable}`, defaults in `include/b
                 log.info("NERSC copy of %s: %s (%s)", record["relative"], "yes" if go else "skipped", reason)
                 return go
 
-            gate = nersc_gate(scan)
-            data_to_nersc = GlobusTransferOperator(
-                task_id="copy_data_to_nersc", source_endpoint=bl.location("data").endpoint,
-                source_path=scan["data_raw"], destination_endpoint=bl.location("nersc").endpoint,
-                destination_path=scan["nersc_raw"], export_controlled=scan["export_controlled"],
-                label=f"{bl.id} data->nersc", deadline=deadline, verify_checksum=True)
-            nersc_ok = record_copy.override(task_id="verify_nersc_copy")(scan, "data", "nersc", data_to_nersc.output)
-            data_ok >> gate >> data_to_nersc >> nersc_ok
+            data_to_nersc, nersc_ok = copy_and_verify("data", "nersc")
+            data_ok >> nersc_gate(scan) >> data_to_nersc
 
         if not assets:
             return dag
