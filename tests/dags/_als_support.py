@@ -33,6 +33,23 @@ def private_site(tmp_path: Path, monkeypatch) -> Path:
     return root
 
 
+def enable_deletion(tmp_path: Path, monkeypatch, roles: tuple[str, ...]) -> Path:
+    """A private copy of include/ whose bl832.yaml switches deletion on for ``roles``, made the process's
+    FACILITY_INCLUDE; returns it."""
+    import re
+    import shutil
+
+    include = tmp_path / "include"
+    shutil.copytree(REPO / "include", include)
+    text = (include / "beamlines" / "bl832.yaml").read_text()
+    for role in roles:
+        text, n = re.subn(rf"^(  {role}: +\{{.*?)delete: false", r"\1delete: true", text, count=1, flags=re.M)
+        assert n == 1, role
+    (include / "beamlines" / "bl832.yaml").write_text(text)
+    monkeypatch.setenv("FACILITY_INCLUDE", str(include))
+    return include
+
+
 def endpoint_dir(site: Path, endpoint: str) -> Path:
     from facility_data.transfer import load_endpoints
 

@@ -5,8 +5,6 @@ directory. bl832_prune_preview is always a dry run. A skipped location or a syml
 from __future__ import annotations
 
 import json
-import re
-import shutil
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,14 +27,7 @@ def spot_scan_two_days_old(tmp_path, monkeypatch, *, delete: tuple[str, ...] = (
     from facility_data.transfer import load_endpoints
 
     if delete:
-        include = tmp_path / "include"
-        shutil.copytree(REPO / "include", include)
-        text = (include / "beamlines" / "bl832.yaml").read_text()
-        for role in delete:
-            text, n = re.subn(rf"^(  {role}: +\{{.*?)delete: false", r"\1delete: true", text, count=1, flags=re.M)
-            assert n == 1, role
-        (include / "beamlines" / "bl832.yaml").write_text(text)
-        monkeypatch.setenv("FACILITY_INCLUDE", str(include))
+        s.enable_deletion(tmp_path, monkeypatch, delete)
     site = s.private_site(tmp_path, monkeypatch)
     watcher_path = s.write_scan(site)
     bl, eps, ledger = load_beamline("bl832"), load_endpoints(), s.ledger(site)

@@ -14,7 +14,7 @@ import hashlib
 from dataclasses import dataclass
 
 from facility_data.transfer.base import TransferBackend
-from facility_data.transfer.endpoints import Endpoint
+from facility_data.transfer.endpoints import Endpoint, PathError
 
 
 @dataclass(frozen=True)
@@ -104,13 +104,31 @@ def _walk(backend: TransferBackend, endpoint: Endpoint, path: str, prefix: str, 
             out.append((rel, st.size if st else entry.size, st.checksum if st else None))
 
 
+def _mount_checksum(endpoint: Endpoint, path: str, size: int | None) -> str | None:
+    """SHA-256 of a file on a Globus collection read through its mount on this worker (``local_root``): Globus
+    reports no checksum, the mount can. None where the collection is not mounted here or the file there is not the
+    one Globus listed (not a regular file, another size)."""
+    if endpoint.kind != "globus" or endpoint.local_root is None or not endpoint.local_directory().is_dir():
+        return None
+    from facility_data.transfer.local import file_checksum
+
+    try:
+        local = endpoint.local_path(path)
+    except PathError:
+        return None
+    if local.is_symlink() or not local.is_file() or local.stat().st_size != size:
+        return None
+    return file_checksum(local, "sha256")
+
+
 def inspect(backend: TransferBackend, endpoint: Endpoint, path: str) -> Item | None:
     """Size and checksum of ``path`` (a file or a directory tree) on ``endpoint``; None if it does not exist."""
     st = backend.stat(endpoint, path)
     if st is None:
         return None
     if not st.is_dir:
-        return Item(path=path, is_dir=False, size=st.size or 0, checksum=st.checksum, files=1)
+        return Item(path=path, is_dir=False, size=st.size or 0, checksum=st.checksum or _mount_checksum(
+            endpoint, path, st.size), files=1)
     files: list[tuple[str, int | None, str | None]] = []
     _walk(backend, endpoint, path, "", files)
     files.sort()

@@ -7,6 +7,7 @@ and in asset-event extras.
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 
 from facility_data.als.beamline import Beamline, check_endpoints
@@ -64,8 +65,14 @@ def canonical_scan(bl: Beamline, ep: Endpoint, role: str, scan: ScanPath) -> tup
     Identity is the data, not the name: on a local endpoint symlinks are resolved, and an alias is the scan it
     points to. An alias that leads outside the location's raw root is refused (:class:`SafetyError`).
     """
-    if ep.kind != "local":
+    if ep.local_root is None:
         return scan, None
+    if ep.kind != "local" and not ep.local_directory().is_dir():
+        # Said to be mounted here, and it is not: hashing through Globus is impossible, so the scan's export
+        # control could never be decided. Refuse loudly rather than treat the scan as unknown.
+        raise ConfigError(f"endpoint {ep.name} is configured as mounted at {ep.local_directory()} (local_root), "
+                          f"but that directory does not exist on this worker ({socket.gethostname()}): run this "
+                          "task where the collection is mounted (include/placement.yaml) or remove local_root")
     loc = bl.location(role)
     root = ep.local_path(loc.subdir) if loc.subdir else ep.local_directory()
     try:
