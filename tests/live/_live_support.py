@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 CHROMIUM = "/usr/bin/chromium"
+FACILITY_ENDPOINTS = Path(__file__).resolve().parents[2] / "include" / "endpoints.facility.yaml"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -23,6 +24,14 @@ class Live:
     site_dir: Path
     policy: Path
     nights: Path  # where the tests' synthetic nights live (their Butler repos must outlive pytest's tmp dirs)
+    globus: object = None  # facility_data.localsite.globus_standin.GlobusTransferStandin serving the facility UUIDs
+
+    def globus_file(self, endpoint: str, path: str) -> Path:
+        """The stand-in's file behind ``path`` on a facility endpoint."""
+        from facility_data.transfer import load_endpoints
+
+        ep = load_endpoints(FACILITY_ENDPOINTS)[endpoint]
+        return self.globus.collections[ep.uuid] / ep.remote_path(path).lstrip("/")
 
     @property
     def url(self) -> str:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from _live_support import CHROMIUM, CHROMIUM_ARGS, Live, floor15
+from _live_support import CHROMIUM, CHROMIUM_ARGS, FACILITY_ENDPOINTS, Live, floor15
 
 
 def pytest_configure(config):
@@ -60,12 +60,32 @@ def live_airflow(site):
         # the site's connections (Rucio, Butler, S3) as the env vars every Airflow process reads
         **{f"AIRFLOW_CONN_{cid.upper()}": json.dumps(c) for cid, c in site.connections().items()},
     }
+    # A Globus stand-in serving the shipped facility collections, so a remote wait really defers to the triggerer
+    globus = _globus_standin(root / "globus")
+    env.update({**globus.env(), "AIRFLOW_CONN_GLOBUS_DEFAULT": json.dumps(
+        {"conn_type": "globus", "login": globus.client_id, "password": globus.client_secret})})
+    # this checkout's dags/ and, as a second bundle, the live tests' own DAGs (never shipped)
+    env["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"] = json.dumps([
+        {"name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle", "kwargs": {}},
+        {"name": "live-tests", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+         "kwargs": {"path": str(Path(__file__).parent / "dagfiles"), "refresh_interval": 5}}])
     server = AirflowServer(site, env=env)
     try:  # stop it also when it does not become healthy in time: start() has launched it by then
         server.start(timeout=420)  # `airflow standalone` migrates the fresh DB first
-        yield Live(server, site_dir, policy, root / "nights")
+        yield Live(server, site_dir, policy, root / "nights", globus)
     finally:
         server.stop()
+        globus.stop()
+
+
+def _globus_standin(root: Path):
+    from facility_data.localsite.globus_standin import GlobusTransferStandin
+    from facility_data.transfer import load_endpoints
+
+    dirs = {ep.uuid: root / ep.uuid for ep in load_endpoints(FACILITY_ENDPOINTS).values()}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    return GlobusTransferStandin(dirs, client_id="live-client", client_secret="live-secret").start()
 
 
 _failed = pytest.StashKey[bool]()

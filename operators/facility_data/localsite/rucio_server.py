@@ -128,9 +128,13 @@ support = local site
         if port_in_use(self.port):
             raise SiteError(f"port {self.port} for the Rucio server is taken: set FACILITY_RUCIO_PORT")
         pid = start([str(venv / "bin" / "gunicorn"), "-b", f"127.0.0.1:{self.port}", "-w", "2", "--threads", "4",
-                     "--timeout", "120", MARKER + ":application"],
+                     "--timeout", "120",
+                     # gunicorn's control socket defaults to one per-user path (~/.gunicorn/gunicorn.ctl) that
+                     # every site on the machine would share; nothing here uses it
+                     "--no-control-socket", MARKER + ":application"],
                     log=self.log, env={**os.environ, "RUCIO_CONFIG": str(self.config)})
-        wait_until(self.healthy, what=f"Rucio server on {self.url}", timeout=60, log=self.log)
+        # importing rucio in two workers takes seconds when idle and over a minute on a loaded 2-core machine
+        wait_until(self.healthy, what=f"Rucio server on {self.url}", timeout=180, log=self.log)
         return pid
 
     def bootstrap_content(self) -> None:
