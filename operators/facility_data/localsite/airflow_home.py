@@ -1,5 +1,6 @@
 """An Airflow home for the local site: SQLite metadata DB by default (PostgreSQL with FACILITY_AIRFLOW_DB=postgres),
-the bundle's dags/ and plugins/, the site's connections imported, and every port configurable."""
+the bundle's dags/ and plugins/ (or, with FACILITY_DAG_BUNDLE=git, dags/ from a git repository as a versioned DAG
+bundle), the site's connections imported, and every port configurable."""
 
 from __future__ import annotations
 
@@ -42,7 +43,59 @@ def airflow_env(site) -> dict[str, str]:
         "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "8",
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "True",  # remote waits free their worker slot (the triggerer polls)
+        **dag_bundle_env(home),
     }
+
+
+#: the GitDagBundle deployment of dags/ (README, "Deploying as a DAG bundle"), relative to include/
+DAG_BUNDLES_FILE = "airflow/dag_bundles.json"
+GIT_BUNDLE_CLASS = "airflow.providers.git.bundles.git.GitDagBundle"
+
+
+def dag_bundle_env(home: Path, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Where this Airflow reads its DAGs from. FACILITY_DAG_BUNDLE unset or ``local``: Airflow's default
+    dags-folder LocalDagBundle (this checkout's dags/, an edit is seen at the next parse, runs are not versioned).
+    ``git``: the GitDagBundle of include/airflow/dag_bundles.json, cloned from FACILITY_DAG_BUNDLE_REPO (a URL or a
+    path; it replaces the connection's host) at FACILITY_DAG_BUNDLE_REF (default: the file's tracking_ref), so each
+    DAG run records the commit it started on and all its tasks run that commit. Anything else is refused."""
+    environ = os.environ if environ is None else environ
+    mode = (environ.get("FACILITY_DAG_BUNDLE") or "local").strip().lower()
+    if mode == "local":
+        return {}
+    if mode != "git":
+        raise SiteError(f"FACILITY_DAG_BUNDLE={mode!r}: expected 'local' (the default) or 'git'")
+    repo = (environ.get("FACILITY_DAG_BUNDLE_REPO") or "").strip()
+    if not repo:
+        raise SiteError("FACILITY_DAG_BUNDLE=git needs FACILITY_DAG_BUNDLE_REPO: the URL or path of the git "
+                        "repository whose dags/ to deploy")
+    bundles = git_bundle_config(repo_url=repo, tracking_ref=(environ.get("FACILITY_DAG_BUNDLE_REF") or "").strip())
+    return {
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(bundles),
+        # the bare clone and one checkout per version in use live in the site, not in the system's /tmp
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH": str(home / "dag_bundles"),
+    }
+
+
+def git_bundle_config(*, repo_url: str = "", tracking_ref: str = "", path: Path | None = None) -> list[dict]:
+    """include/airflow/dag_bundles.json as ``[dag_processor] dag_bundle_config_list``, checked to be the one
+    GitDagBundle of this project, with ``repo_url`` and ``tracking_ref`` replaced when given."""
+    path = path or include_dir() / DAG_BUNDLES_FILE
+    try:
+        bundles = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SiteError(f"{path}: cannot read the DAG bundle config: {exc}") from None
+    if not (isinstance(bundles, list) and len(bundles) == 1 and isinstance(bundles[0], dict)
+            and bundles[0].get("classpath") == GIT_BUNDLE_CLASS and isinstance(bundles[0].get("kwargs"), dict)
+            and bundles[0].get("name")):
+        raise SiteError(f"{path}: expected a list of one {{name, classpath: {GIT_BUNDLE_CLASS}, kwargs}} entry")
+    kwargs = bundles[0]["kwargs"]
+    if repo_url:
+        kwargs["repo_url"] = repo_url
+    if tracking_ref:
+        kwargs["tracking_ref"] = tracking_ref
+    if not kwargs.get("tracking_ref"):
+        raise SiteError(f"{path}: the bundle has no tracking_ref (the branch, tag or commit to deploy)")
+    return bundles
 
 
 def _port() -> int:
