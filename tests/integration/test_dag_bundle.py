@@ -85,6 +85,8 @@ def _parse(bundle):
 
 
 def test_git_bundle_parses_tracks_main_and_keeps_old_versions(origin, bundles, tmp_path):
+    from airflow.dag_processing.dagbag import BundleDagBag
+
     bare, work = origin
     first = _git("rev-parse", "HEAD", cwd=work)
     manager = bundles(bare)
@@ -115,7 +117,8 @@ def test_git_bundle_parses_tracks_main_and_keeps_old_versions(origin, bundles, t
     assert second != first
     tracking.refresh()
     assert tracking.get_current_version().version == second
-    assert PROBE_DAG in _parse(tracking).dag_ids
+    probe = BundleDagBag(dag_folder=tracking.path / f"{PROBE_DAG}.py", bundle_path=tracking.path, bundle_name=BUNDLE)
+    assert probe.import_errors == {} and probe.dag_ids == [PROBE_DAG]
 
     # the first version is still there to run a DAG run that started on it (what a worker does for its task)
     old = manager.get_bundle(BUNDLE, version=first)
