@@ -198,7 +198,9 @@ def test_the_local_site_sets_repo_ref_and_storage(tmp_path):
     env = dag_bundle_env(tmp_path, {"FACILITY_DAG_BUNDLE": "GIT", "FACILITY_DAG_BUNDLE_REPO": "/srv/facility.git",
                                     "FACILITY_DAG_BUNDLE_REF": "v1.2"})
     [bundle] = json.loads(env["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"])
-    assert bundle["kwargs"]["repo_url"] == "/srv/facility.git"
+    conn = json.loads(env[f"AIRFLOW_CONN_{bundle['kwargs']['git_conn_id'].upper()}"])
+    assert conn == {"conn_type": "git", "host": "/srv/facility.git"}
+    assert "repo_url" not in bundle["kwargs"]
     assert bundle["kwargs"]["tracking_ref"] == "v1.2"
     assert bundle["kwargs"]["subdir"] == "dags"
     assert env["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH"] == str(tmp_path / "dag_bundles")
@@ -209,13 +211,15 @@ def test_the_local_site_sets_repo_ref_and_storage(tmp_path):
     "[]",
     json.dumps([{"name": "x", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle", "kwargs": {}}]),
     json.dumps([{"name": "x", "classpath": "airflow.providers.git.bundles.git.GitDagBundle",
-                 "kwargs": {"subdir": "dags"}}]),
+                 "kwargs": {"git_conn_id": "g", "subdir": "dags"}}]),
+    json.dumps([{"name": "x", "classpath": "airflow.providers.git.bundles.git.GitDagBundle",
+                 "kwargs": {"tracking_ref": "main"}}]),
 ])
 def test_a_malformed_bundle_file_is_refused(tmp_path, content):
     path = tmp_path / "dag_bundles.json"
     path.write_text(content)
     with pytest.raises(SiteError, match=str(path)):
-        git_bundle_config(repo_url="/srv/facility.git", path=path)
+        git_bundle_config(path=path)
 
 
 def test_the_shipped_bundle_file_is_the_documented_one():

@@ -56,8 +56,9 @@ def dag_bundle_env(home: Path, environ: dict[str, str] | None = None) -> dict[st
     """Where this Airflow reads its DAGs from. FACILITY_DAG_BUNDLE unset or ``local``: Airflow's default
     dags-folder LocalDagBundle (this checkout's dags/, an edit is seen at the next parse, runs are not versioned).
     ``git``: the GitDagBundle of include/airflow/dag_bundles.json, cloned from FACILITY_DAG_BUNDLE_REPO (a URL or a
-    path; it replaces the connection's host) at FACILITY_DAG_BUNDLE_REF (default: the file's tracking_ref), so each
-    DAG run records the commit it started on and all its tasks run that commit. Anything else is refused."""
+    path, given as the host of the bundle's git connection, as in production) at FACILITY_DAG_BUNDLE_REF (default:
+    the file's tracking_ref), so each DAG run records the commit it started on and all its tasks run that commit.
+    Anything else is refused."""
     environ = os.environ if environ is None else environ
     mode = (environ.get("FACILITY_DAG_BUNDLE") or "local").strip().lower()
     if mode == "local":
@@ -68,17 +69,21 @@ def dag_bundle_env(home: Path, environ: dict[str, str] | None = None) -> dict[st
     if not repo:
         raise SiteError("FACILITY_DAG_BUNDLE=git needs FACILITY_DAG_BUNDLE_REPO: the URL or path of the git "
                         "repository whose dags/ to deploy")
-    bundles = git_bundle_config(repo_url=repo, tracking_ref=(environ.get("FACILITY_DAG_BUNDLE_REF") or "").strip())
+    bundles = git_bundle_config(tracking_ref=(environ.get("FACILITY_DAG_BUNDLE_REF") or "").strip())
+    conn_id = bundles[0]["kwargs"]["git_conn_id"]
     return {
         "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(bundles),
+        # an environment connection, not repo_url: without a connection the provider logs a traceback at every
+        # bundle it builds, and a local repository needs no credentials
+        f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps({"conn_type": "git", "host": repo}),
         # the bare clone and one checkout per version in use live in the site, not in the system's /tmp
         "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH": str(home / "dag_bundles"),
     }
 
 
-def git_bundle_config(*, repo_url: str = "", tracking_ref: str = "", path: Path | None = None) -> list[dict]:
+def git_bundle_config(*, tracking_ref: str = "", path: Path | None = None) -> list[dict]:
     """include/airflow/dag_bundles.json as ``[dag_processor] dag_bundle_config_list``, checked to be the one
-    GitDagBundle of this project, with ``repo_url`` and ``tracking_ref`` replaced when given."""
+    GitDagBundle of this project (with a git connection), its ``tracking_ref`` replaced when given."""
     path = path or include_dir() / DAG_BUNDLES_FILE
     try:
         bundles = json.loads(path.read_text())
@@ -86,11 +91,10 @@ def git_bundle_config(*, repo_url: str = "", tracking_ref: str = "", path: Path 
         raise SiteError(f"{path}: cannot read the DAG bundle config: {exc}") from None
     if not (isinstance(bundles, list) and len(bundles) == 1 and isinstance(bundles[0], dict)
             and bundles[0].get("classpath") == GIT_BUNDLE_CLASS and isinstance(bundles[0].get("kwargs"), dict)
-            and bundles[0].get("name")):
-        raise SiteError(f"{path}: expected a list of one {{name, classpath: {GIT_BUNDLE_CLASS}, kwargs}} entry")
+            and bundles[0].get("name") and bundles[0]["kwargs"].get("git_conn_id")):
+        raise SiteError(f"{path}: expected a list of one {{name, classpath: {GIT_BUNDLE_CLASS}, kwargs with "
+                        f"git_conn_id}} entry")
     kwargs = bundles[0]["kwargs"]
-    if repo_url:
-        kwargs["repo_url"] = repo_url
     if tracking_ref:
         kwargs["tracking_ref"] = tracking_ref
     if not kwargs.get("tracking_ref"):
