@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from facility_data.localsite.airflow_home import dag_bundle_env, git_bundle_config
+from facility_data.localsite.airflow_home import check_dag_bundle, dag_bundle_env, git_bundle_config
 from facility_data.localsite.procs import SiteError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -228,3 +228,21 @@ def test_the_shipped_bundle_file_is_the_documented_one():
     assert bundle["kwargs"]["tracking_ref"] == "main" and bundle["kwargs"]["subdir"] == "dags"
     assert "repo_url" not in bundle["kwargs"], "the repository URL belongs in the git connection, not in the file"
     assert os.path.isdir(REPO / bundle["kwargs"]["subdir"])
+
+
+def _site_env(tmp_path, repo, ref=""):
+    return dag_bundle_env(tmp_path, {"FACILITY_DAG_BUNDLE": "git", "FACILITY_DAG_BUNDLE_REPO": str(repo),
+                                     "FACILITY_DAG_BUNDLE_REF": ref})
+
+
+def test_the_local_site_checks_the_bundle_before_airflow_starts(origin, tmp_path):
+    bare, work = origin
+    assert check_dag_bundle({}) is None  # the dags folder: nothing to check
+    assert check_dag_bundle(_site_env(tmp_path, bare)) == f"{bare} at main"
+    _git("tag", "v1", cwd=work)
+    _git("push", "-q", str(bare), "v1", cwd=work)
+    assert check_dag_bundle(_site_env(tmp_path, bare, "v1")) == f"{bare} at v1"
+    with pytest.raises(SiteError, match="has no branch or tag 'no-such-branch'"):
+        check_dag_bundle(_site_env(tmp_path, bare, "no-such-branch"))
+    with pytest.raises(SiteError, match="is not a git repository this host can read"):
+        check_dag_bundle(_site_env(tmp_path, tmp_path / "nowhere.git"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,32 @@ def git_bundle_config(*, tracking_ref: str = "", path: Path | None = None) -> li
     return bundles
 
 
+def check_dag_bundle(env: dict[str, str]) -> str | None:
+    """With a git DAG bundle, that its repository answers and has the tracked branch or tag, before Airflow starts:
+    the dag-processor would only log the failure and show no DAGs. Returns what was checked (None: no git bundle).
+    A tracking_ref that is a full commit SHA is left to the bundle (ls-remote lists refs, not commits)."""
+    raw = env.get("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST")
+    if not raw:
+        return None
+    [bundle] = json.loads(raw)
+    kwargs = bundle["kwargs"]
+    repo = json.loads(env[f"AIRFLOW_CONN_{kwargs['git_conn_id'].upper()}"])["host"]
+    ref = kwargs["tracking_ref"]
+    if re.fullmatch(r"[0-9a-fA-F]{40}", ref):
+        return f"{repo} (commit {ref}: checked when the bundle is initialised)"
+    try:
+        res = subprocess.run(["git", "ls-remote", "--heads", "--tags", repo, ref], capture_output=True, text=True,
+                             timeout=120, env={**env, "GIT_TERMINAL_PROMPT": "0"})
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SiteError(f"DAG bundle {bundle['name']}: cannot query {repo}: {exc}") from None
+    if res.returncode:
+        raise SiteError(f"DAG bundle {bundle['name']}: {repo} is not a git repository this host can read: "
+                        f"{res.stderr.strip()[-500:]}")
+    if not res.stdout.strip():
+        raise SiteError(f"DAG bundle {bundle['name']}: {repo} has no branch or tag {ref!r} (FACILITY_DAG_BUNDLE_REF)")
+    return f"{repo} at {ref}"
+
+
 def _port() -> int:
     from facility_data.localsite.procs import free_port
 
@@ -120,6 +147,7 @@ def init(site) -> Path:
     """Migrate the metadata DB and import the site's connections (idempotent)."""
     home = site.root / "airflow"
     home.mkdir(parents=True, exist_ok=True)
+    check_dag_bundle(airflow_env(site))  # before anything starts: a bundle that cannot load would show no DAGs
     airflow(site, "db", "migrate")
     conns = site.connections()
     if conns:
