@@ -246,3 +246,51 @@ def test_the_local_site_checks_the_bundle_before_airflow_starts(origin, tmp_path
         check_dag_bundle(_site_env(tmp_path, bare, "no-such-branch"))
     with pytest.raises(SiteError, match="is not a git repository this host can read"):
         check_dag_bundle(_site_env(tmp_path, tmp_path / "nowhere.git"))
+
+
+def test_a_dag_run_keeps_the_commit_it_started_on(origin, airflow_db, tmp_path):
+    """What the bundle is for, seen in Airflow's own metadata: the real dag-processor parses the bundle and records
+    the commit on every DAG, a run triggered then records it too, and after a new commit the DAGs move on while
+    the run keeps its version (the one its tasks are run from)."""
+    import shutil
+    import sqlite3
+    import sys
+
+    bare, work = origin
+    home = tmp_path / "home"
+    home.mkdir()
+    # a private copy of the session's migrated metadata DB: this Airflow's DAGs and runs stay out of other tests'
+    shutil.copy(airflow_db / "airflow.db", home / "airflow.db")
+    env = {**os.environ, **_site_env(home, bare), "AIRFLOW_HOME": str(home),
+           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+           "AIRFLOW__CORE__UNIT_TEST_MODE": "False", "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs")}
+
+    def airflow(*args):
+        res = subprocess.run([sys.executable, "-m", "airflow", *args], env=env, capture_output=True, text=True,
+                             timeout=600)
+        assert res.returncode == 0, f"airflow {' '.join(args)}: {res.stderr[-3000:]}"
+        return res.stdout
+
+    def query(sql):
+        with sqlite3.connect(home / "airflow.db") as db:
+            return db.execute(sql).fetchall()
+
+    first = _git("rev-parse", "HEAD", cwd=work)
+    airflow("dag-processor", "--num-runs", "1")
+    parsed = dict(query("select dag_id, bundle_version from dag where bundle_name = 'facility-data'"))
+    assert _contract_ids() <= set(parsed), sorted(parsed)
+    assert set(parsed.values()) == {first}
+    assert query("select count(*) from import_error") == [(0,)]
+
+    airflow("dags", "trigger", "als_transfer_healthcheck")
+    [(run_version,)] = query("select bundle_version from dag_run where dag_id = 'als_transfer_healthcheck'")
+    assert run_version == first
+
+    (work / "dags" / "als_transfer_healthcheck.py").write_text(
+        (work / "dags" / "als_transfer_healthcheck.py").read_text() + "\n# the next commit\n")
+    _git("commit", "-q", "-am", "the next commit", cwd=work)
+    _git("push", "-q", str(bare), "HEAD:refs/heads/main", cwd=work)
+    second = _git("rev-parse", "HEAD", cwd=work)
+    airflow("dag-processor", "--num-runs", "1")
+    assert query("select bundle_version from dag where dag_id = 'als_transfer_healthcheck'") == [(second,)]
+    assert query("select bundle_version from dag_run where dag_id = 'als_transfer_healthcheck'") == [(first,)]
