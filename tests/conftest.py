@@ -33,7 +33,8 @@ os.environ["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] = str(_session_tmp / "airflow" /
 # reports there. Likewise the user's configuration overrides must not change what the tests see.
 os.environ["FACILITY_SITE"] = str(_session_tmp / "site")
 for _override in ("FACILITY_REPORTS", "FACILITY_RUBIN_POLICY", "FACILITY_RUBIN_START", "FACILITY_ENDPOINTS_FILE",
-                  "FACILITY_AIRFLOW_DB", "FACILITY_PLACEMENT", "FACILITY_POD_OVERRIDES"):
+                  "FACILITY_AIRFLOW_DB", "FACILITY_PLACEMENT", "FACILITY_POD_OVERRIDES", "FACILITY_DAG_BUNDLE",
+                  "FACILITY_DAG_BUNDLE_REPO", "FACILITY_DAG_BUNDLE_REF"):
     os.environ.pop(_override, None)
 (_session_tmp / "airflow").mkdir(parents=True, exist_ok=True)
 

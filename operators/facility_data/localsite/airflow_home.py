@@ -1,10 +1,12 @@
 """An Airflow home for the local site: SQLite metadata DB by default (PostgreSQL with FACILITY_AIRFLOW_DB=postgres),
-the bundle's dags/ and plugins/, the site's connections imported, and every port configurable."""
+the bundle's dags/ and plugins/ (or, with FACILITY_DAG_BUNDLE=git, dags/ from a git repository as a versioned DAG
+bundle), the site's connections imported, and every port configurable."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +44,89 @@ def airflow_env(site) -> dict[str, str]:
         "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "8",
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "True",  # remote waits free their worker slot (the triggerer polls)
+        **dag_bundle_env(home),
     }
+
+
+#: the GitDagBundle deployment of dags/ (README, "Deploying as a DAG bundle"), relative to include/
+DAG_BUNDLES_FILE = "airflow/dag_bundles.json"
+GIT_BUNDLE_CLASS = "airflow.providers.git.bundles.git.GitDagBundle"
+
+
+def dag_bundle_env(home: Path, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Where this Airflow reads its DAGs from. FACILITY_DAG_BUNDLE unset or ``local``: Airflow's default
+    dags-folder LocalDagBundle (this checkout's dags/, an edit is seen at the next parse, runs are not versioned).
+    ``git``: the GitDagBundle of include/airflow/dag_bundles.json, cloned from FACILITY_DAG_BUNDLE_REPO (a URL or a
+    path, given as the host of the bundle's git connection, as in production) at FACILITY_DAG_BUNDLE_REF (default:
+    the file's tracking_ref), so each DAG run records the commit it started on and all its tasks run that commit.
+    Anything else is refused."""
+    environ = os.environ if environ is None else environ
+    mode = (environ.get("FACILITY_DAG_BUNDLE") or "local").strip().lower()
+    if mode == "local":
+        return {}
+    if mode != "git":
+        raise SiteError(f"FACILITY_DAG_BUNDLE={mode!r}: expected 'local' (the default) or 'git'")
+    repo = (environ.get("FACILITY_DAG_BUNDLE_REPO") or "").strip()
+    if not repo:
+        raise SiteError("FACILITY_DAG_BUNDLE=git needs FACILITY_DAG_BUNDLE_REPO: the URL or path of the git "
+                        "repository whose dags/ to deploy")
+    bundles = git_bundle_config(tracking_ref=(environ.get("FACILITY_DAG_BUNDLE_REF") or "").strip())
+    conn_id = bundles[0]["kwargs"]["git_conn_id"]
+    return {
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(bundles),
+        # an environment connection, not repo_url: without a connection the provider logs a traceback at every
+        # bundle it builds, and a local repository needs no credentials
+        f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps({"conn_type": "git", "host": repo}),
+        # the bare clone and one checkout per version in use live in the site, not in the system's /tmp
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH": str(home / "dag_bundles"),
+    }
+
+
+def git_bundle_config(*, tracking_ref: str = "", path: Path | None = None) -> list[dict]:
+    """include/airflow/dag_bundles.json as ``[dag_processor] dag_bundle_config_list``, checked to be the one
+    GitDagBundle of this project (with a git connection), its ``tracking_ref`` replaced when given."""
+    path = path or include_dir() / DAG_BUNDLES_FILE
+    try:
+        bundles = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SiteError(f"{path}: cannot read the DAG bundle config: {exc}") from None
+    if not (isinstance(bundles, list) and len(bundles) == 1 and isinstance(bundles[0], dict)
+            and bundles[0].get("classpath") == GIT_BUNDLE_CLASS and isinstance(bundles[0].get("kwargs"), dict)
+            and bundles[0].get("name") and bundles[0]["kwargs"].get("git_conn_id")):
+        raise SiteError(f"{path}: expected a list of one {{name, classpath: {GIT_BUNDLE_CLASS}, kwargs with "
+                        f"git_conn_id}} entry")
+    kwargs = bundles[0]["kwargs"]
+    if tracking_ref:
+        kwargs["tracking_ref"] = tracking_ref
+    if not kwargs.get("tracking_ref"):
+        raise SiteError(f"{path}: the bundle has no tracking_ref (the branch, tag or commit to deploy)")
+    return bundles
+
+
+def check_dag_bundle(env: dict[str, str]) -> str | None:
+    """With a git DAG bundle, that its repository answers and has the tracked branch or tag, before Airflow starts:
+    the dag-processor would only log the failure and show no DAGs. Returns what was checked (None: no git bundle).
+    A tracking_ref that is a full commit SHA is left to the bundle (ls-remote lists refs, not commits)."""
+    raw = env.get("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST")
+    if not raw:
+        return None
+    [bundle] = json.loads(raw)
+    kwargs = bundle["kwargs"]
+    repo = json.loads(env[f"AIRFLOW_CONN_{kwargs['git_conn_id'].upper()}"])["host"]
+    ref = kwargs["tracking_ref"]
+    if re.fullmatch(r"[0-9a-fA-F]{40}", ref):
+        return f"{repo} (commit {ref}: checked when the bundle is initialised)"
+    try:
+        res = subprocess.run(["git", "ls-remote", "--heads", "--tags", repo, ref], capture_output=True, text=True,
+                             timeout=120, env={**env, "GIT_TERMINAL_PROMPT": "0"})
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SiteError(f"DAG bundle {bundle['name']}: cannot query {repo}: {exc}") from None
+    if res.returncode:
+        raise SiteError(f"DAG bundle {bundle['name']}: {repo} is not a git repository this host can read: "
+                        f"{res.stderr.strip()[-500:]}")
+    if not res.stdout.strip():
+        raise SiteError(f"DAG bundle {bundle['name']}: {repo} has no branch or tag {ref!r} (FACILITY_DAG_BUNDLE_REF)")
+    return f"{repo} at {ref}"
 
 
 def _port() -> int:
@@ -63,6 +147,7 @@ def init(site) -> Path:
     """Migrate the metadata DB and import the site's connections (idempotent)."""
     home = site.root / "airflow"
     home.mkdir(parents=True, exist_ok=True)
+    check_dag_bundle(airflow_env(site))  # before anything starts: a bundle that cannot load would show no DAGs
     airflow(site, "db", "migrate")
     conns = site.connections()
     if conns:
