@@ -28,6 +28,8 @@ COLOURS: dict[str, str] = {
 # position-dependent default cycle, under which a state changes colour when another one appears)
 _SPARE = ("#6d4c41", "#00838f", "#ff7043", "#558b2f", "#4527a0", "#ef6c00", "#37474f", "#9e9d24")
 
+_NOTE = "#546e7a"  # the "nothing to draw" text (not a neutral grey: antialiased black text makes those)
+
 Counts = Mapping[str, int]
 
 
@@ -47,7 +49,8 @@ def states_chart_png(columns: Sequence[tuple[str, Counts]], *, title: str, ylabe
     """A PNG: one stacked bar per ``(label, counts)`` column, a segment per state with a count, in ``states`` order
     (default: :data:`COLOURS` order, then any other state by name). ``found``: one count per column as found before
     a run; each column then gets two bars (left as found, right after) and the title says so. Nothing to draw (no
-    column, or every count 0) still gives a chart: its title, with ``empty_text`` (default "no <ylabel>") in it."""
+    column, or every count 0) still gives a chart: its title, with ``empty_text`` (default "no <ylabel>", "" for
+    none) in it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -81,9 +84,9 @@ def states_chart_png(columns: Sequence[tuple[str, Counts]], *, title: str, ylabe
         ax.set_title(title + ("\nleft bar: as found, right bar: after this run" if found else ""))
         if drawn:
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        else:  # an empty chart says so, rather than showing bare axes that look like a drawing failure
-            ax.text(0.5, 0.5, empty_text or f"no {ylabel}", transform=ax.transAxes, ha="center", va="center",
-                    color="#555555")
+        elif empty_text != "":  # an empty chart says so, rather than bare axes that look like a drawing failure
+            ax.text(0.5, 0.5, f"no {ylabel}" if empty_text is None else empty_text, transform=ax.transAxes,
+                    ha="center", va="center", color=_NOTE)
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
