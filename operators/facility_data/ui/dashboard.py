@@ -26,6 +26,7 @@ ALS_STATES = ("done", "not_started", "partial", "export_controlled_held", "incon
 # two or more /segments, also right after a colon (butler:/repo), never a URL's //host/...: a server path
 _ABS_PATH = re.compile(r"(?<![\w./])(?:/[^\s/'\"()\[\],;:]+){2,}/?")
 _REPORT_DAY = re.compile(r"^([0-9]{8})_")
+_CHART = re.compile(r"states_[0-9]{8}_[0-9A-Za-z.]+(?:-dry-run)?\.png")
 
 
 def scrub(text: str) -> str:
@@ -162,6 +163,7 @@ class AlsDay:
     report_written: datetime | None
     dry_run: bool | None
     scans: list[ScanRow]
+    chart: str | None = None  # the report's own chart (states_<day>_<stamp>.png), relative to the reports root
 
     @property
     def counts(self) -> dict[str, int]:
@@ -206,10 +208,13 @@ def als_day(bl, day: date, root: Path, reports: list[ReportFile] | None = None) 
     reports = catalogue(root) if reports is None else reports
     report = als_report_days(reports, bl.id).get(f"{day:%Y%m%d}")
     rows: dict[str, ScanRow] = {}
-    dry_run = None
+    dry_run = chart = None
     if report is not None:
         data = json.loads((root / report.relative).read_text())
         dry_run = bool(data.get("dry_run"))
+        name = data.get("chart")  # a bare file name beside the report, and only if retention has not removed it
+        if isinstance(name, str) and _CHART.fullmatch(name) and (root / report.relative).with_name(name).is_file():
+            chart = f"{report.relative.rsplit('/', 1)[0]}/{name}"
         for s in data.get("scans", []):
             if s.get("day") in (day.isoformat(), "unknown"):
                 rows[s["scan"]] = ScanRow(s["scan"], s["state"], s.get("step"), scrub(s.get("reason", "")))
@@ -228,7 +233,7 @@ def als_day(bl, day: date, root: Path, reports: list[ReportFile] | None = None) 
         if scan in rows:
             rows[scan].run_id, rows[scan].dag_id = run_id, dags.get(run_id)
     return AlsDay(bl.id, day.isoformat(), report, report.modified if report else None, dry_run,
-                  sorted(rows.values(), key=lambda r: r.scan))
+                  sorted(rows.values(), key=lambda r: r.scan), chart)
 
 
 @dataclass
