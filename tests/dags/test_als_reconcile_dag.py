@@ -101,6 +101,8 @@ def test_stopped_chains_are_repaired_and_the_run_is_green(site):
     assert sorted(tuple(x["repaired"]) for x in doc["scans"]) == [
         ("copy_data_to_nersc",), ("copy_spot_to_data", "copy_data_to_nersc")]
     assert all(x["scicat"] == "20.500.12269/x" and x["unchecked"] == [] for x in doc["scans"])
+    (chart,) = (site / "reports" / "als_reconcile" / "bl832").glob("states_20240101_*.png")
+    assert doc["chart"] == chart.name and chart.read_bytes().startswith(b"\x89PNG")
 
     settled(site)
     with scicat():

@@ -339,6 +339,38 @@ def test_one_report_per_day_in_its_own_directory(env):
     assert not report.problems()
 
 
+def test_a_chart_beside_the_report_of_each_day_with_scans_and_none_for_an_empty_day(env):
+    from PIL import Image
+
+    chain(env, acquire(env), until="data_to_nersc")  # 2024-01-01: done
+    acquire(env, "20240103_120000_lost")  # 2024-01-03: a lost trigger, not repaired (repair off); 01-02: no scan
+    bl = env[0]
+    report = write_report(run(env, Request(DAY, DAY + timedelta(days=2), dry_run=False, repair=False)),
+                          reports_dir(bl))
+    pngs = sorted(reports_dir(bl).glob("*.png"))
+    assert [p.name[:16] for p in pngs] == ["states_20240101_", "states_20240103_"]
+    assert sorted(str(p) for p in pngs) == sorted(p for p in report.files if p.endswith(".png"))
+    stamp = datetime.fromisoformat(report.started).strftime("%Y%m%dT%H%M%S.%fZ")
+    assert pngs[0].name == f"states_20240101_{stamp}.png"  # the stamp of the day's report beside it
+    days = {d["day"]: d for d in (json.loads(Path(p).read_text()) for p in report.files if p.endswith(".json"))}
+    assert days["2024-01-01"]["chart"] == pngs[0].name and days["2024-01-03"]["chart"] == pngs[1].name
+    assert days["2024-01-02"]["chart"] is None and days["2024-01-02"]["scans"] == []  # its report, but no chart
+    done, lost = ({px[:3] for px in Image.open(p).convert("RGB").getdata()} for p in pngs)
+    assert (0x2E, 0x7D, 0x32) in done and (0x90, 0xA4, 0xAE) not in done  # done, no not_started
+    assert (0x90, 0xA4, 0xAE) in lost and (0x2E, 0x7D, 0x32) not in lost
+    assert not [p for p in reports_dir(bl).iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_a_dry_run_s_chart_is_named_like_its_report(env):
+    acquire(env)
+    bl = env[0]
+    report = write_report(run(env, Request(DAY, DAY, dry_run=True, repair=True)), reports_dir(bl))
+    (png,) = [Path(p) for p in report.files if p.endswith(".png")]
+    assert png.name.startswith("states_20240101_") and png.name.endswith("-dry-run.png") and png.is_file()
+    assert Path(next(p for p in report.files if p.endswith(".json"))).name.removesuffix(".json") == \
+        png.name.removeprefix("states_").removesuffix(".png")
+
+
 @pytest.mark.parametrize("conf, field", [
     ({"dry-run": True}, "dry-run"),
     ({"first_day": "2024-1-1"}, "first_day"),

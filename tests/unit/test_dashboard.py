@@ -233,6 +233,21 @@ def test_als_day_shows_scans_by_state_where_each_copy_is_and_the_run(env, token)
     assert "No reconcile report of this day yet" in empty and "no scan of this day" in empty
 
 
+def test_als_day_links_its_report_s_own_chart_while_it_exists(env, token):
+    c = client(env, token)
+    (png,) = (env["reports"] / "als_reconcile" / "bl832").glob("states_20240101_*-dry-run.png")
+    href = f"/file/als_reconcile/bl832/{png.name}"
+    page = c.get("/dashboard/als/bl832/2024-01-01").text
+    assert f'<a href="{href}">chart</a>' in page and c.get(href).content.startswith(b"\x89PNG")
+    kept = png.read_bytes()
+    png.unlink()  # as retention would: the link goes with the file, the page still shows the day
+    try:
+        page = c.get("/dashboard/als/bl832/2024-01-01").text
+        assert ">chart</a>" not in page and "newest reconcile report of this day" in page
+    finally:
+        png.write_bytes(kept)
+
+
 def test_als_chart_draws_each_day_s_states(env, token):
     from PIL import Image
 

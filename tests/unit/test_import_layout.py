@@ -16,8 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGE = "facility_data"
 
 # The rooms a room may import (besides itself). A room is a subpackage of facility_data; "core" is the top-level
-# modules (safety, masking, notify, metrics, reports, ...). "demo" may import anything; no product room (nor dags/,
-# plugins/) imports demo or localsite. docs/architecture.md explains each rule.
+# modules (safety, masking, notify, metrics, reports, charts, ...). "demo" may import anything; no product room (nor
+# dags/, plugins/) imports demo or localsite. docs/architecture.md explains each rule.
 BASE = frozenset({"core", "config"})
 ALLOWED: dict[str, frozenset[str] | None] = {
     "config": frozenset(),
@@ -157,6 +157,13 @@ def test_each_room_imports_only_the_rooms_it_may(graph):
     bad = sorted(f"{m} -> {t}" for m, targets in graph.items() for t in targets
                  if room(t) != room(m) and ALLOWED[room(m)] is not None and room(t) not in ALLOWED[room(m)])
     assert not bad, bad
+
+
+def test_the_chart_drawer_is_core_and_imports_no_room(graph):
+    # the Rubin and ALS reports and the dashboard all draw with it: any import of a room would tie them together
+    assert room("facility_data.charts") == "core" and graph["facility_data.charts"] == set()
+    users = ("facility_data.rubin.report", "facility_data.als.reconcile", "facility_data.ui.dashboard")
+    assert all("facility_data.charts" in graph[m] for m in users)
 
 
 def _write(root: Path, files: dict[str, str]) -> None:

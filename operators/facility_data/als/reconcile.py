@@ -536,22 +536,37 @@ def reports_dir(bl: Beamline) -> Path:
 
 def write_report(report: ReconcileReport, directory: Path) -> ReconcileReport:
     """One ``<YYYYMMDD>_<stamp>[-dry-run].json`` and ``.txt`` per acquisition day of the range (a day with no scan
-    too: "nothing there" is an answer), then the ``als_reconcile`` retention of ``include/reports.yaml``."""
+    too: "nothing there" is an answer), and beside them the day's chart of scans per state,
+    ``states_<YYYYMMDD>_<stamp>[-dry-run].png``, only for a day with scans (as the Rubin reports skip empty nights:
+    a daily reconcile of a quiet week would otherwise draw a blank chart a day); then the ``als_reconcile``
+    retention of ``include/reports.yaml``."""
+    from facility_data.charts import write_states_chart
     from facility_data.reports import apply_retention
 
     directory.mkdir(parents=True, exist_ok=True)
     stamp = datetime.fromisoformat(report.started).strftime("%Y%m%dT%H%M%S.%fZ")
     suffix = "-dry-run" if report.dry_run else ""
     day, last = date.fromisoformat(report.first_day), date.fromisoformat(report.last_day)
+    empty: list[str] = []
     while day <= last:
         scans = [s for s in report.scans if s.day == day.isoformat()]
         if day == last:  # names the contract cannot place in a day are reported with the last one
             scans += [s for s in report.scans if s.day == "unknown"]
         base = directory / f"{day:%Y%m%d}_{stamp}{suffix}"
-        Path(f"{base}.json").write_text(json.dumps({**report.as_dict(scans), "day": day.isoformat()}, indent=2,
-                                                   sort_keys=True) + "\n")
+        data = {**report.as_dict(scans), "day": day.isoformat(), "chart": None}
+        if scans:  # the chart first, so the report can name it (the dashboard links it from there)
+            chart = write_states_chart(
+                directory / f"states_{day:%Y%m%d}_{stamp}{suffix}.png", [(day.isoformat(), data["counts"])],
+                states=STATES, ylabel="scans",
+                title=f"Reconcile state, {report.beamline} acquisition day {day}{' (dry run)' if suffix else ''}")
+            data["chart"] = chart.name
+        else:
+            empty.append(day.isoformat())
+        Path(f"{base}.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         Path(f"{base}.txt").write_text(report.text(day.isoformat(), scans))
-        report.files += [f"{base}.json", f"{base}.txt"]
+        report.files += [f"{base}.json", f"{base}.txt"] + ([str(directory / data["chart"])] if data["chart"] else [])
         day += timedelta(days=1)
+    if empty:
+        log.info("no reconcile chart for %d day(s) without scans: %s", len(empty), ", ".join(empty))
     apply_retention(directory, "als_reconcile")
     return report

@@ -14,12 +14,11 @@ import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
+from facility_data.charts import colour
 from facility_data.rubin.classify import STATES, NightResult
 
 log = logging.getLogger(__name__)
 
-_COLOURS = {"done": "#2e7d32", "not_started": "#90a4ae", "partial": "#f9a825", "incomplete_at_source": "#8e24aa",
-            "inconsistent": "#c62828", "pruned": "#1565c0", "error": "#000000", "still_embargoed": "#cfd8dc"}
 
 
 def reports_root(reports_dir: str | Path | None = None) -> Path:
@@ -36,7 +35,7 @@ def night_html(night: NightResult, result: dict, chart: Path | None) -> str:
     c = night.counts
     esc = html.escape
     rows = "".join(
-        f"<tr><td>{esc(e.obs_id)}</td><td style='color:{_COLOURS.get(e.state, '#000')}'>{esc(e.state)}</td>"
+        f"<tr><td>{esc(e.obs_id)}</td><td style='color:{colour(e.state)}'>{esc(e.state)}</td>"
         f"<td>{esc(e.stopped_after or '')}</td><td>{esc(e.first_missing or '')}</td>"
         f"<td>{esc('; '.join(e.problems))}</td></tr>"
         for e in night.exposures if e.state != "done")
@@ -67,39 +66,12 @@ dry run {result.get('dry_run')}. States reflect the sinks <em>after</em> this ru
 
 def chart_png(nights: list[NightResult], path: Path, found: dict | None = None) -> Path:
     """A stacked bar chart of exposure states per night: as found (left bar, when given) and after the run."""
-    import matplotlib
+    from facility_data.charts import write_states_chart
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [str(n.day_obs) for n in nights]
-    found = found or {}
-    bars = [("after", [n.counts for n in nights], 0.0)]
-    if found:
-        bars = [("found", [found.get(str(n.day_obs), {}) for n in nights], -0.2), ("after", bars[0][1], 0.2)]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(nights) + 2.5), 3.4), dpi=100)
-    xs = list(range(len(nights)))
-    drawn = set()
-    for _, counts, shift in bars:
-        bottom = [0] * len(nights)
-        for state in (*STATES, "still_embargoed"):
-            values = [c.get(state, 0) for c in counts]
-            if any(values):
-                ax.bar([x + shift for x in xs], values, width=0.38 if found else 0.6, bottom=bottom,
-                       label=None if state in drawn else state, color=_COLOURS.get(state))
-                bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-                drawn.add(state)
-    # "found | after" once in the title, not under every night (labels overlapped beyond a few nights)
-    ax.set_xticks(xs, labels, rotation=45 if len(labels) > 4 else 0, ha="right" if len(labels) > 4 else "center")
-    ax.set_ylabel("exposures")
     title = f"Unembargo state per night ({nights[0].instrument})" if nights else "no nights"
-    ax.set_title(title + ("\nleft bar: as found, right bar: after this run" if found else ""))
-    if drawn:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return write_states_chart(path, [(str(n.day_obs), n.counts) for n in nights], title=title, ylabel="exposures",
+                              states=(*STATES, "still_embargoed"),
+                              found=[found.get(str(n.day_obs), {}) for n in nights] if found else None)
 
 
 def write_reports(nights: list[NightResult], result: dict, *, reports_dir: str | Path | None = None) -> list[Path]:

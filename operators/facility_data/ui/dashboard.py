@@ -23,11 +23,10 @@ from urllib.parse import quote, urlsplit
 from facility_data.reports import ReportFile, catalogue
 
 ALS_STATES = ("done", "not_started", "partial", "export_controlled_held", "inconsistent", "error")
-ALS_COLOURS = {"done": "#2e7d32", "not_started": "#90a4ae", "partial": "#f9a825",
-               "export_controlled_held": "#1565c0", "inconsistent": "#c62828", "error": "#000000"}
 # two or more /segments, also right after a colon (butler:/repo), never a URL's //host/...: a server path
 _ABS_PATH = re.compile(r"(?<![\w./])(?:/[^\s/'\"()\[\],;:]+){2,}/?")
 _REPORT_DAY = re.compile(r"^([0-9]{8})_")
+_CHART = re.compile(r"states_[0-9]{8}_[0-9A-Za-z.]+(?:-dry-run)?\.png")
 
 
 def scrub(text: str) -> str:
@@ -164,6 +163,7 @@ class AlsDay:
     report_written: datetime | None
     dry_run: bool | None
     scans: list[ScanRow]
+    chart: str | None = None  # the report's own chart (states_<day>_<stamp>.png), relative to the reports root
 
     @property
     def counts(self) -> dict[str, int]:
@@ -208,10 +208,13 @@ def als_day(bl, day: date, root: Path, reports: list[ReportFile] | None = None) 
     reports = catalogue(root) if reports is None else reports
     report = als_report_days(reports, bl.id).get(f"{day:%Y%m%d}")
     rows: dict[str, ScanRow] = {}
-    dry_run = None
+    dry_run = chart = None
     if report is not None:
         data = json.loads((root / report.relative).read_text())
         dry_run = bool(data.get("dry_run"))
+        name = data.get("chart")  # a bare file name beside the report, and only if retention has not removed it
+        if isinstance(name, str) and _CHART.fullmatch(name) and (root / report.relative).with_name(name).is_file():
+            chart = f"{report.relative.rsplit('/', 1)[0]}/{name}"
         for s in data.get("scans", []):
             if s.get("day") in (day.isoformat(), "unknown"):
                 rows[s["scan"]] = ScanRow(s["scan"], s["state"], s.get("step"), scrub(s.get("reason", "")))
@@ -230,7 +233,7 @@ def als_day(bl, day: date, root: Path, reports: list[ReportFile] | None = None) 
         if scan in rows:
             rows[scan].run_id, rows[scan].dag_id = run_id, dags.get(run_id)
     return AlsDay(bl.id, day.isoformat(), report, report.modified if report else None, dry_run,
-                  sorted(rows.values(), key=lambda r: r.scan))
+                  sorted(rows.values(), key=lambda r: r.scan), chart)
 
 
 @dataclass
@@ -283,41 +286,10 @@ def als_journey(bl, q: str, root: Path, reports: list[ReportFile]) -> tuple[str,
 
 
 # ---------------------------------------------------------------------------------------------------- chart
-def states_chart_png(labels: list[str], counts: list[dict[str, int]], states: list[str], colours: dict[str, str],
-                     title: str, ylabel: str) -> bytes:
-    """A stacked bar chart of states per day, drawn as the Rubin reconcile's chart (rubin.report.chart_png)."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(labels) + 2.5), 3.4), dpi=100)
-    xs = list(range(len(labels)))
-    bottom = [0] * len(labels)
-    drawn = False
-    for state in states:
-        values = [c.get(state, 0) for c in counts]
-        if any(values):
-            ax.bar(xs, values, width=0.6, bottom=bottom, label=state, color=colours.get(state))
-            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-            drawn = True
-    ax.set_xticks(xs, labels, rotation=45 if len(labels) > 4 else 0, ha="right" if len(labels) > 4 else "center")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    if drawn:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def als_chart_png(beamline: str, days: list[AlsDay]) -> bytes:
     """The ALS reconcile's per-day chart: scans per state on each day, from the newest report of each day."""
+    from facility_data.charts import states_chart_png
+
     states = list(ALS_STATES) + sorted({s for d in days for s in d.counts} - set(ALS_STATES))
-    return states_chart_png([d.day for d in days], [d.counts for d in days], states,
-                            {**ALS_COLOURS, "not reconciled": "#cfd8dc"},
-                            f"Reconcile state per acquisition day ({beamline})", "scans")
+    return states_chart_png([(d.day, d.counts) for d in days], states=states,
+                            title=f"Reconcile state per acquisition day ({beamline})", ylabel="scans")

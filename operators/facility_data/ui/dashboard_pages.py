@@ -207,10 +207,11 @@ def add_dashboard(app: FastAPI, base: Callable[[], Path], *, rubin_context: Call
                 + [esc(s.copies.get(loc, "-")) for loc in locations] + [esc(s.reason),
                    _link(d.run_url(s.dag_id, s.run_id), f"{s.dag_id} {s.run_id}") if s.dag_id and s.run_id
                    else esc(s.run_id or "no run recorded")] for s in result.scans]
+        chart = f" and its {_link(f'{app_root}/file/{quote(result.chart)}', 'chart')}" if result.chart else ""
         source = (f"<p>States from the newest reconcile report of this day, written {_when(result.report_written)}"
                   f"{' (a dry run)' if result.dry_run else ''}: "
-                  f"{_link(f'{app_root}/file/{quote(result.report.relative)}', result.report.relative)}; copies "
-                  f"from the ledger now.</p>" if result.report else
+                  f"{_link(f'{app_root}/file/{quote(result.report.relative)}', result.report.relative)}{chart}; "
+                  f"copies from the ledger now.</p>" if result.report else
                   "<p class='warn'>No reconcile report of this day yet: copies from the ledger only.</p>")
         body = (f"{source}<h2>By state</h2>{_counts(result.counts)}"
                 f'<img alt="reconcile state per day" src="{app_root}/dashboard/als/{bl.id}/chart.png?last={day}">'
