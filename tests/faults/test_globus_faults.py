@@ -78,7 +78,7 @@ def test_502_and_503_on_status_are_retried_and_logged(globus, caplog):
 
 def test_5xx_beyond_the_budget_fails_the_poll_with_the_services_message(globus, caplog):
     answers(*[503] * (retry.ATTEMPTS + 2))
-    trigger = GlobusTaskTrigger(task_id=TASK, conn_id="globus_faults", deadline=time.time() + 3600,
+    trigger = GlobusTaskTrigger(globus_task_id=TASK, conn_id="globus_faults", deadline=time.time() + 3600,
                                 poll_interval=0)
 
     async def first():

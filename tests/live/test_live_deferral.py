@@ -6,6 +6,7 @@ triggerer")."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -18,10 +19,10 @@ def _state(live, run_id: str) -> str:
 
 
 def _logs(live, run_id: str) -> str:
-    """The task's log and the end of the triggerer's, for a failure message."""
-    tail = "\n".join(line for line in live.server.log.read_text(errors="replace").splitlines()
-                     if "trigger" in line.lower())[-4000:]
-    return f"task log:\n{live.task_log(DAG_ID, run_id, 'copy')}\ntriggerer:\n{tail}"
+    """The task's logs (the worker's and the triggerer's files) once the run has ended, for a failure message."""
+    live.server.wait_run(DAG_ID, run_id, timeout=120)
+    logs = sorted((Path(live.server.env["AIRFLOW_HOME"]) / "logs" / f"dag_id={DAG_ID}").rglob("*.log"))
+    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-6000:]}" for p in logs)
 
 
 def test_a_globus_copy_defers_to_the_triggerer_and_resumes_when_globus_finishes(live_airflow):

@@ -175,7 +175,7 @@ def test_service_pending_then_success_returns_result(service):
     from globus_compute_sdk.serialize import ComputeSerializer
 
     op, trigger = deferred_op()
-    assert trigger.task_id == TASK
+    assert trigger.compute_task_id == TASK
     submitted = json.loads([c.request for c in responses.calls if c.request.url.endswith("/submit")][0].body)
     assert list(submitted["tasks"]) == [FUNCTION]  # the registered function, once
     result = ComputeSerializer().serialize({"slices": 1})
@@ -197,7 +197,7 @@ def test_service_failure_carries_remote_traceback(service):
 
 def test_service_deadline_fails_and_says_remote_cannot_be_cancelled(service):
     task_answers({"status": "running"})
-    trigger = GlobusComputeTrigger(task_id=TASK, conn_id="globus_compute_test", deadline=time.time() - 1,
+    trigger = GlobusComputeTrigger(compute_task_id=TASK, conn_id="globus_compute_test", deadline=time.time() - 1,
                                    poll_interval=0)
     event = run_trigger(trigger)
     assert event["status"] == "timeout" and "cannot cancel" in event["message"]
@@ -223,7 +223,7 @@ def test_retry_adopts_a_pending_task_instead_of_submitting_again(service, variab
     variables[submission_key(ctx())[0]] = TASK
     task_answers({"status": "running"})
     op, trigger = deferred_op()
-    assert trigger.task_id == TASK and submissions() == 0
+    assert trigger.compute_task_id == TASK and submissions() == 0
 
 
 def test_retry_after_a_failed_task_submits_again(service, variables):
@@ -233,7 +233,7 @@ def test_retry_after_a_failed_task_submits_again(service, variables):
     responses.add(responses.GET, f"{COMPUTE}/v2/tasks/{old}",
                   json={"task_id": old, "status": "failed", "exception": "RuntimeError: node lost", "completion_t": "1"})
     op, trigger = deferred_op()
-    assert trigger.task_id == TASK and submissions() == 1 and variables == {key: TASK}
+    assert trigger.compute_task_id == TASK and submissions() == 1 and variables == {key: TASK}
 
 
 def test_timeout_keeps_the_record_for_the_retry(service, variables):
@@ -251,5 +251,15 @@ def test_submission_key_is_per_task_instance():
 
 def test_trigger_serialize_round_trip_is_pinned():
     expected = ("facility_data.triggers.globus_compute.GlobusComputeTrigger",
-                {"task_id": "t1", "conn_id": "g", "deadline": 12.5, "poll_interval": 3.0})
+                {"compute_task_id": "t1", "conn_id": "g", "deadline": 12.5, "poll_interval": 3.0})
     assert GlobusComputeTrigger(**expected[1]).serialize() == expected
+
+
+def test_the_triggerer_setting_the_airflow_task_id_does_not_change_the_compute_task_polled():
+    """BaseTrigger overwrites ``task_id`` with the Airflow task's when the triggerer sets ``task_instance``."""
+    from types import SimpleNamespace
+
+    trigger = GlobusComputeTrigger(compute_task_id="t1", conn_id="g", deadline=12.5)
+    trigger.task_instance = SimpleNamespace(task_id="recon", dag_id="d", run_id="r", map_index=-1)
+    assert trigger.task_id == "recon" and trigger.compute_task_id == "t1"
+    assert trigger.describe() == "Globus Compute task t1"

@@ -205,7 +205,7 @@ def test_retry_adopts_the_task_it_already_submitted(globus):
               {"task_id": "22222222-2222-4222-8222-222222222222", "status": "ACTIVE", "label": label})
     task_status("22222222-2222-4222-8222-222222222222", task_doc("22222222-2222-4222-8222-222222222222", "SUCCEEDED"))
     deferred = defer(make_op(globus))
-    assert deferred.trigger.task_id == "22222222-2222-4222-8222-222222222222"
+    assert deferred.trigger.globus_task_id == "22222222-2222-4222-8222-222222222222"
     assert not [c for c in responses.calls if c.request.url.endswith("/v0.10/transfer")]  # nothing resubmitted
     listed = [c.request for c in responses.calls if "/task_list" in c.request.url][0]
     assert "filter=label" in listed.url
@@ -216,7 +216,7 @@ def test_deadline_cancels_the_remote_task(globus):
     task_id = "33333333-3333-4333-8333-333333333333"
     cancel_ok(task_id)
     task_status(task_id, task_doc(task_id, "ACTIVE", "Queued"))
-    trigger = GlobusTaskTrigger(task_id=task_id, conn_id="globus_test", deadline=time.time() - 1, poll_interval=0)
+    trigger = GlobusTaskTrigger(globus_task_id=task_id, conn_id="globus_test", deadline=time.time() - 1, poll_interval=0)
     event = run_trigger(trigger)
     assert event["status"] == "timeout" and "cancel requested" in event["message"]
     assert cancelled(task_id)
@@ -227,11 +227,23 @@ def test_deadline_cancels_the_remote_task(globus):
 
 
 def test_trigger_serialize_round_trip_is_pinned():
-    trigger = GlobusTaskTrigger(task_id="t-1", conn_id="globus_x", deadline=1700000000.5, poll_interval=15)
+    trigger = GlobusTaskTrigger(globus_task_id="t-1", conn_id="globus_x", deadline=1700000000.5, poll_interval=15)
     classpath, kwargs = trigger.serialize()
     assert classpath == "facility_data.triggers.globus.GlobusTaskTrigger"
-    assert kwargs == {"task_id": "t-1", "conn_id": "globus_x", "deadline": 1700000000.5, "poll_interval": 15.0}
+    assert kwargs == {"globus_task_id": "t-1", "conn_id": "globus_x", "deadline": 1700000000.5,
+                      "poll_interval": 15.0}
     assert GlobusTaskTrigger(**kwargs).serialize() == (classpath, kwargs)
+
+
+def test_the_triggerer_setting_the_airflow_task_id_does_not_change_the_globus_task_polled():
+    """The triggerer sets ``trigger.task_instance``, and BaseTrigger then overwrites ``trigger.task_id`` with the
+    Airflow task's id: a trigger keeping the Globus task id there polled task "copy" (404) under a real triggerer."""
+    from types import SimpleNamespace
+
+    trigger = GlobusTaskTrigger(globus_task_id="t-1", conn_id="globus_x", deadline=1700000000.5)
+    trigger.task_instance = SimpleNamespace(task_id="copy", dag_id="d", run_id="r", map_index=-1)
+    assert trigger.task_id == "copy" and trigger.globus_task_id == "t-1"
+    assert trigger.serialize()[1]["globus_task_id"] == "t-1" and trigger.describe() == "Globus task t-1"
 
 
 def test_export_controlled_refused_before_any_request(globus):
@@ -315,7 +327,7 @@ def test_unexpected_api_error_ends_the_wait_with_an_error_event(globus):
     task_id = "44444444-4444-4444-8444-444444444444"
     responses.add(responses.GET, f"{TRANSFER}/task/{task_id}", status=404,
                   json={"code": "TaskNotFound", "message": f"Task {task_id} not found", "request_id": "r"})
-    event = run_trigger(GlobusTaskTrigger(task_id=task_id, conn_id="globus_test", deadline=time.time() + 30,
+    event = run_trigger(GlobusTaskTrigger(globus_task_id=task_id, conn_id="globus_test", deadline=time.time() + 30,
                                           poll_interval=0))
     assert event["status"] == "error" and "TaskNotFound" in event["message"]
 

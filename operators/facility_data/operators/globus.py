@@ -63,7 +63,7 @@ class _GlobusTaskOperator(BaseOperator):
         if self.deferrable:
             from facility_data.triggers.globus import GlobusTaskTrigger
 
-            self.defer(trigger=GlobusTaskTrigger(task_id=task_id, conn_id=self.conn_id,
+            self.defer(trigger=GlobusTaskTrigger(globus_task_id=task_id, conn_id=self.conn_id,
                                                  deadline=time.time() + deadline_seconds,
                                                  poll_interval=self.poll_interval),
                        method_name="execute_complete", kwargs={"started": time.time()},

@@ -110,7 +110,7 @@ class GlobusComputeOperator(BaseOperator):
         if self.deferrable:
             from facility_data.triggers.globus_compute import GlobusComputeTrigger
 
-            self.defer(trigger=GlobusComputeTrigger(task_id=task_id, conn_id=self.conn_id,
+            self.defer(trigger=GlobusComputeTrigger(compute_task_id=task_id, conn_id=self.conn_id,
                                                     deadline=time.time() + deadline_seconds,
                                                     poll_interval=self.poll_interval),
                        method_name="execute_complete", timeout=timedelta(seconds=deadline_seconds + 300))

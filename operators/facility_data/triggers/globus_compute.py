@@ -17,20 +17,20 @@ NO_REMOTE_CANCEL = ("Globus Compute cannot cancel an accepted task; it may still
 
 
 class GlobusComputeTrigger(PollingTrigger):
-    def __init__(self, *, task_id: str, conn_id: str = "globus_default", deadline: float,
+    def __init__(self, *, compute_task_id: str, conn_id: str = "globus_default", deadline: float,
                  poll_interval: float = 30.0):
         super().__init__(deadline=deadline, poll_interval=poll_interval)
-        self.task_id = task_id
+        self.compute_task_id = compute_task_id
         self.conn_id = conn_id
         self._client = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return ("facility_data.triggers.globus_compute.GlobusComputeTrigger",
-                {"task_id": self.task_id, "conn_id": self.conn_id, "deadline": self.deadline,
+                {"compute_task_id": self.compute_task_id, "conn_id": self.conn_id, "deadline": self.deadline,
                  "poll_interval": self.poll_interval})
 
     def describe(self) -> str:
-        return f"Globus Compute task {self.task_id}"
+        return f"Globus Compute task {self.compute_task_id}"
 
     def client(self):
         if self._client is None:
@@ -42,7 +42,7 @@ class GlobusComputeTrigger(PollingTrigger):
     def check(self) -> dict[str, Any]:
         from facility_data.compute import compute_task_state
 
-        return compute_task_state(self.client(), self.task_id)
+        return compute_task_state(self.client(), self.compute_task_id)
 
     def cancel(self) -> str:
         return NO_REMOTE_CANCEL
