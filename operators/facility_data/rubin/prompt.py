@@ -359,3 +359,75 @@ def verdict_lines(summary: dict) -> list[str]:
         if r["problem_count"] > len(r["problems"]):
             lines.append(f"row {r['row']}: ... and {r['problem_count'] - len(r['problems'])} more")
     return lines
+
+
+# ---------------------------------------------------------------------------------------------------- the DAG's run
+#: rubin_unembargo_prompt's conf, a closed schema (the Params' JSON schema checks types at trigger time too)
+PROMPT_CONF = {"day_obs": (str, type(None)), "rows": (list,), "dry_run": (bool,)}
+
+
+def plan(params: dict, conf: object, *, run_type: str | None, data_interval: tuple | None,
+         policy: PromptPolicy) -> list[dict]:
+    """The run's units, one per policy row: ``{"row", "window": [start, end] | None, "day_obs", "dry_run"}``.
+
+    A scheduled or backfill run owns its data interval and refuses the manual-only Params (day_obs, rows); a
+    manual run names a day_obs (and optionally rows), or else uses its data interval if it has one. Raises
+    runs.BadRequest, before any side effect, naming what is wrong."""
+    from datetime import date
+
+    from facility_data.conf import ConfError, check_conf
+    from facility_data.rubin.runs import BadRequest
+
+    try:
+        check_conf(conf, PROMPT_CONF, what="rubin_unembargo_prompt")
+    except ConfError as exc:
+        raise BadRequest(str(exc)) from None
+    params = dict(params or {})
+    problems = []
+    day_obs = params.get("day_obs")
+    if day_obs in ("", None):
+        day_obs = None
+    else:
+        text = str(day_obs)
+        try:
+            if len(text) != 8 or not text.isascii() or not text.isdigit():
+                raise ValueError
+            date(int(text[:4]), int(text[4:6]), int(text[6:]))
+            day_obs = int(text)
+        except ValueError:
+            problems.append(f"day_obs: must be a calendar date YYYYMMDD, got {params.get('day_obs')!r}")
+            day_obs = None
+    rows = params.get("rows") or []
+    if not isinstance(rows, list) or not all(isinstance(r, str) for r in rows):
+        problems.append(f"rows: must be a list of policy row names, got {rows!r}")
+        rows = []
+    known = [r.name for r in policy.rows]
+    unknown = [r for r in rows if r not in known]
+    if unknown:
+        problems.append(f"rows: unknown row(s) {unknown}: the policy has {known}")
+    dry_run = params.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        problems.append(f"dry_run: must be true or false, got {dry_run!r}")
+    kind = str(getattr(run_type, "value", run_type) or "").lower()
+    named = [k for k in ("day_obs", "rows") if params.get(k) not in (None, "", [])]
+    if kind in ("scheduled", "backfill") and named:
+        problems.append(f"{kind} runs unembargo exactly their data interval; Params {', '.join(named)} are for "
+                        f"manual runs only")
+    window = None
+    if day_obs is None and not problems:
+        if not data_interval or data_interval[0] is None or data_interval[1] is None:
+            problems.append("day_obs: a run without a data interval must name a day_obs")
+        else:
+            window = [_aware(data_interval[0]).isoformat(), _aware(data_interval[1]).isoformat()]
+    if problems:
+        raise BadRequest("; ".join(problems))
+    return [{"row": name, "window": window, "day_obs": day_obs, "dry_run": dry_run}
+            for name in (list(dict.fromkeys(rows)) or known)]
+
+
+def run_unit(ctx: PromptContext, unit: dict) -> dict:
+    """One unit of :func:`plan` (one row of the policy) in ``ctx``."""
+    window = unit.get("window")
+    return run_row(ctx, ctx.policy.row(unit["row"]),
+                   window=tuple(datetime.fromisoformat(w) for w in window) if window else None,
+                   day_obs=unit.get("day_obs"))
