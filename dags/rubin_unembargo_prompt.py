@@ -56,14 +56,16 @@ with DAG(
             raise AirflowFailException(f"bad request, nothing done: {exc}") from None
 
     @task(map_index_template="{{ row_name }}", show_return_value_in_logs=False)
-    def transfer(unit: dict, **context) -> dict:
+    def transfer(unit: dict) -> dict:
         """One policy row: select, compare, transfer_from, verify. Fails (after recording its summary under
         XCom key row_summary) when anything due was not transferred and verified."""
+        from airflow.sdk import get_current_context
         from airflow.sdk.exceptions import AirflowFailException
 
         from facility_data.rubin.prompt import PromptContext, run_unit
         from facility_data.rubin.prompt_policy import load_prompt_policy
 
+        context = get_current_context()  # the map index template reads this context, not a **kwargs copy
         context["row_name"] = unit["row"]
         out = run_unit(PromptContext(load_prompt_policy(), dry_run=unit["dry_run"]), unit)
         context["ti"].xcom_push(key="row_summary", value=out)
