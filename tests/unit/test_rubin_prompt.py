@@ -101,8 +101,9 @@ def test_released_products_are_transferred_with_their_dimension_records(night, d
         assert {r.id for r in recs} == visits(night, range(4))  # transfer_dimensions brought the visits
 
 
-def test_still_embargoed_products_are_held_and_fail_the_run(night, dests):
-    pol = policy(night, dests[:1])
+@pytest.mark.parametrize("where", ["", "visit.id > 0 OR visit.id <= 0"])  # a row's where cannot widen the time
+def test_still_embargoed_products_are_held_and_fail_the_run(night, dests, where):
+    pol = policy(night, dests[:1], row(where=where))
     now = release(night, 1) + timedelta(seconds=1)  # visits 0-1 released, 2-3 not
     out = prompt.run(ctx_at(pol, now), day_obs=night.day_obs)
     assert not out["ok"] and out["transferred"] == 6
