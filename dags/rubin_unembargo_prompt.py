@@ -95,12 +95,16 @@ with DAG(
         recorded = ti.xcom_pull(task_ids="transfer", key="row_summary", map_indexes=indexes) if indexes else []
         if not isinstance(recorded, list):
             recorded = [recorded]
+        # matched by row name (unique in the policy), not by position: a row that pushed nothing leaves no gap
+        by_row = {r["row"]: r for r in recorded if isinstance(r, dict) and "row" in r}
         results, missing = [], []
-        for unit, got in zip(units, list(recorded) + [None] * (len(units) - len(recorded)), strict=True):
-            if isinstance(got, dict) and got.get("row") == unit["row"]:
-                results.append(got)
-            else:
+        for i, unit in enumerate(units):
+            got = by_row.get(unit["row"])
+            # a green summary counts only if its task succeeded in this run
+            if got is None or (got.get("ok") and states.get(f"transfer_{i}") != "success"):
                 missing.append(unit["row"])
+            else:
+                results.append(got)
         out = summarize(results, dry_run=bool(units and units[0]["dry_run"]), missing=missing)
         logging.getLogger("rubin_unembargo_prompt").info(
             "summary: %d row(s), %d selected, %d transferred, %d already present, %d would transfer, %d problem(s)",
