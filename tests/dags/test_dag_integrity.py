@@ -16,6 +16,7 @@ DAG_FILES = sorted(p for p in (REPO / "dags").glob("*.py") if not p.name.startsw
 CONTRACT_IDS = {
     "bl832_new_file", "bl832_recon_nersc", "bl832_recon_alcf", "bl832_recon_local", "bl832_prune",
     "bl7012_new_file", "bl733_new_file", "rubin_unembargo_raw", "rubin_unembargo_reconcile",
+    "rubin_unembargo_prompt",
 }
 # SDKs that must only be imported inside tasks (Principle 7: cheap DAG parsing).
 HEAVY = ["globus_sdk", "globus_compute_sdk", "sfapi_client", "rucio", "lsst", "boto3", "botocore", "h5py",

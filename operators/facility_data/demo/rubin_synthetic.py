@@ -345,3 +345,35 @@ def write_policy(policy: EmbargoPolicy, path: str | Path) -> Path:
     path = Path(path)
     path.write_text(yaml.safe_dump(policy.model_dump(mode="json", exclude_none=True), sort_keys=False))
     return path
+
+
+#: prompt products of the synthetic night: a calexp-like (visit + detector) and a catalogue-like (visit) type
+PROMPT_TYPES = {"calexp": ("instrument", "visit", "detector"), "sourceTable_visit": ("instrument", "visit")}
+
+
+def add_prompt_products(night: Night, *, runs: tuple[str, ...] = ("LSSTCam/prompt/output-1",
+                                                                  "LSSTCam/prompt/output-2"),
+                        detectors: int = 2) -> dict[str, list[str]]:
+    """Put prompt-processing outputs of every on-sky exposure's visit into the source Butler, the visits split
+    between ``runs`` in order: per visit one ``calexp`` per detector (0..detectors-1) and one ``sourceTable_visit``
+    (StructuredDataDict: no pipeline stack needed to read them). Returns run -> obs_ids it holds."""
+    from lsst.daf.butler import Butler, DatasetType
+
+    source = Butler.from_config(str(night.source_repo), writeable=True)
+    for name, dims in PROMPT_TYPES.items():
+        source.registry.registerDatasetType(DatasetType(name, dims, "StructuredDataDict",
+                                                        universe=source.dimensions))
+    visits = [o for o in night.obs_ids if o not in night.calibs]
+    per_run = -(-len(visits) // len(runs))
+    out: dict[str, list[str]] = {}
+    for i, run in enumerate(runs):
+        source.registry.registerRun(run)
+        out[run] = visits[i * per_run:(i + 1) * per_run]
+        for obs_id in out[run]:
+            visit = night.exposure_ids[obs_id]
+            for det in range(detectors):
+                source.put({"obs_id": obs_id, "detector": det, "kind": "calexp"}, "calexp", instrument=INSTRUMENT,
+                           visit=visit, detector=det, run=run)
+            source.put({"obs_id": obs_id, "sources": [[det, 1.5 * det] for det in range(detectors)]},
+                       "sourceTable_visit", instrument=INSTRUMENT, visit=visit, run=run)
+    return out
