@@ -337,7 +337,8 @@ class _ReadAhead:
                 with self.cond:
                     self.done[i] = True
                     self.cond.notify_all()
-            except Exception as exc:  # final (iter_chunks retried the transient ones): fails the iteration
+            # final (iter_chunks retried the transient ones); anything, or the consumer would wait forever
+            except BaseException as exc:  # noqa: BLE001
                 with self.cond:
                     if self.error is None:
                         self.error = exc
