@@ -10,6 +10,8 @@ import warnings
 from datetime import timedelta
 from pathlib import Path
 
+from facility_data.rubin.storage import serial_objects
+
 warnings.filterwarnings("ignore", module="erfa")
 
 
@@ -70,6 +72,9 @@ class SlowStore:
 
     def __getattr__(self, name):
         return getattr(self._store, name)
+
+    def iter_objects(self, objects):
+        return serial_objects(self, objects)  # through this wrapper's iter_chunks
 
     def iter_chunks(self, key):
         for chunk in self._store.iter_chunks(key):

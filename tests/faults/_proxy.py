@@ -9,6 +9,8 @@ also to the response bytes still flowing on open ones):
   dying load balancer or server does; after ``times`` resets it passes again. ``n=0`` resets as soon as the server starts answering (the request reached the server: a lost
   response after the server acted).
 * ``stall()``: accept and read, never answer, on new and open connections (the client's read timeout decides).
+* ``latency(seconds)``: every piece of client-to-server data (a GET request is one) is forwarded that much later,
+  on each connection independently: a per-request round trip to a distant server. Combines with the other modes.
 * ``down()`` / ``up()``: stop listening (new connections are refused, like a stopped server; open ones are cut) and
   listen again on the same port.
 
@@ -21,6 +23,7 @@ import select
 import socket
 import struct
 import threading
+import time
 from collections import Counter
 
 from facility_data.localsite.procs import free_port
@@ -46,6 +49,7 @@ class FaultProxy:
         self._mode = "pass"
         self._reset_after: int | None = None
         self._reset_times = self._left = 0
+        self._latency = 0.0
         self._conns: set[socket.socket] = set()
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -63,6 +67,9 @@ class FaultProxy:
     def reset_after(self, n: int, times: int = 1) -> None:
         with self._lock:
             self._mode, self._reset_after, self._reset_times, self._left = "pass", n, times, n
+
+    def latency(self, seconds: float) -> None:
+        self._latency = max(0.0, seconds)
 
     def stall(self) -> None:
         with self._lock:
@@ -157,6 +164,8 @@ class FaultProxy:
                     data = client.recv(_BUF)
                     if not data:
                         break
+                    if self._latency:
+                        time.sleep(self._latency)  # this connection only: the others relay meanwhile
                     server.sendall(data)
                 if server in readable:
                     data = server.recv(_BUF)

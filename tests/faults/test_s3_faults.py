@@ -56,10 +56,14 @@ def s3_night(site, tmp_path, monkeypatch):
     return night, policy, exp
 
 
-def proxied_context(site, policy, proxy, exp, **client_config) -> steps.Context:
-    """A Context reading the store through the proxy, its listing and Butler facts read while the proxy passes."""
-    ctx = steps.Context(policy, store=S3Store(s3_client(proxy.url, **client_config), policy.storage.root[5:]),
-                        rucio=site.rucio_client())
+def proxied_context(site, policy, proxy, exp, *, serial: bool = False, **client_config) -> steps.Context:
+    """A Context reading the store through the proxy, its listing and Butler facts read while the proxy passes.
+    ``serial``: one GET at a time (no read-ahead), so a fault lands on a known object (the proxy's reset countdown
+    is shared by all connections); the read-ahead's own fault tests are in test_s3_read_ahead.py."""
+    store = S3Store(s3_client(proxy.url, **client_config), policy.storage.root[5:],
+                    read_ahead_bytes=0 if serial else policy.storage.read_ahead_bytes,
+                    parallel_reads=policy.storage.parallel_reads)
+    ctx = steps.Context(policy, store=store, rucio=site.rucio_client())
     ctx.objects(exp), ctx.refs(exp)  # noqa: B018 - primed: the faults hit the zip step's object reads
     return ctx
 
@@ -83,7 +87,7 @@ def retry_lines(caplog) -> list[str]:
 
 def test_reset_mid_read_resumes_and_the_zip_is_byte_identical(site, s3_night, proxy, tmp_path, caplog):
     night, policy, exp = s3_night
-    ctx = proxied_context(site, policy, proxy, exp)
+    ctx = proxied_context(site, policy, proxy, exp, serial=True)
     first = ctx.objects(exp)[0]  # the zip reads members in name order
     proxy.reset_after(FILE_SIZE // 3, times=2)  # the first raw object's read is cut twice, a third apart
     with caplog.at_level(logging.WARNING, logger=retry.__name__):
@@ -99,7 +103,7 @@ def test_reset_mid_read_resumes_and_the_zip_is_byte_identical(site, s3_night, pr
 
 def test_resets_beyond_the_budget_fail_naming_the_object_and_leave_nothing(site, s3_night, proxy, caplog):
     night, policy, exp = s3_night
-    ctx = proxied_context(site, policy, proxy, exp)
+    ctx = proxied_context(site, policy, proxy, exp, serial=True)
     first = ctx.objects(exp)[0]  # the zip reads members in name order
     proxy.reset_after(FILE_SIZE // 3, times=100)
     with caplog.at_level(logging.WARNING, logger=retry.__name__), pytest.raises(StoreReadFailed) as err:
@@ -113,7 +117,7 @@ def test_resets_beyond_the_budget_fail_naming_the_object_and_leave_nothing(site,
 
 def test_object_replaced_between_a_reset_and_the_resume_is_never_spliced(site, s3_night, proxy, caplog):
     night, policy, exp = s3_night
-    ctx = proxied_context(site, policy, proxy, exp)
+    ctx = proxied_context(site, policy, proxy, exp, serial=True)
     first = ctx.objects(exp)[0]
 
     class ReplaceOnRetry(logging.Handler):  # the summit rewrites the object while the read is cut

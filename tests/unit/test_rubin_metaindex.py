@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from facility_data.demo.rubin_synthetic import build_night
 from facility_data.rubin.metaindex import HeaderCollector, metadata_index
-from facility_data.rubin.storage import LocalStore
+from facility_data.rubin.storage import LocalStore, serial_objects
 from facility_data.rubin.zipbuild import METADATA_INDEX, build_zip
 
 BUTLER_INDEX = b'{"artifact_map": {}}'
@@ -49,6 +49,9 @@ class CountingStore:
 
     def __getattr__(self, name):
         return getattr(self._store, name)
+
+    def iter_objects(self, objects):
+        return serial_objects(self, objects)  # through this wrapper's iter_chunks
 
     def iter_chunks(self, key):
         for chunk in self._store.iter_chunks(key):

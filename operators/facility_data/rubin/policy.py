@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from facility_data.config import ConfigError, include_dir, load_model
+from facility_data.rubin.storage import PARALLEL_READS, READ_AHEAD_BYTES
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
@@ -67,6 +68,10 @@ class Storage(_Strict):
     kind: Literal["local", "s3"]
     root: str  # local directory, or s3://bucket[/prefix]
     aws_conn_id: str | None = None
+    #: an s3 store's zip reads: GETs in flight at once, and the bytes they may read ahead of the zip writer (an
+    #: object larger than this is read alone); 0 or 1 reads one object at a time
+    read_ahead_bytes: int = Field(default=READ_AHEAD_BYTES, ge=0)
+    parallel_reads: int = Field(default=PARALLEL_READS, ge=1, le=64)
 
     @model_validator(mode="after")
     def _s3_needs_conn(self):

@@ -7,11 +7,13 @@ site's S3 API server) through a boto3 client that :func:`open_store` takes from 
 
 from __future__ import annotations
 
+import collections
 import functools
 import mmap
 import os
 import shutil
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
@@ -19,6 +21,9 @@ from typing import BinaryIO, Protocol
 from facility_data.retry import Attempts, call_with_retry, is_transient_s3
 
 CHUNK = 8 * 1024 * 1024
+#: read-ahead defaults of an S3 store (the policy's storage block may change them)
+READ_AHEAD_BYTES = 64 << 20
+PARALLEL_READS = 4
 
 
 class StoreReadFailed(RuntimeError):
@@ -55,10 +60,18 @@ def folder_key(instrument: str, day_obs: int, obs_id: str) -> str:
 class EmbargoStore(Protocol):
     def list_folder(self, instrument: str, day_obs: int, obs_id: str) -> list[StoredObject]: ...
     def iter_chunks(self, key: str) -> Iterator[bytes | memoryview]: ...
+    def iter_objects(self, objects: Sequence[StoredObject]) -> Iterator[tuple[str, Iterator[bytes | memoryview]]]:
+        ...
     def read(self, key: str) -> bytes: ...
     def put(self, key: str, data: bytes | BinaryIO) -> None: ...
     def uri(self, key: str) -> str: ...
     def list_day(self, instrument: str, day_obs: int) -> list[str]: ...
+
+
+def serial_objects(store, objects: Sequence[StoredObject]) -> Iterator[tuple[str, Iterator]]:
+    """``iter_objects`` without read-ahead: each object's chunks from ``store.iter_chunks``, one after the other."""
+    for obj in objects:
+        yield obj.key, store.iter_chunks(obj.key)
 
 
 class LocalStore:
@@ -112,6 +125,10 @@ class LocalStore:
         for start in range(0, len(view), CHUNK):
             yield view[start:start + CHUNK]
 
+    def iter_objects(self, objects: Sequence[StoredObject]) -> Iterator[tuple[str, Iterator[memoryview]]]:
+        """Serial: a mapped file needs no read-ahead (the page cache and MAP_POPULATE are it)."""
+        return serial_objects(self, objects)
+
     def read(self, key: str) -> bytes:
         return self._path(key).read_bytes()
 
@@ -131,8 +148,17 @@ class LocalStore:
 class S3Store:
     """Embargo store in an S3 bucket; every call is retried on transient faults (bounded, see retry.py)."""
 
-    def __init__(self, client, bucket: str, prefix: str = ""):
+    def __init__(self, client, bucket: str, prefix: str = "", *, read_ahead_bytes: int = READ_AHEAD_BYTES,
+                 parallel_reads: int = PARALLEL_READS):
         self.client, self.bucket, self.prefix = client, bucket, prefix.strip("/") + "/" if prefix.strip("/") else ""
+        if read_ahead_bytes < 0 or parallel_reads < 1:
+            raise ValueError(f"read_ahead_bytes must be >= 0 and parallel_reads >= 1, got {read_ahead_bytes}, "
+                             f"{parallel_reads}")
+        self.read_ahead_bytes, self.parallel_reads = read_ahead_bytes, parallel_reads
+        #: the most bytes read ahead and not yet handed to the consumer during the last ``iter_objects``
+        self.peak_in_flight = 0
+        #: the most objects being read at once during the last ``iter_objects``
+        self.peak_reads = 0
 
     def __repr__(self) -> str:
         return f"S3Store(s3://{self.bucket}/{self.prefix})"
@@ -216,6 +242,20 @@ class S3Store:
             finally:
                 resp["Body"].close()
 
+    def iter_objects(self, objects: Sequence[StoredObject]) -> Iterator[tuple[str, Iterator[bytes]]]:
+        """(key, chunks) for each object, in the given order, while up to ``parallel_reads`` GETs read the next
+        objects ahead. Memory is bounded: an object is started only while the objects started and not yet consumed
+        total at most ``read_ahead_bytes`` with it (or none is: a larger object then goes alone), so the bytes held
+        never exceed the budget plus one object (``peak_in_flight`` records them). Each object keeps the retries
+        and ETag-pinned resume of :meth:`iter_chunks`; the first object that fails for good fails the iteration
+        (at the consumer's next chunk, whichever object it is on) and stops the other reads. ``read_ahead_bytes``
+        0 or ``parallel_reads`` 1: serial, one GET at a time."""
+        objects = list(objects)
+        self.peak_in_flight, self.peak_reads = 0, min(1, len(objects))
+        if not self.read_ahead_bytes or self.parallel_reads < 2 or len(objects) < 2:
+            return serial_objects(self, objects)
+        return _ReadAhead(self, objects).run()
+
     def read(self, key: str) -> bytes:
         return self._retry(
             lambda: self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read(), key)
@@ -230,6 +270,109 @@ class S3Store:
         return f"s3://{self.bucket}/{self.prefix}{key}"
 
 
+class _ReadAhead:
+    """One ``S3Store.iter_objects`` pass: worker threads take the objects in order as the budget allows and append
+    their chunks to per-object queues; the consumer drains them in order and releases each object's budget."""
+
+    def __init__(self, store: S3Store, objects: list[StoredObject]):
+        self.store, self.objects = store, objects
+        self.cond = threading.Condition()
+        self.queues = [collections.deque() for _ in objects]
+        self.done = [False] * len(objects)
+        self.released = [False] * len(objects)
+        self.next = 0  # the next object a worker takes
+        self.reserved = 0  # sizes of the objects taken and not yet released by the consumer
+        self.held = 0  # bytes read and not yet handed to the consumer
+        self.reading = 0  # objects being read now
+        self.error: BaseException | None = None
+        self.stopped = False
+
+    def run(self) -> Iterator[tuple[str, Iterator[bytes]]]:
+        n = min(self.store.parallel_reads, len(self.objects))
+        threads = [threading.Thread(target=self._work, daemon=True, name=f"s3-read-ahead-{i}") for i in range(n)]
+        for t in threads:
+            t.start()
+        try:
+            for i, obj in enumerate(self.objects):
+                yield obj.key, self._chunks(i)
+                self._release(i)
+        finally:
+            with self.cond:
+                self.stopped = True
+                self.cond.notify_all()
+            # a worker stops at its next chunk; not waited for, so a failure is reported at once
+
+    def _admissible(self) -> bool:
+        i = self.next
+        if i >= len(self.objects):
+            return False
+        size = self.objects[i].size
+        return self.reserved == 0 or self.reserved + size <= self.store.read_ahead_bytes
+
+    def _work(self) -> None:
+        while True:
+            with self.cond:
+                while not self.stopped and self.error is None and self.next < len(self.objects) \
+                        and not self._admissible():
+                    self.cond.wait()
+                if self.stopped or self.error is not None or self.next >= len(self.objects):
+                    return
+                i = self.next
+                self.next += 1
+                self.reserved += self.objects[i].size
+                self.reading += 1
+                self.store.peak_reads = max(self.store.peak_reads, self.reading)
+            chunks = self.store.iter_chunks(self.objects[i].key)
+            try:
+                for chunk in chunks:
+                    with self.cond:
+                        if self.stopped or self.error is not None:
+                            return
+                        if self.released[i]:
+                            break  # the consumer moved on without it
+                        self.queues[i].append(chunk)
+                        self.held += len(chunk)
+                        self.store.peak_in_flight = max(self.store.peak_in_flight, self.held)
+                        self.cond.notify_all()
+                with self.cond:
+                    self.done[i] = True
+                    self.cond.notify_all()
+            # final (iter_chunks retried the transient ones); anything, or the consumer would wait forever
+            except BaseException as exc:  # noqa: BLE001
+                with self.cond:
+                    if self.error is None:
+                        self.error = exc
+                    self.cond.notify_all()
+                return
+            finally:
+                chunks.close()
+                with self.cond:
+                    self.reading -= 1
+
+    def _chunks(self, i: int) -> Iterator[bytes]:
+        q = self.queues[i]
+        while True:
+            with self.cond:
+                while not q and not self.done[i] and self.error is None:
+                    self.cond.wait()
+                if self.error is not None:
+                    raise self.error
+                if not q:
+                    return
+                chunk = q.popleft()
+                self.held -= len(chunk)
+                self.cond.notify_all()
+            yield chunk
+
+    def _release(self, i: int) -> None:
+        with self.cond:
+            self.released[i] = True
+            self.held -= sum(len(c) for c in self.queues[i])
+            self.queues[i].clear()
+            self.reserved -= self.objects[i].size
+            self.cond.notify_all()
+
+
 def open_store(storage) -> EmbargoStore:
     """The store a policy's ``storage`` section describes; S3 credentials come from its Airflow aws connection."""
     if storage.kind == "local":
@@ -238,4 +381,5 @@ def open_store(storage) -> EmbargoStore:
 
     client = S3Hook(aws_conn_id=storage.aws_conn_id).get_conn()
     bucket, _, prefix = storage.root.removeprefix("s3://").partition("/")
-    return S3Store(client, bucket, prefix)
+    return S3Store(client, bucket, prefix, read_ahead_bytes=storage.read_ahead_bytes,
+                   parallel_reads=storage.parallel_reads)

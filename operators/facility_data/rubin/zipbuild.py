@@ -14,6 +14,7 @@ exists: a racer never overwrites, and the loser verifies the winner's zip agains
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -231,15 +232,18 @@ def _member_info(name: str, size: int) -> zipfile.ZipInfo:
 def _write_members(zf: zipfile.ZipFile, store: EmbargoStore, objects: list[StoredObject], names: list[str],
                    sidecars: dict[str, bytes], butler_index: bytes) -> None:
     headers: dict[str, dict | None] = {}
-    with zf:
-        for obj in objects:
+    # the store reads the next objects ahead (S3) while this thread writes and hashes the current one
+    with zf, contextlib.closing(store.iter_objects(objects)) as reads:
+        for obj, (key, chunks) in zip(objects, reads, strict=True):
+            if key != obj.key:  # iter_objects keeps the order; a member's bytes under another name is never written
+                raise RuntimeError(f"store read {key} where {obj.key} was due")
             info = _member_info(obj.name, obj.size)
             n = 0
             keep = obj.name.endswith(".json") and obj.size < 1 << 20
             parts = []
             fits = HeaderCollector(obj.name) if obj.name.endswith(FITS_SUFFIXES) else None
             with zf.open(info, "w", force_zip64=obj.size >= zipfile.ZIP64_LIMIT) as member:
-                for chunk in store.iter_chunks(obj.key):
+                for chunk in chunks:
                     member.write(chunk)
                     n += len(chunk)
                     if keep:
@@ -326,11 +330,11 @@ def verify_zip(path: Path, store: EmbargoStore, objects: Iterable[StoredObject],
     problem = quick_check(path, objects)
     if problem:
         raise InconsistentArtifact(f"{path}: {problem}")
-    with zipfile.ZipFile(path) as zf:
-        for obj in objects:
+    with zipfile.ZipFile(path) as zf, contextlib.closing(store.iter_objects(objects)) as reads:
+        for obj, (_key, chunks) in zip(objects, reads, strict=True):
             info = zf.getinfo(obj.name)
             crc = 0
-            for chunk in store.iter_chunks(obj.key):
+            for chunk in chunks:
                 crc = zlib_ng.crc32(chunk, crc)
             if crc != info.CRC:
                 raise InconsistentArtifact(f"{path}: member {obj.name} differs from embargo object {obj.key}")
