@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from _fault_workers import hold_lease, released, slow_zip
+from _fault_workers import hold_lease, released, slow_zip, wait_for
 
 from facility_data.demo.rubin_synthetic import build_night, unique_day_obs, write_policy
 from facility_data.rubin import lease, reconcile, steps
@@ -35,13 +35,6 @@ def night(tmp_path):
 
 def exposures(night, policy=None):
     return released(policy or night.policy(), night.day_obs, night.ends[night.obs_ids[-1]])
-
-
-def wait_for(pred, timeout=60.0, what="condition"):
-    end = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def start_holder(tmp_path, path: Path, *, dead: bool):
