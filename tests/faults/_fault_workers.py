@@ -170,9 +170,7 @@ def _pause(marker: str, point: str) -> None:
 def _pause_at(point: str, marker: str) -> None:
     """Monkeypatch (in this process only) the call where ``point`` is reached so that it pauses there."""
     from lsst.daf.butler.datastores.fileDatastore import FileDatastore
-    from lsst.daf.butler.direct_butler import DirectButler
     from rucio.client.didclient import DIDClient
-    from rucio.client.replicaclient import ReplicaClient
 
     from facility_data.rubin import lease, steps, zipbuild
 
@@ -191,8 +189,6 @@ def _pause_at(point: str, marker: str) -> None:
         def open_store(storage):
             return _PausingStore(opened(storage), marker, point, at_object=2)
         steps.open_store = open_store
-    elif point == "zip:before-install":  # the temporary zip complete and fsynced, not yet linked to its final path
-        before(zipbuild, "_install", lambda tmp, dest: dest.suffix == ".zip")
     elif point == "zip:after-install":  # the zip linked to its final path, its temporary (same inode) not removed
         before(zipbuild, "_remove_temp", lambda tmp: ".zip." in tmp.name and (
             tmp.parent / (tmp.name[1:].split(".zip.")[0] + ".zip")).exists())
@@ -200,11 +196,6 @@ def _pause_at(point: str, marker: str) -> None:
         before(zipbuild, "_install", lambda tmp, dest: dest.name.endswith("_dimensions.yaml"))
     elif point == "butler:in-transaction":  # datasets inserted in the registry's open transaction, no artifact yet
         before(FileDatastore, "ingest_zip")
-    elif point == "butler:records-only":  # dimension records (visits) transferred and committed, no dataset yet
-        before(DirectButler, "ingest_zip")
-    elif point == "rucio:one-replica":  # the zip's replica registered, the yaml's not
-        calls = []
-        before(ReplicaClient, "add_replicas", lambda *a, **k: calls.append(1) or len(calls) == 2)
     elif point == "rucio:before-close":  # every replica registered and attached, the Obs dataset still open
         before(DIDClient, "close")
     elif point == "done:lease-held":  # every sink complete, the lease not yet released
@@ -229,11 +220,13 @@ class _PausingStore:
         yield from self._store.iter_chunks(key)
 
 
-def run_exposure_until(policy, exposure, point: str, marker: str) -> None:
-    """steps.run_exposure as a worker runs it (default Context: Butlers by URI, Rucio through the Airflow
-    connection), paused at ``point`` to be SIGKILLed there. Reaching the end means the point was never reached."""
+def run_exposure_until(policy, exposure, point: str, marker: str, site_root: str) -> None:
+    """steps.run_exposure as a worker runs it, paused at ``point`` to be SIGKILLed there; reaching the end means the
+    point was never reached. Rucio is the local site's client itself, not through the Airflow hook: importing
+    Airflow would double the worker's start-up, and the hook plays no part in what a kill leaves."""
+    from facility_data.localsite import Site
     from facility_data.rubin import steps
 
     _pause_at(point, marker)
-    steps.run_exposure(steps.Context(policy, lease_wait_s=0), exposure)
+    steps.run_exposure(steps.Context(policy, rucio=Site(Path(site_root)).rucio_client, lease_wait_s=0), exposure)
     _report(Path(marker), {"pid": os.getpid(), "point": None})
