@@ -23,7 +23,7 @@ import pytest
 from _fault_workers import end_state, released, run_exposure_until, wait_for
 
 from facility_data.demo.rubin_synthetic import build_night, unique_day_obs
-from facility_data.rubin import lease, steps
+from facility_data.rubin import lease, rucioreg, steps
 from facility_data.rubin.sinks import temporary_files
 
 pytestmark = pytest.mark.integration
@@ -94,6 +94,8 @@ def kill_at(site, tmp_path, policy, exp, point: str) -> int:
 @pytest.mark.parametrize("point", list(POINTS))
 def test_sigkill_at_a_step_boundary_then_the_rerun_converges_to_a_clean_runs_state(site, conns, clean, tmp_path,
                                                                                     point):
+    from lsst.daf.butler import Butler
+
     night, policy, exp = one_exposure(site, tmp_path)
     p = steps.paths(policy, exp)
     names = steps.step_names(policy)
@@ -110,6 +112,13 @@ def test_sigkill_at_a_step_boundary_then_the_rerun_converges_to_a_clean_runs_sta
     # the read-only (deep) status: complete up to the interrupted step, which is missing; never a false INCONSISTENT
     status = steps.exposure_status(steps.Context(policy), exp, deep=True)
     assert status.first_missing == missing and set(status.steps.values()) <= {"done", "missing"}, status
+    if point == "butler:in-transaction":  # SQLite rolled the killed transaction back: not one dataset registered
+        dest = Butler.from_config(str(night.destination_repos[0]))
+        refs = steps.Context(policy).refs(exp)
+        assert refs and [dest.get_dataset(r.id) for r in refs] == [None] * len(refs)
+    if point == "rucio:before-close":  # files attached to the Obs dataset, which is still open
+        obs = rucioreg.did_names(exp.instrument, exp.day_obs, exp.obs_id, [])[1]
+        assert site.rucio_client().get_did(policy.rucio.scope, obs)["open"] is True
     temps = temporary_files(policy, exp.instrument, exp.day_obs)
     assert all(t["owner_dead"] for t in temps), temps  # a leftover is recognisable as a dead owner's
     if point.startswith(("zip:", "dimensions:")):  # the interrupted writer's temporary
