@@ -163,6 +163,22 @@ def test_temp_of_a_live_owner_on_this_host_is_kept(night):
     assert live.exists()
 
 
+def test_dead_owners_temp_beside_an_installed_zip_is_removed_by_a_real_run_not_a_dry_one(night):
+    """A run killed between installing the zip (a hard link) and removing its temporary leaves a second link of the
+    zip; the next run finds the zip verified and must still remove it (it used to stay for ever)."""
+    policy = night.policy()
+    exp = exposures(night)[0]
+    p = steps.paths(policy, exp).zip
+    assert steps.run_zip(steps.Context(policy), exp).state == "done"
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    leftover = p.parent / f".{p.name}.{lease._TOKEN_HOST}_{gone.pid}_deadbeef.tmp"
+    os.link(p, leftover)
+    assert steps.run_zip(steps.Context(policy, dry_run=True), exp).state == "verified" and leftover.exists()
+    assert steps.run_zip(steps.Context(policy), exp).state == "verified"
+    assert not leftover.exists() and p.exists() and p.stat().st_nlink == 1
+
+
 @pytest.fixture
 def tiny_fs(tmp_path):
     """A 16 KiB tmpfs (root only): a destination that fills up mid-zip."""
