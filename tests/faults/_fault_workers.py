@@ -116,3 +116,122 @@ def contend(path: str, barrier, log: str, hold_s: float) -> None:
     held.release()
     with open(log, "a") as f:
         f.write(f"{os.getpid()} {began} {ended}\n")
+
+
+def wait_for(pred, timeout=60.0, what="condition"):
+    end = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def end_state(site, night, policy, exp) -> dict:
+    """Everything the steps leave for one exposure, with its obs_id, day_obs and destination prefix normalised."""
+    from lsst.daf.butler import Butler
+
+    from facility_data.rubin import rucioreg, steps
+    from facility_data.rubin.zipbuild import file_hashes
+
+    client = site.rucio_client()
+    p = steps.paths(policy, exp)
+
+    def norm(s: str) -> str:
+        return s.replace(str(policy.destination_prefix), "PREFIX").replace(exp.obs_id, "OBS").replace(
+            str(exp.day_obs), "DAY")
+
+    _, obs = rucioreg.did_names(exp.instrument, exp.day_obs, exp.obs_id, [])
+    state = {"obs_open": client.get_did("raw", obs)["open"],
+             "obs_content": sorted(norm(c["name"]) for c in client.list_content("raw", obs)),
+             "obs_meta": {k: v for k, v in client.get_metadata("raw", obs, plugin="ALL").items()
+                          if k in ("arcBackup", "SafeCopies")}}
+    for f in (p.zip, p.yaml):
+        name = f"{exp.instrument}/{exp.day_obs}/{f.name}"
+        did, h = client.get_did("raw", name), file_hashes(f)
+        state[norm(name)] = {
+            "hashes_match": (did["bytes"], did["md5"], did["adler32"]) == (h.bytes, h.md5, h.adler32),
+            "meta": client.get_metadata("raw", name, plugin="ALL").get("rubin_butler"),
+            "parents": sorted(norm(x["name"]) for x in client.list_parent_dids("raw", name)),
+            "pfns": [norm(pfn) for r in client.list_replicas([{"scope": "raw", "name": name}])
+                     for pfn in r["rses"].get("SLAC_RAW_DISK", [])]}
+    for i, repo in enumerate(night.destination_repos):
+        b = Butler.from_config(str(repo))
+        state[f"dest{i}:datasets"] = len(b.query_datasets("raw", collections="LSSTCam/raw/all", instrument="LSSTCam",
+                                                          exposure=exp.exposure, explain=False))
+        state[f"dest{i}:visits"] = len(b.query_dimension_records("visit", instrument="LSSTCam", visit=exp.exposure,
+                                                                 explain=False))
+    state["leftovers"] = sorted(norm(str(f)) for f in p.zip.parent.glob(".*"))  # temporaries, leases
+    state["deep_complete"] = steps.exposure_status(steps.Context(policy), exp, deep=True).complete
+    return state
+
+
+# ------------------------------------------------------------------------------------------------ kill points
+def _pause(marker: str, point: str) -> None:
+    """Say where this process is (``marker``, written atomically), then block until the test SIGKILLs it."""
+    _report(Path(marker), {"pid": os.getpid(), "point": point})
+    while True:
+        time.sleep(60)
+
+
+def _pause_at(point: str, marker: str) -> None:
+    """Monkeypatch (in this process only) the call where ``point`` is reached so that it pauses there."""
+    from lsst.daf.butler.datastores.fileDatastore import FileDatastore
+    from rucio.client.didclient import DIDClient
+
+    from facility_data.rubin import lease, steps, zipbuild
+
+    def before(owner, name, when=lambda *a, **k: True):
+        original = getattr(owner, name)
+
+        def paused(*args, **kwargs):
+            if when(*args, **kwargs):
+                _pause(marker, point)
+            return original(*args, **kwargs)
+        setattr(owner, name, paused)
+
+    if point == "zip:mid-write":  # the temporary zip holds the first member, the second is being read
+        opened = steps.open_store
+
+        def open_store(storage):
+            return _PausingStore(opened(storage), marker, point, at_object=2)
+        steps.open_store = open_store
+    elif point == "zip:after-install":  # the zip linked to its final path, its temporary (same inode) not removed
+        before(zipbuild, "_remove_temp", lambda tmp: ".zip." in tmp.name and (
+            tmp.parent / (tmp.name[1:].split(".zip.")[0] + ".zip")).exists())
+    elif point == "dimensions:before-install":  # zip installed; the yaml's temporary written, not yet linked
+        before(zipbuild, "_install", lambda tmp, dest: dest.name.endswith("_dimensions.yaml"))
+    elif point == "butler:in-transaction":  # datasets inserted in the registry's open transaction, no artifact yet
+        before(FileDatastore, "ingest_zip")
+    elif point == "rucio:before-close":  # every replica registered and attached, the Obs dataset still open
+        before(DIDClient, "close")
+    elif point == "done:lease-held":  # every sink complete, the lease not yet released
+        before(lease.Lease, "release")
+    else:
+        raise ValueError(f"unknown kill point {point!r}")
+
+
+class _PausingStore:
+    """The real store; pauses before the ``at_object``-th object is read for the zip."""
+
+    def __init__(self, store, marker: str, point: str, at_object: int):
+        self._store, self._marker, self._point, self._at, self._reads = store, marker, point, at_object, 0
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def iter_chunks(self, key):
+        self._reads += 1
+        if self._reads == self._at:
+            _pause(self._marker, self._point)
+        yield from self._store.iter_chunks(key)
+
+
+def run_exposure_until(policy, exposure, point: str, marker: str, site_root: str) -> None:
+    """steps.run_exposure as a worker runs it, paused at ``point`` to be SIGKILLed there; reaching the end means the
+    point was never reached. Rucio is the local site's client itself, not through the Airflow hook: importing
+    Airflow would double the worker's start-up, and the hook plays no part in what a kill leaves."""
+    from facility_data.localsite import Site
+    from facility_data.rubin import steps
+
+    _pause_at(point, marker)
+    steps.run_exposure(steps.Context(policy, rucio=Site(Path(site_root)).rucio_client, lease_wait_s=0), exposure)
+    _report(Path(marker), {"pid": os.getpid(), "point": None})

@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from _fault_workers import hold_lease, released, slow_zip
+from _fault_workers import hold_lease, released, slow_zip, wait_for
 
 from facility_data.demo.rubin_synthetic import build_night, unique_day_obs, write_policy
 from facility_data.rubin import lease, reconcile, steps
@@ -35,13 +35,6 @@ def night(tmp_path):
 
 def exposures(night, policy=None):
     return released(policy or night.policy(), night.day_obs, night.ends[night.obs_ids[-1]])
-
-
-def wait_for(pred, timeout=60.0, what="condition"):
-    end = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def start_holder(tmp_path, path: Path, *, dead: bool):
@@ -168,6 +161,22 @@ def test_temp_of_a_live_owner_on_this_host_is_kept(night):
     live.write_bytes(b"being written")
     assert steps.run_zip(steps.Context(policy), exp).state == "done"
     assert live.exists()
+
+
+def test_dead_owners_temp_beside_an_installed_zip_is_removed_by_a_real_run_not_a_dry_one(night):
+    """A run killed between installing the zip (a hard link) and removing its temporary leaves a second link of the
+    zip; the next run finds the zip verified and must still remove it (it used to stay for ever)."""
+    policy = night.policy()
+    exp = exposures(night)[0]
+    p = steps.paths(policy, exp).zip
+    assert steps.run_zip(steps.Context(policy), exp).state == "done"
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    leftover = p.parent / f".{p.name}.{lease._TOKEN_HOST}_{gone.pid}_deadbeef.tmp"
+    os.link(p, leftover)
+    assert steps.run_zip(steps.Context(policy, dry_run=True), exp).state == "verified" and leftover.exists()
+    assert steps.run_zip(steps.Context(policy), exp).state == "verified"
+    assert not leftover.exists() and p.exists() and p.stat().st_nlink == 1
 
 
 @pytest.fixture

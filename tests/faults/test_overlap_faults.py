@@ -17,11 +17,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from _fault_workers import released, run_exposures, run_reconcile
+from _fault_workers import end_state, released, run_exposures, run_reconcile
 
 from facility_data.demo.rubin_synthetic import build_night, unique_day_obs
-from facility_data.rubin import rucioreg, steps
-from facility_data.rubin.zipbuild import file_hashes
+from facility_data.rubin import steps
 
 pytestmark = pytest.mark.integration
 warnings.filterwarnings("ignore", module="erfa")
@@ -42,42 +41,6 @@ def conns(site):
 def night_and_policy(site, root: Path):
     night = build_night(root, day_obs=unique_day_obs(), n_exposures=N_EXPOSURES, detectors=6, without_guider=(3,))
     return night, night.policy(destination_prefix=site.root / "main" / f"test-{uuid.uuid4().hex[:8]}")
-
-
-def end_state(site, night, policy, exp) -> dict:
-    """Everything the steps leave for one exposure, with its obs_id, day_obs and destination prefix normalised."""
-    from lsst.daf.butler import Butler
-
-    client = site.rucio_client()
-    p = steps.paths(policy, exp)
-
-    def norm(s: str) -> str:
-        return s.replace(str(policy.destination_prefix), "PREFIX").replace(exp.obs_id, "OBS").replace(
-            str(exp.day_obs), "DAY")
-
-    _, obs = rucioreg.did_names(exp.instrument, exp.day_obs, exp.obs_id, [])
-    state = {"obs_open": client.get_did("raw", obs)["open"],
-             "obs_content": sorted(norm(c["name"]) for c in client.list_content("raw", obs)),
-             "obs_meta": {k: v for k, v in client.get_metadata("raw", obs, plugin="ALL").items()
-                          if k in ("arcBackup", "SafeCopies")}}
-    for f in (p.zip, p.yaml):
-        name = f"{exp.instrument}/{exp.day_obs}/{f.name}"
-        did, h = client.get_did("raw", name), file_hashes(f)
-        state[norm(name)] = {
-            "hashes_match": (did["bytes"], did["md5"], did["adler32"]) == (h.bytes, h.md5, h.adler32),
-            "meta": client.get_metadata("raw", name, plugin="ALL").get("rubin_butler"),
-            "parents": sorted(norm(x["name"]) for x in client.list_parent_dids("raw", name)),
-            "pfns": [norm(pfn) for r in client.list_replicas([{"scope": "raw", "name": name}])
-                     for pfn in r["rses"].get("SLAC_RAW_DISK", [])]}
-    for i, repo in enumerate(night.destination_repos):
-        b = Butler.from_config(str(repo))
-        state[f"dest{i}:datasets"] = len(b.query_datasets("raw", collections="LSSTCam/raw/all", instrument="LSSTCam",
-                                                          exposure=exp.exposure, explain=False))
-        state[f"dest{i}:visits"] = len(b.query_dimension_records("visit", instrument="LSSTCam", visit=exp.exposure,
-                                                                 explain=False))
-    state["leftovers"] = sorted(norm(str(f)) for f in p.zip.parent.glob(".*"))  # temporaries, leases
-    state["deep_complete"] = steps.exposure_status(steps.Context(policy), exp, deep=True).complete
-    return state
 
 
 @pytest.fixture(scope="module")

@@ -376,6 +376,9 @@ def remove_dead_temps(dest: Path, token: str | None) -> int:
 def run_zip(ctx: Context, exp: ExposureRef) -> Outcome:
     ensure_released(ctx, exp)
     with ctx.exclusive(exp) as owner:
+        dest = paths(ctx.policy, exp).zip
+        if not ctx.dry_run:  # before the check: a run killed between install and cleanup left one beside the zip
+            remove_dead_temps(dest, owner)
         done, detail = check_zip(ctx, exp)
         if done:
             return Outcome(ZIP, "verified", detail)
@@ -383,8 +386,6 @@ def run_zip(ctx: Context, exp: ExposureRef) -> Outcome:
             return Outcome(ZIP, "would-act",
                            {"would": f"build {detail['path']} from {len(ctx.objects(exp))} objects"})
         run_gate(ctx, exp)  # complete and consistent at source, whatever called this step
-        dest = paths(ctx.policy, exp).zip
-        remove_dead_temps(dest, owner)
         index = butlerops.zip_index(ctx.source, ctx.refs(exp), ctx.objects(exp))
         hashes, path = build_zip(ctx.store, ctx.objects(exp), index, dest, owner=owner)
         if hashes is None:  # appeared meanwhile (a writer without the lease): verified like any existing one
@@ -422,13 +423,14 @@ def check_dimensions(ctx: Context, exp: ExposureRef, deep: bool = True) -> tuple
 def run_dimensions(ctx: Context, exp: ExposureRef) -> Outcome:
     ensure_released(ctx, exp)
     with ctx.exclusive(exp) as owner:
+        dest = paths(ctx.policy, exp).yaml
+        if not ctx.dry_run:  # as for the zip: also when the yaml is already installed
+            remove_dead_temps(dest, owner)
         done, detail = check_dimensions(ctx, exp)
         if done:
             return Outcome(DIMENSIONS, "verified", detail)
         if ctx.dry_run:
             return Outcome(DIMENSIONS, "would-act", {"would": f"write {detail['path']}"})
-        dest = paths(ctx.policy, exp).yaml
-        remove_dead_temps(dest, owner)
         created = install_bytes(dest, _yaml_bytes(ctx, exp), owner=owner)
         done, detail = check_dimensions(ctx, exp)
         if not done:
