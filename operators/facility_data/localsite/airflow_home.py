@@ -37,7 +37,7 @@ def jwt_secret(home: Path) -> str:
     if not path.exists():
         home.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(32))
+        path.write_text(secrets.token_urlsafe(64))  # >= 64 bytes: the HS512 minimum PyJWT warns about
     return path.read_text().strip()
 
 
@@ -48,6 +48,9 @@ def edge_env(base_url: str, secret: str) -> dict[str, str]:
         "AIRFLOW__EDGE__API_ENABLED": "True",
         "AIRFLOW__EDGE__API_URL": f"{base_url}/edge_worker/v1/rpcapi",
         "AIRFLOW__API_AUTH__JWT_SECRET": secret,
+        # a worker's token is valid for jwt_leeway s (+ as much leeway): on a busy api-server a request can wait
+        # longer than the default 30 s, and a refused heartbeat ends the worker
+        "AIRFLOW__API_AUTH__JWT_LEEWAY": "300",
         "AIRFLOW__EDGE__JOB_POLL_INTERVAL": "1",  # the default 5 s per task adds up over a chain of 10
         "AIRFLOW__EDGE__HEARTBEAT_INTERVAL": "5",
         # keep finished jobs a day (default 5 min): the job table says which worker ran what
@@ -60,7 +63,7 @@ def airflow_env(site) -> dict[str, str]:
     home = site.root / "airflow"
     bundle = include_dir().parent
     port = site.state["ports"]["airflow"]
-    # the EdgeExecutor's scheduler refuses SQLite (it serves remote workers concurrently)
+    # edge mode: the edge API and the scheduler write the DB concurrently, which SQLite serialises badly
     if os.environ.get("FACILITY_AIRFLOW_DB") == "postgres" or executor_kind() == "edge":
         db = site.postgres.ensure_database("airflow")
     else:
@@ -171,7 +174,9 @@ class AirflowServer:
         for name in self.COMPONENTS:
             self.components[name] = start([sys.executable, "-m", "airflow", name], log=self.log, env=self.env)
 
-    COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+    # component -> what its command line contains while it runs (the api-server retitles itself "airflow api_server")
+    COMPONENTS = {"api-server": "airflow api", "scheduler": "airflow scheduler",
+                  "dag-processor": "airflow dag-processor", "triggerer": "airflow triggerer"}
 
     def _all_healthy(self) -> bool:
         import requests
@@ -188,7 +193,7 @@ class AirflowServer:
         if self.pid:
             stop(self.pid, self.MARKER, timeout=30)
         for name, pid in list(self.components.items()):
-            stop(pid, f"airflow {name}", timeout=30)
+            stop(pid, self.COMPONENTS[name], timeout=30)
             del self.components[name]
 
     def _headers(self) -> dict:
