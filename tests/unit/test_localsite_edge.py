@@ -80,3 +80,17 @@ def test_worker_needs_queues_and_names_them_on_its_command_line(tmp_path):
     assert cmd[cmd.index("--queues") + 1] == "als-data,nersc"
     assert cmd[cmd.index("--edge-hostname") + 1] == "w1"
     assert not w.alive()  # not started
+
+
+def test_cli_edge_worker_refuses_without_its_site_or_the_edge_executor(monkeypatch, capsys, tmp_path):
+    from facility_data.localsite.cli import main
+
+    monkeypatch.setenv("FACILITY_SITE", str(tmp_path / "site"))
+    monkeypatch.delenv("FACILITY_EXECUTOR", raising=False)
+    assert main(["edge-worker", "--name", "w1"]) == 2
+    assert "needs --name, --queues and --workdir" in capsys.readouterr().err
+    assert main(["edge-worker", "--name", "w1", "--queues", "als-data", "--workdir", str(tmp_path / "w")]) == 2
+    assert "FACILITY_EXECUTOR=edge" in capsys.readouterr().err
+    monkeypatch.setenv("FACILITY_EXECUTOR", "celery")
+    assert main(["edge-worker", "--name", "w1", "--queues", "als-data", "--workdir", str(tmp_path / "w")]) == 2
+    assert "FACILITY_EXECUTOR='celery'" in capsys.readouterr().err
