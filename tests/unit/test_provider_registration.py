@@ -35,3 +35,33 @@ def test_each_hook_class_exists_and_declares_its_connection_type(conn):
     hook = getattr(importlib.import_module(module), cls)
     assert hook.conn_type == conn["connection-type"]
     assert hook.default_conn_name
+
+
+EDGE_EXECUTOR = "airflow.providers.edge3.executors.EdgeExecutor"
+
+
+def test_edge3_provider_registers_its_executor_config_and_cli():
+    """The EdgeExecutor (sites pulling their queues over HTTPS) is installed as Airflow sees providers: its
+    executor class, its ``[edge]`` options (off by default, so the one-machine setup is unchanged) and
+    ``airflow edge worker``."""
+    from airflow.configuration import conf
+    from airflow.providers_manager import ProvidersManager
+
+    pm = ProvidersManager()
+    assert "apache-airflow-providers-edge3" in pm.providers
+    assert EDGE_EXECUTOR in pm.executor_class_names
+    assert conf.getboolean("edge", "api_enabled") is False
+    from airflow.providers.edge3.cli.definition import get_edge_cli_commands
+
+    group = get_edge_cli_commands()[0]
+    assert group.name == "edge"
+    assert "worker" in {c.name for c in group.subcommands}
+
+
+def test_edge_executor_class_imports_and_is_not_local():
+    """`airflow standalone` replaces a non-local default executor by LocalExecutor, so an edge-mode Airflow
+    must start its components itself (localsite.airflow_home.AirflowServer does)."""
+    module, _, name = EDGE_EXECUTOR.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    assert cls.__name__ == "EdgeExecutor"
+    assert cls.is_local is False

@@ -1,12 +1,18 @@
 """An Airflow home for the local site: SQLite metadata DB by default (PostgreSQL with FACILITY_AIRFLOW_DB=postgres),
 the bundle's dags/ and plugins/ (or, with FACILITY_DAG_BUNDLE=git, dags/ from a git repository as a versioned DAG
-bundle), the site's connections imported, and every port configurable."""
+bundle), the site's connections imported, and every port configurable.
+
+FACILITY_EXECUTOR=edge runs it with the EdgeExecutor (apache-airflow-providers-edge3) instead of `airflow
+standalone`'s LocalExecutor: the api-server then also serves the edge worker API, and :class:`EdgeWorker` starts
+`airflow edge worker` processes (one per site, each with its queues, its own working directory and no access to
+the metadata DB) that pull their tasks over HTTP(S)."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -14,15 +20,57 @@ from pathlib import Path
 from facility_data.config import include_dir
 from facility_data.localsite.procs import SiteError
 
+EDGE_EXECUTOR = "airflow.providers.edge3.executors.EdgeExecutor"
+EXECUTORS = ("local", "edge")
+
+
+def executor_kind() -> str:
+    """FACILITY_EXECUTOR: ``local`` (default, `airflow standalone`) or ``edge``; anything else is refused."""
+    kind = os.environ.get("FACILITY_EXECUTOR") or "local"
+    if kind not in EXECUTORS:
+        raise SiteError(f"FACILITY_EXECUTOR={kind!r}: expected one of {', '.join(EXECUTORS)}")
+    return kind
+
+
+def jwt_secret(home: Path) -> str:
+    """The api-server and every edge worker sign and check worker tokens with one shared secret (``[api_auth]
+    jwt_secret``); without it each process would make up its own and every worker call would be refused."""
+    path = home / "edge_jwt_secret"
+    if not path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(64))  # >= 64 bytes: the HS512 minimum PyJWT warns about
+    return path.read_text().strip()
+
+
+def edge_env(base_url: str, secret: str) -> dict[str, str]:
+    """The central site's settings for the EdgeExecutor (and the ones its workers share)."""
+    return {
+        "AIRFLOW__CORE__EXECUTOR": EDGE_EXECUTOR,
+        "AIRFLOW__EDGE__API_ENABLED": "True",
+        "AIRFLOW__EDGE__API_URL": f"{base_url}/edge_worker/v1/rpcapi",
+        "AIRFLOW__API_AUTH__JWT_SECRET": secret,
+        # a worker's token is valid for jwt_leeway s (+ as much leeway): on a busy api-server a request can wait
+        # longer than the default 30 s, and a refused heartbeat ends the worker
+        "AIRFLOW__API_AUTH__JWT_LEEWAY": "300",
+        "AIRFLOW__EDGE__JOB_POLL_INTERVAL": "1",  # the default 5 s per task adds up over a chain of 10
+        "AIRFLOW__EDGE__HEARTBEAT_INTERVAL": "5",
+        # keep finished jobs a day (default 5 min): the job table says which worker ran what
+        "AIRFLOW__EDGE__JOB_SUCCESS_PURGE": "1440",
+        "AIRFLOW__EDGE__JOB_FAIL_PURGE": "1440",
+    }
+
 
 def airflow_env(site) -> dict[str, str]:
     home = site.root / "airflow"
     bundle = include_dir().parent
     port = site.state["ports"]["airflow"]
-    if os.environ.get("FACILITY_AIRFLOW_DB") == "postgres":
+    # edge mode: the edge API and the scheduler write the DB concurrently, which SQLite serialises badly
+    if os.environ.get("FACILITY_AIRFLOW_DB") == "postgres" or executor_kind() == "edge":
         db = site.postgres.ensure_database("airflow")
     else:
         db = f"sqlite:///{home / 'airflow.db'}"
+    edge = edge_env(f"http://127.0.0.1:{port}", jwt_secret(home)) if executor_kind() == "edge" else {}
     return {
         **os.environ,
         **site.env(),
@@ -45,6 +93,7 @@ def airflow_env(site) -> dict[str, str]:
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "True",  # remote waits free their worker slot (the triggerer polls)
         **dag_bundle_env(home),
+        **edge,
     }
 
 
@@ -174,6 +223,7 @@ class AirflowServer:
         self.log = (Path(self.env["AIRFLOW_HOME"]) / "standalone.log" if env
                     else site.root / "logs" / "airflow-standalone.log")
         self.pid: int | None = None
+        self.components: dict[str, int] = {}  # edge mode: component -> pid
         self._token: str | None = None
 
     def start(self, timeout: float = 360) -> None:  # ~15 s when idle; over 3 min seen on 2 busy cores
@@ -182,13 +232,36 @@ class AirflowServer:
         port = int(self.env["AIRFLOW__API__PORT"])
         if port_in_use(port):
             raise SiteError(f"port {port} for the Airflow api-server is taken: set FACILITY_AIRFLOW_PORT")
-        self.pid = start([sys.executable, "-m", "airflow", "standalone"], log=self.log, env=self.env)
+        if self.edge:
+            self._start_components()
+        else:
+            self.pid = start([sys.executable, "-m", "airflow", "standalone"], log=self.log, env=self.env)
         try:
             wait_until(lambda: http_ok(f"{self.url}/api/v2/monitor/health") and self._all_healthy(),
                        what=f"Airflow on {self.url}", timeout=timeout, log=self.log)
         except SiteError:
             self.stop()  # a start that failed must not leave Airflow's components running
             raise
+
+    @property
+    def edge(self) -> bool:
+        return self.env.get("AIRFLOW__CORE__EXECUTOR") == EDGE_EXECUTOR
+
+    def _start_components(self) -> None:
+        """What `airflow standalone` does, which would replace the (non-local) EdgeExecutor by LocalExecutor:
+        migrate the DB, then the four components, each in its own session, all logging to one file."""
+        from facility_data.localsite.procs import start
+
+        res = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=self.env, text=True,
+                             capture_output=True)
+        if res.returncode:
+            raise SiteError(f"`airflow db migrate` failed: {(res.stderr or '')[-2000:]}")
+        for name in self.COMPONENTS:
+            self.components[name] = start([sys.executable, "-m", "airflow", name], log=self.log, env=self.env)
+
+    # component -> what its command line contains while it runs (the api-server retitles itself "airflow api_server")
+    COMPONENTS = {"api-server": "airflow api", "scheduler": "airflow scheduler",
+                  "dag-processor": "airflow dag-processor", "triggerer": "airflow triggerer"}
 
     def _all_healthy(self) -> bool:
         import requests
@@ -204,6 +277,9 @@ class AirflowServer:
 
         if self.pid:
             stop(self.pid, self.MARKER, timeout=30)
+        for name, pid in list(self.components.items()):
+            stop(pid, self.COMPONENTS[name], timeout=30)
+            del self.components[name]
 
     def _headers(self) -> dict:
         import requests
@@ -266,3 +342,61 @@ class AirflowServer:
     def task_states(self, dag_id: str, run_id: str) -> list[dict]:
         return self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000})[
             "task_instances"]
+
+
+def edge_worker_env(central: dict[str, str], workdir: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of an edge worker at a remote site, from the central site's: the same bundle, edge API
+    and token secret, but its own AIRFLOW_HOME, logs and working directory, and no metadata DB (a worker only
+    talks HTTP to the api-server: a SQLite file of its own in its working directory has no Airflow tables, so
+    anything that tried the DB would fail loudly). ``env`` adds the site's own settings (its endpoints file, ...)."""
+    worker = {k: v for k, v in central.items()
+              if not k.startswith(("AIRFLOW__DATABASE__", "AIRFLOW__API__", "AIRFLOW__LOGGING__"))}
+    worker.update({
+        "AIRFLOW_HOME": str(workdir / "airflow"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{workdir / 'no-metadata-db.sqlite'}",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(workdir / "logs"),
+        **(env or {}),
+    })
+    for key in ("AIRFLOW__EDGE__API_URL", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__CORE__EXECUTION_API_SERVER_URL"):
+        if not worker.get(key):
+            raise SiteError(f"an edge worker needs {key} from the central site's environment (FACILITY_EXECUTOR=edge)")
+    return worker
+
+
+class EdgeWorker:
+    """One `airflow edge worker` process: a site's worker serving ``queues``, in its own working directory."""
+
+    MARKER = "airflow edge worker"  # its command line, and the title the worker sets itself
+
+    def __init__(self, central_env: dict[str, str], name: str, queues: list[str], workdir: Path, *,
+                 env: dict[str, str] | None = None, concurrency: int = 2):
+        if not queues:
+            raise SiteError(f"edge worker {name}: no queues (a worker without -q would serve every queue)")
+        self.name, self.queues, self.workdir = name, list(queues), Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.env = edge_worker_env(central_env, self.workdir, env)
+        self.concurrency = concurrency
+        self.log = self.workdir / "edge-worker.log"
+        self.pid: int | None = None
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "airflow", "edge", "worker", "--edge-hostname", self.name,
+                "--queues", ",".join(self.queues), "--concurrency", str(self.concurrency)]
+
+    def start(self) -> int:
+        from facility_data.localsite.procs import start
+
+        self.pid = start(self.command(), log=self.log, env=self.env, cwd=self.workdir)
+        return self.pid
+
+    def alive(self) -> bool:
+        from facility_data.localsite.procs import alive
+
+        return alive(self.pid, self.MARKER)
+
+    def stop(self) -> None:
+        from facility_data.localsite.procs import stop
+
+        if self.pid:
+            stop(self.pid, self.MARKER, timeout=30)
+            self.pid = None
