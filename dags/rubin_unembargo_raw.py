@@ -17,7 +17,6 @@ from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetabl
 
 from facility_data.dag_defaults import default_args
 from facility_data.operators.embargo import EmbargoZipOperator, RubinStepOperator
-from facility_data.operators.rucio import RucioRegisterOperator
 from facility_data.placement import place
 from facility_data.rubin.policy import schedule_start
 from facility_data.rubin.runs import PER_RUN_PARALLELISM
@@ -85,7 +84,7 @@ with DAG(
         zipped = EmbargoZipOperator(task_id="zip", **each)
         dimensions = RubinStepOperator(task_id="dimensions", step="dimensions", **each)
         butler_ingest = RubinStepOperator(task_id="butler_ingest", step="butler", **each)
-        registered = RucioRegisterOperator(task_id="rucio", zip_result=zipped.output, **each)
+        registered = RubinStepOperator(task_id="rucio", step="rucio", zip_result=zipped.output, **each)
         gate >> zipped >> dimensions >> butler_ingest >> registered
 
     @task(trigger_rule="all_done", show_return_value_in_logs=False)

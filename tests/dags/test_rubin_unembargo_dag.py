@@ -38,15 +38,18 @@ def dag():
 def test_each_exposure_step_is_one_rubin_step_operator(dag):
     """The DAG composes operators: every per-exposure step is a RubinStepOperator naming its step, chained in
     order, named by obs_id in the UI and bounded per run."""
+    from airflow.sdk.definitions.xcom_arg import XComArg
+
     from facility_data.operators.embargo import RubinStepOperator
-    from facility_data.operators.rucio import RucioRegisterOperator
     from facility_data.rubin.runs import PER_RUN_PARALLELISM
 
     chain = ["exposure.gate", "exposure.zip", "exposure.dimensions", "exposure.butler_ingest", "exposure.rucio"]
     tasks = [dag.get_task(t) for t in chain]
-    assert all(isinstance(t, RubinStepOperator) for t in tasks[:-1])
-    assert [t.step for t in tasks[:-1]] == ["gate", "zip", "dimensions", "butler"]
-    assert isinstance(tasks[-1], RucioRegisterOperator)  # takes the zip's hashes too
+    assert all(isinstance(t, RubinStepOperator) for t in tasks)
+    assert [t.step for t in tasks] == ["gate", "zip", "dimensions", "butler", "rucio"]
+    rucio = tasks[-1]  # takes the zip's hashes too, so it need not re-read the zip
+    assert isinstance(rucio.zip_result, XComArg) and rucio.zip_result.operator is tasks[1]
+    assert "zip_result" in rucio.template_fields
     assert all(t.map_index_template == "{{ obs_id }}" and t.max_active_tis_per_dagrun == PER_RUN_PARALLELISM
                for t in tasks)
     assert all(nxt in t.downstream_task_ids for t, nxt in zip(tasks, chain[1:], strict=False))
@@ -58,6 +61,8 @@ def test_a_rubin_step_operator_refuses_an_unknown_step():
 
     with pytest.raises(ValueError, match="unknown Rubin step 'ingest'"):
         RubinStepOperator(task_id="x", step="ingest", exposure={})
+    with pytest.raises(ValueError, match="zip_result is for the rucio step only, not 'butler'"):
+        RubinStepOperator(task_id="x", step="butler", exposure={}, zip_result={"detail": {}})
 
 
 def _night(tmp_path, **kw):
