@@ -37,7 +37,10 @@ with DAG(
     params={
         "instrument": Param("LSSTCam", type="string", pattern=r"^[A-Za-z][A-Za-z0-9_]*$",
                             description="Instrument (manual runs); scheduled runs cover every policy instrument"),
-        "day_obs": Param(None, type=["null", "string"], pattern=r"^[0-9]{8}$",
+        # an integer (a JSON conf {"day_obs": 20261201}) is accepted like the string; pattern applies to strings,
+        # the bounds to integers (8 digits); JSON Schema's integer is never a bool
+        "day_obs": Param(None, type=["null", "string", "integer"], pattern=r"^[0-9]{8}$",
+                         minimum=10000101, maximum=99991231,
                          description="Reprocess this observing day (YYYYMMDD)"),
         "obs_ids": Param([], type="array", items={"type": "string", "pattern": r"^[A-Z]{2}_[A-Z]_[0-9]{8}_[0-9]{6}$"},
                          description="Reprocess exactly these exposures, e.g. MC_O_20251231_000010"),

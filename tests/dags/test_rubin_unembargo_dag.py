@@ -158,14 +158,18 @@ def test_manual_run_reprocesses_exactly_the_named_exposures(dag, airflow_db, sit
     assert status.complete, status.details
 
 
-def test_dry_run_changes_nothing(dag, airflow_db, tmp_path, monkeypatch):
+@pytest.mark.parametrize("as_int", [False, True], ids=["day_obs_string", "day_obs_integer"])
+def test_dry_run_changes_nothing(dag, airflow_db, tmp_path, monkeypatch, as_int):
     night = _night(tmp_path, n_exposures=2)
     prefix = tmp_path / "dest"
     _configure(monkeypatch, tmp_path, night, prefix)
+    # a JSON conf may give day_obs as an integer ({"day_obs": 20261201}): the same night as the string
+    day_obs = int(night.day_obs) if as_int else str(night.day_obs)
     dr = dag.test(logical_date=None, run_after=_release(night, night.obs_ids[-1]) + timedelta(hours=1),
-                  run_conf=_conf(day_obs=str(night.day_obs), dry_run=True))
+                  run_conf=_conf(day_obs=day_obs, dry_run=True))
     states = _ti_states(dr)
     assert states[("exposure.zip", 0)] == "success" and states[("exposure.butler_ingest", 1)] == "success"
+    assert len({k for k in states if k[0] == "exposure.zip"}) == 2  # both exposures of the night, either form
     assert not prefix.exists()
 
 
@@ -189,6 +193,8 @@ def test_bad_params_fail_before_any_side_effect(dag, airflow_db, tmp_path, monke
 
 
 @pytest.mark.parametrize("conf", [{"obs_ids": ["../../etc/passwd"]}, {"day_obs": "2025-01-01"},
+                                  {"day_obs": True}, {"day_obs": 2025010}, {"day_obs": 202501011},
+                                  {"day_obs": "\u0662\u0660\u0662\u0665\u0660\u0661\u0660\u0661"},
                                   {"instrument": "LSST Cam/.."}, {"dry_run": "yes"}])
 def test_params_schema_rejects_malformed_values(dag, conf):
     from airflow.sdk.definitions.param import ParamsDict
@@ -197,6 +203,15 @@ def test_params_schema_rejects_malformed_values(dag, conf):
     with pytest.raises(Exception, match="(?i)invalid input"):
         params.update(conf)
         params.validate()
+
+
+@pytest.mark.parametrize("day_obs", ["20250101", 20250101, None])
+def test_params_schema_accepts_day_obs_as_a_string_or_an_integer(dag, day_obs):
+    from airflow.sdk.definitions.param import ParamsDict
+
+    params = ParamsDict(dag.params)
+    params.update({"day_obs": day_obs})
+    assert params.validate()["day_obs"] == day_obs
 
 
 def test_backfill_over_a_range_selects_exactly_the_exposures_released_in_it(dag, tmp_path):

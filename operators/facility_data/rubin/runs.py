@@ -239,7 +239,8 @@ def unverified_in_sinks(exposures: list[dict], policy_path: str | Path | None = 
 
 
 #: rubin_unembargo_raw's conf, a closed schema (types are also checked by the Params' JSON schema at trigger time)
-RAW_CONF = {"instrument": (str,), "day_obs": (str, type(None)), "obs_ids": (list,), "dry_run": (bool,)}
+#: day_obs may be an integer too (``{"day_obs": 20261201}``, as Butler data ids write it); never a bool
+RAW_CONF = {"instrument": (str,), "day_obs": (str, int, type(None)), "obs_ids": (list,), "dry_run": (bool,)}
 
 
 def check_run_conf(conf: object) -> None:
