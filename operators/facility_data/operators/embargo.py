@@ -29,6 +29,7 @@ def rubin_task_outcome():
     The domain error stays the cause, so its traceback shows where it was raised."""
     from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
+    from facility_data.rubin.butlerops import UniverseMismatch
     from facility_data.rubin.lease import ExposureBusy
     from facility_data.rubin.steps import EmbargoViolation, IncompleteExposure
     from facility_data.rubin.zipbuild import InconsistentArtifact
@@ -39,6 +40,8 @@ def rubin_task_outcome():
         raise AirflowSkipException(f"{exc} (left for a later run or reconciliation)") from exc
     except InconsistentArtifact as exc:  # retrying cannot fix it; alert and leave it for an operator
         raise AirflowFailException(f"INCONSISTENT, not overwritten: {exc}") from exc
+    except UniverseMismatch as exc:  # a destination repository that cannot take the source's records
+        raise AirflowFailException(f"REFUSED: {exc}") from exc
     except EmbargoViolation as exc:  # never retried into an early release; alerts
         raise AirflowFailException(f"EMBARGO, nothing released: {exc}") from exc
     except ExposureBusy as exc:  # another run is mid-step: not a verdict on the artifacts; Airflow retries later
