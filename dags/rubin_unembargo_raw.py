@@ -17,7 +17,6 @@ from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetabl
 
 from facility_data.dag_defaults import default_args
 from facility_data.operators.embargo import EmbargoZipOperator, RubinStepOperator
-from facility_data.operators.rucio import RucioRegisterOperator
 from facility_data.placement import place
 from facility_data.rubin.policy import schedule_start
 from facility_data.rubin.runs import PER_RUN_PARALLELISM
@@ -38,7 +37,10 @@ with DAG(
     params={
         "instrument": Param("LSSTCam", type="string", pattern=r"^[A-Za-z][A-Za-z0-9_]*$",
                             description="Instrument (manual runs); scheduled runs cover every policy instrument"),
-        "day_obs": Param(None, type=["null", "string"], pattern=r"^[0-9]{8}$",
+        # an integer (a JSON conf {"day_obs": 20261201}) is accepted like the string; pattern applies to strings,
+        # the bounds to integers (8 digits); JSON Schema's integer is never a bool
+        "day_obs": Param(None, type=["null", "string", "integer"], pattern=r"^[0-9]{8}$",
+                         minimum=10000101, maximum=99991231,
                          description="Reprocess this observing day (YYYYMMDD)"),
         "obs_ids": Param([], type="array", items={"type": "string", "pattern": r"^[A-Z]{2}_[A-Z]_[0-9]{8}_[0-9]{6}$"},
                          description="Reprocess exactly these exposures, e.g. MC_O_20251231_000010"),
@@ -85,7 +87,7 @@ with DAG(
         zipped = EmbargoZipOperator(task_id="zip", **each)
         dimensions = RubinStepOperator(task_id="dimensions", step="dimensions", **each)
         butler_ingest = RubinStepOperator(task_id="butler_ingest", step="butler", **each)
-        registered = RucioRegisterOperator(task_id="rucio", zip_result=zipped.output, **each)
+        registered = RubinStepOperator(task_id="rucio", step="rucio", zip_result=zipped.output, **each)
         gate >> zipped >> dimensions >> butler_ingest >> registered
 
     @task(trigger_rule="all_done", show_return_value_in_logs=False)

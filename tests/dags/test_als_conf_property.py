@@ -112,7 +112,7 @@ def _materialise(raw: tuple, paths: dict) -> dict:
 
 
 def _failure(caplog) -> str:
-    found = re.findall(r"AirflowFailException: ((?:ConfError|SafetyError|ConfigError): [^\n]*)", caplog.text)
+    found = re.findall(r"AirflowFailException: ((?:ConfError|SafetyError|ConfigError|PathError): [^\n]*)", caplog.text)
     return found[-1] if found else ""
 
 

@@ -38,15 +38,18 @@ def dag():
 def test_each_exposure_step_is_one_rubin_step_operator(dag):
     """The DAG composes operators: every per-exposure step is a RubinStepOperator naming its step, chained in
     order, named by obs_id in the UI and bounded per run."""
+    from airflow.sdk.definitions.xcom_arg import XComArg
+
     from facility_data.operators.embargo import RubinStepOperator
-    from facility_data.operators.rucio import RucioRegisterOperator
     from facility_data.rubin.runs import PER_RUN_PARALLELISM
 
     chain = ["exposure.gate", "exposure.zip", "exposure.dimensions", "exposure.butler_ingest", "exposure.rucio"]
     tasks = [dag.get_task(t) for t in chain]
-    assert all(isinstance(t, RubinStepOperator) for t in tasks[:-1])
-    assert [t.step for t in tasks[:-1]] == ["gate", "zip", "dimensions", "butler"]
-    assert isinstance(tasks[-1], RucioRegisterOperator)  # takes the zip's hashes too
+    assert all(isinstance(t, RubinStepOperator) for t in tasks)
+    assert [t.step for t in tasks] == ["gate", "zip", "dimensions", "butler", "rucio"]
+    rucio = tasks[-1]  # takes the zip's hashes too, so it need not re-read the zip
+    assert isinstance(rucio.zip_result, XComArg) and rucio.zip_result.operator is tasks[1]
+    assert "zip_result" in rucio.template_fields
     assert all(t.map_index_template == "{{ obs_id }}" and t.max_active_tis_per_dagrun == PER_RUN_PARALLELISM
                for t in tasks)
     assert all(nxt in t.downstream_task_ids for t, nxt in zip(tasks, chain[1:], strict=False))
@@ -58,6 +61,8 @@ def test_a_rubin_step_operator_refuses_an_unknown_step():
 
     with pytest.raises(ValueError, match="unknown Rubin step 'ingest'"):
         RubinStepOperator(task_id="x", step="ingest", exposure={})
+    with pytest.raises(ValueError, match="zip_result is for the rucio step only, not 'butler'"):
+        RubinStepOperator(task_id="x", step="butler", exposure={}, zip_result={"detail": {}})
 
 
 def _night(tmp_path, **kw):
@@ -153,14 +158,18 @@ def test_manual_run_reprocesses_exactly_the_named_exposures(dag, airflow_db, sit
     assert status.complete, status.details
 
 
-def test_dry_run_changes_nothing(dag, airflow_db, tmp_path, monkeypatch):
+@pytest.mark.parametrize("as_int", [False, True], ids=["day_obs_string", "day_obs_integer"])
+def test_dry_run_changes_nothing(dag, airflow_db, tmp_path, monkeypatch, as_int):
     night = _night(tmp_path, n_exposures=2)
     prefix = tmp_path / "dest"
     _configure(monkeypatch, tmp_path, night, prefix)
+    # a JSON conf may give day_obs as an integer ({"day_obs": 20261201}): the same night as the string
+    day_obs = int(night.day_obs) if as_int else str(night.day_obs)
     dr = dag.test(logical_date=None, run_after=_release(night, night.obs_ids[-1]) + timedelta(hours=1),
-                  run_conf=_conf(day_obs=str(night.day_obs), dry_run=True))
+                  run_conf=_conf(day_obs=day_obs, dry_run=True))
     states = _ti_states(dr)
     assert states[("exposure.zip", 0)] == "success" and states[("exposure.butler_ingest", 1)] == "success"
+    assert len({k for k in states if k[0] == "exposure.zip"}) == 2  # both exposures of the night, either form
     assert not prefix.exists()
 
 
@@ -184,6 +193,8 @@ def test_bad_params_fail_before_any_side_effect(dag, airflow_db, tmp_path, monke
 
 
 @pytest.mark.parametrize("conf", [{"obs_ids": ["../../etc/passwd"]}, {"day_obs": "2025-01-01"},
+                                  {"day_obs": True}, {"day_obs": 2025010}, {"day_obs": 202501011},
+                                  {"day_obs": "\u0662\u0660\u0662\u0665\u0660\u0661\u0660\u0661"},
                                   {"instrument": "LSST Cam/.."}, {"dry_run": "yes"}])
 def test_params_schema_rejects_malformed_values(dag, conf):
     from airflow.sdk.definitions.param import ParamsDict
@@ -192,6 +203,15 @@ def test_params_schema_rejects_malformed_values(dag, conf):
     with pytest.raises(Exception, match="(?i)invalid input"):
         params.update(conf)
         params.validate()
+
+
+@pytest.mark.parametrize("day_obs", ["20250101", 20250101, None])
+def test_params_schema_accepts_day_obs_as_a_string_or_an_integer(dag, day_obs):
+    from airflow.sdk.definitions.param import ParamsDict
+
+    params = ParamsDict(dag.params)
+    params.update({"day_obs": day_obs})
+    assert params.validate()["day_obs"] == day_obs
 
 
 def test_backfill_over_a_range_selects_exactly_the_exposures_released_in_it(dag, tmp_path):

@@ -198,6 +198,37 @@ def test_rerun_after_completion_changes_nothing(site, local_night):
     assert (after.st_ino, after.st_mtime_ns) == (zip_before.st_ino, zip_before.st_mtime_ns)
 
 
+def test_the_rucio_step_operator_takes_the_zip_hashes_from_the_zip_result(site, local_night, tmp_path, monkeypatch):
+    """RubinStepOperator(step="rucio", zip_result=...) as the DAG chains it: the zip task's hashes reach the step,
+    so the zip is not read again; without them it is read (once) and the registration is the same."""
+    from facility_data.demo.rubin_synthetic import write_policy
+    from facility_data.operators.embargo import RubinStepOperator
+
+    night, policy = local_night
+    policy_path = str(write_policy(policy, tmp_path / "policy.yaml"))
+    first, second = list(released(night, policy).values())[:2]
+    reads = []
+    monkeypatch.setattr(steps, "file_hashes", lambda path: reads.append(path.name) or file_hashes(path))
+
+    def run(step, exp, **kw):
+        return RubinStepOperator(task_id=step, step=step, exposure=exp.to_dict(), policy_path=policy_path,
+                                 **kw).execute({"params": {"dry_run": False}})
+
+    for exp, with_result in ((first, True), (second, False)):
+        for step in ("gate", "dimensions", "butler"):
+            if step == "dimensions":
+                zipped = run("zip", exp)
+            run(step, exp)
+        reads.clear()
+        out = run("rucio", exp, **({"zip_result": zipped} if with_result else {}))
+        assert out["step"] == "rucio" and out["state"] == "done" and out["obs_id"] == exp.obs_id
+        zip_name = steps.paths(policy, exp).zip.name
+        assert reads.count(zip_name) == (0 if with_result else 1), reads
+    client = site.rucio_client()
+    snaps = [rucio_snapshot(client, policy, exp) for exp in (first, second)]
+    assert snaps[0] == snaps[1] and all(v["hashes_match"] for k, v in snaps[0].items() if k.startswith("LSSTCam/"))
+
+
 def test_two_overlapping_runs_do_each_exposure_once(site, local_night):
     night, policy = local_night
     exps = list(released(night, policy).values())

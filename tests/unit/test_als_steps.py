@@ -6,7 +6,6 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from facility_data.als.beamline import load_beamline
-from facility_data.als.dags.common import permanent
 from facility_data.als.ledger import Ledger
 from facility_data.als.paths import HDF5_SIGNATURE
 from facility_data.als.steps import (
@@ -18,8 +17,10 @@ from facility_data.als.steps import (
     send_to_nersc_refusal,
     validate_new_scan,
 )
+from facility_data.config import ConfigError
+from facility_data.refusal import permanent
 from facility_data.safety import SafetyError
-from facility_data.transfer import load_endpoints
+from facility_data.transfer import PathError, load_endpoints
 
 FOLDER, NAME = "ALS-11111_user", "20240101_120000_a.h5"
 WATCHED = f"/global/raw/{FOLDER}/{NAME}"
@@ -252,9 +253,12 @@ def test_ledger_finds_scans_by_content_and_upgrades_old_files(tmp_path):
     assert ledger.events("bl832")[-1]["checksum"] == "sha256:bb"
 
 
-# ---- the task boundary for refusals (facility_data.als.dags.common.permanent) --------------------------------
+# ---- the task boundary for refusals (facility_data.refusal.permanent) --------------------------------
 @pytest.mark.parametrize(("exc", "rule"), [(ConfError("conf key x is unknown"), "bad conf"),
-                                           (SafetyError("REFUSED copy to nersc: controlled"), "data-safety policy")])
+                                           (SafetyError("REFUSED copy to nersc: controlled"), "data-safety policy"),
+                                           (PathError("path '/etc' must be relative"), "bad path"),
+                                           (ConfigError("endpoints.yaml: no endpoint named 'x'"),
+                                            "bad configuration")])
 def test_a_refusal_becomes_one_error_line_and_an_unchained_fail(caplog, exc, rule):
     with pytest.raises(AirflowFailException) as err, permanent("raw/P-1_u/a.h5"):
         raise exc

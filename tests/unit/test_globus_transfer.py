@@ -14,7 +14,6 @@ import structlog.testing
 from globus_sdk.testing import load_response
 
 from facility_data.operators.globus import GlobusDeleteOperator, GlobusTransferOperator
-from facility_data.safety import SafetyError
 from facility_data.transfer.globus import task_label
 from facility_data.triggers.globus import GlobusTaskTrigger
 
@@ -246,19 +245,52 @@ def test_the_triggerer_setting_the_airflow_task_id_does_not_change_the_globus_ta
     assert trigger.serialize()[1]["globus_task_id"] == "t-1" and trigger.describe() == "Globus task t-1"
 
 
-def test_export_controlled_refused_before_any_request(globus):
-    op = make_op(globus, export_controlled=True)
-    with pytest.raises(SafetyError, match="export-controlled"):
-        op.execute(ctx())
+def refused(caplog, run):
+    """Run ``run`` (an operator's execute) expecting a refusal: AirflowFailException (never retried) raised from
+    None, and exactly one ERROR line; returns (the exception's message, that line)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException) as err:
+        run()
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # no chained domain traceback
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    return str(err.value), line
+
+
+def test_export_controlled_refused_once_loud_before_any_request(globus, caplog):
+    message, line = refused(caplog, lambda: make_op(globus, export_controlled=True).execute(ctx()))
+    assert message.startswith("SafetyError: ") and "export-controlled" in message
+    assert line == (f"refused transfer data832:raw/p1/scan.h5 -> nersc832:raw/p1/scan.h5 (data-safety policy): "
+                    f"{message}")
+    assert len(responses.calls) == 0  # nothing asked of Globus, not even a token
+
+
+@pytest.mark.parametrize("bad", ["/etc/shadow", "raw/../../etc/shadow", "raw\\p1", "", "raw/\x00"])
+def test_bad_path_refused_once_loud_before_any_request(globus, caplog, bad):
+    message, line = refused(caplog, lambda: make_op(globus, source_path=bad).execute(ctx()))
+    assert message.startswith("PathError: path ") or message == "PathError: an empty path (the endpoint root itself) " \
+        "is not allowed here"
+    assert line == f"refused transfer data832:{bad} -> nersc832:raw/p1/scan.h5 (bad path): {message}"
     assert len(responses.calls) == 0
 
 
-def test_bad_path_refused_before_any_request(globus):
-    from facility_data.transfer import PathError
-
-    with pytest.raises(PathError):
-        make_op(globus, source_path="/etc/shadow").execute(ctx())
+def test_unknown_endpoint_is_a_configuration_refusal(globus, caplog):
+    message, line = refused(caplog, lambda: make_op(globus, destination_endpoint="nersc999").execute(ctx()))
+    assert "no endpoint named 'nersc999'" in message
+    assert "(bad configuration): ConfigError: " in line
     assert len(responses.calls) == 0
+
+
+def test_a_network_error_is_not_a_refusal_and_keeps_its_retries(globus, caplog):
+    import globus_sdk
+    import requests
+
+    task_list()
+    responses.add(responses.GET, f"{TRANSFER}/submission_id", body=requests.ConnectionError("connection reset"))
+    with pytest.raises(globus_sdk.GlobusConnectionError):  # itself, not AirflowFailException: Airflow retries it
+        make_op(globus).execute(ctx())
+    assert not [r for r in caplog.records if r.levelname == "ERROR" and r.getMessage().startswith("refused")]
+    assert not [c for c in responses.calls if c.request.url.endswith("/v0.10/transfer")]
 
 
 def test_not_deferrable_polls_in_worker(globus):
@@ -284,14 +316,28 @@ def test_delete_operator_submits_delete_and_waits(globus):
     assert result["task_id"] == task_id and result["path"] == "raw/p1/scan.h5"
 
 
-def test_delete_refuses_endpoint_root(globus):
-    from facility_data.transfer import PathError
-
-    op = GlobusDeleteOperator(task_id="prune", endpoint="spot832", path=".", conn_id="globus_test",
+@pytest.mark.parametrize("path", [".", "", "/raw/p1", "raw/../.."])
+def test_delete_refuses_the_endpoint_root_and_bad_paths_once_loud(globus, caplog, path):
+    op = GlobusDeleteOperator(task_id="prune", endpoint="spot832", path=path, conn_id="globus_test",
                               endpoints_file=globus.endpoints)
-    with pytest.raises(PathError):
-        op.execute(ctx("prune"))
-    assert len(responses.calls) == 0
+    message, line = refused(caplog, lambda: op.execute(ctx("prune")))
+    assert message.startswith("PathError: ")
+    assert line == f"refused delete spot832:{path} (bad path): {message}"
+    assert len(responses.calls) == 0  # no token, no stat, no delete task
+
+
+def test_delete_on_a_local_endpoint_refuses_a_symlink_out_of_its_root(tmp_path, caplog):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "keep.h5").write_bytes(b"data")
+    (root / "link").symlink_to(outside)
+    endpoints = tmp_path / "endpoints.yaml"
+    endpoints.write_text(f"endpoints:\n  scratch: {{kind: local, site: als, local_root: {root}}}\n")
+    op = GlobusDeleteOperator(task_id="prune", endpoint="scratch", path="link/keep.h5", endpoints_file=str(endpoints))
+    message, line = refused(caplog, lambda: op.execute(ctx("prune")))
+    assert "resolves outside endpoint scratch" in message and "(bad path)" in line
+    assert (outside / "keep.h5").read_bytes() == b"data"
 
 
 def test_stat_and_list_through_sdk(globus):

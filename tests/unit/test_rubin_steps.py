@@ -222,3 +222,64 @@ def test_temp_zip_left_by_a_killed_run_is_cleaned_and_a_live_one_kept(night):
     os.utime(stale, (old, old))
     assert steps.run_step(steps.Context(policy), exp, steps.ZIP).state == "done"
     assert not stale.exists() and live.exists() and p.exists()
+
+
+# ---- a destination Butler in another dimension universe is refused up front -------------------------------------
+def _repo_in_another_universe(root, what: str):
+    from lsst.daf.butler import Butler, DimensionConfig
+
+    config = DimensionConfig()
+    if what == "version":
+        config["version"] = config["version"] - 1
+    else:
+        config["namespace"] = "other_namespace"
+    Butler.makeRepo(str(root), dimensionConfig=config)
+    return Butler.from_config(str(root)).dimensions
+
+
+@pytest.mark.parametrize("what", ["version", "namespace"])
+def test_a_destination_in_another_dimension_universe_is_refused_before_any_side_effect(tmp_path, what):
+    from airflow.sdk.exceptions import AirflowFailException
+    from lsst.daf.butler import Butler
+
+    from facility_data.demo.rubin_synthetic import write_policy
+    from facility_data.operators.embargo import RubinStepOperator
+    from facility_data.rubin.butlerops import UniverseMismatch
+    from facility_data.rubin.policy import ButlerRef
+    from facility_data.rubin.runs import BadRequest, select
+
+    night = build_night(tmp_path, day_obs=unique_day_obs(), n_exposures=2, detectors=6)
+    other = tmp_path / "other-universe"
+    universe = _repo_in_another_universe(other, what)
+    source = Butler.from_config(str(night.source_repo)).dimensions
+    assert (universe.namespace, universe.version) != (source.namespace, source.version)
+    good = night.policy()
+    policy = good.model_copy(update={"destinations": [*good.destinations, ButlerRef(uri=str(other))]})
+    policy_path = write_policy(policy, tmp_path / "policy.yaml")
+    exp = next(iter(exposures(night).values()))
+    now = night.ends[night.obs_ids[-1]] + timedelta(days=5)
+    expected = (f"destination Butler {other} has dimension universe {universe.namespace} version {universe.version}, "
+                f"the source Butler {night.source_repo} {source.namespace} version {source.version}")
+
+    # the run's select refuses before any exposure's step (the first destination is fine: still nothing done)
+    with pytest.raises(BadRequest) as err:
+        select({"instrument": "LSSTCam", "day_obs": str(night.day_obs)}, data_interval=None, run_after=now,
+               policy_path=policy_path, now=now)
+    assert str(err.value).startswith(expected)
+    # a step asked directly (a hand call, a repair) refuses too, before its lease or any write
+    with pytest.raises(UniverseMismatch, match="refused, nothing ingested"):
+        steps.run_step(steps.Context(policy), exp, steps.butler_step(policy.destinations[1]))
+    # and the operator fails the task at once (never retried)
+    op = RubinStepOperator(task_id="butler_ingest", step="butler", exposure=exp.to_dict(),
+                           policy_path=str(policy_path))
+    with pytest.raises(AirflowFailException, match="REFUSED: destination Butler"):
+        op.execute({"params": {"dry_run": False}})
+    assert not steps.paths(policy, exp).zip.parent.exists()  # no zip, no yaml, no lease
+    for repo in (*night.destination_repos, other):
+        assert not Butler.from_config(str(repo)).query_dimension_records("exposure", explain=False)
+
+
+def test_destinations_in_the_source_universe_pass_the_check(night):
+    policy = night.policy()
+    ctx = steps.Context(policy)
+    assert all(ctx.butler(d) is not None for d in policy.destinations)  # two destinations, same universe

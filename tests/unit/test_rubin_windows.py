@@ -96,12 +96,41 @@ def test_naive_or_empty_windows_are_refused(night, source):
     ({"instrument": "LSSTCam", "day_obs": "20250101", "dry_run": "yes"}, "dry_run"),
     ({"instrument": "LSSTCam", "day_obs": "20250101\n"}, "YYYYMMDD"),  # a trailing newline
     ({"instrument": "LSSTCam", "day_obs": "\u0662\u0660\u0662\u0665\u0660\u0661\u0660\u0661"}, "YYYYMMDD"),
+    ({"instrument": "LSSTCam", "day_obs": True}, "a string or an integer"),  # a bool is an int to Python
+    ({"instrument": "LSSTCam", "day_obs": 20250101.0}, "a string or an integer"),
+    ({"instrument": "LSSTCam", "day_obs": 2025010}, "YYYYMMDD"),
+    ({"instrument": "LSSTCam", "day_obs": -2025010}, "YYYYMMDD"),
+    ({"instrument": "LSSTCam", "day_obs": 20251340}, "not a calendar date"),
     ({"instrument": "LSSTCam", "obs_ids": ["MC_O_20250101_000001\n"]}, "malformed obs_id"),
     ({"instrument": "LSSTCam", "obs_ids": ["MC_O_2025010\u0661_000001"]}, "malformed obs_id"),  # Arabic-Indic 1
 ])
 def test_bad_manual_params_are_rejected(night, params, message):
     with pytest.raises(ValueError, match=message):
         windows.parse_manual(night.policy(), params)
+
+
+def test_day_obs_as_an_integer_is_the_same_request_as_the_string(night):
+    policy = night.policy()
+    as_text = windows.parse_manual(policy, {"instrument": "LSSTCam", "day_obs": "20250101",
+                                            "obs_ids": ["MC_O_20250101_000001"]})
+    as_int = windows.parse_manual(policy, {"instrument": "LSSTCam", "day_obs": 20250101,
+                                           "obs_ids": ["MC_O_20250101_000001"]})
+    assert as_int == as_text and as_int.day_obs == 20250101
+    with pytest.raises(ValueError, match="not from day_obs 20250102"):  # the integer is checked like the string
+        windows.parse_manual(policy, {"instrument": "LSSTCam", "day_obs": 20250102,
+                                      "obs_ids": ["MC_O_20250101_000001"]})
+
+
+@pytest.mark.parametrize(("day_obs", "ok"), [("20250101", True), (20250101, True), (None, True), (True, False),
+                                             (False, False), (20250101.0, False), ([20250101], False)])
+def test_the_raw_conf_schema_takes_day_obs_as_a_string_or_an_integer_never_a_bool(day_obs, ok):
+    from facility_data.rubin.runs import BadRequest, check_run_conf
+
+    if ok:
+        check_run_conf({"day_obs": day_obs})
+    else:
+        with pytest.raises(BadRequest, match="conf key day_obs must be a string or an integer or null"):
+            check_run_conf({"day_obs": day_obs})
 
 
 def test_every_bad_manual_field_is_named_at_once(night):

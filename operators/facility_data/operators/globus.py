@@ -118,6 +118,14 @@ class GlobusTransferOperator(_GlobusTaskOperator):
         self.verify_checksum = verify_checksum
 
     def execute(self, context) -> dict:
+        from facility_data.refusal import permanent
+
+        # a refusal (safety policy, bad path or endpoint) fails once and loud; a real error keeps its retries
+        with permanent(f"transfer {self.source_endpoint}:{self.source_path} -> "
+                       f"{self.destination_endpoint}:{self.destination_path}"):
+            return self._transfer(context)
+
+    def _transfer(self, context) -> dict:
         from facility_data.transfer import LocalTransfer, backend_kind, check_transfer_allowed
         from facility_data.transfer.globus import task_label
 
@@ -181,6 +189,12 @@ class GlobusDeleteOperator(_GlobusTaskOperator):
         self.missing_ok = missing_ok
 
     def execute(self, context) -> dict:
+        from facility_data.refusal import permanent
+
+        with permanent(f"delete {self.endpoint}:{self.path}"):
+            return self._delete(context)
+
+    def _delete(self, context) -> dict:
         from facility_data.transfer import LocalTransfer, safe_relpath
         from facility_data.transfer.globus import task_label
 

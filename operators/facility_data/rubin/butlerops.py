@@ -15,6 +15,21 @@ from facility_data.rubin.zipbuild import InconsistentArtifact
 log = logging.getLogger(__name__)
 
 
+class UniverseMismatch(ValueError):
+    """A destination Butler's dimension universe (namespace, version) is not the source's. Records exported from
+    one universe do not mean the same in another, and an ingest would fail part way or mis-describe the data, so
+    it is refused before anything is written; retrying cannot fix it (migrate the repository or fix the policy)."""
+
+
+def check_same_universe(source, dest, source_label: str, dest_label: str) -> None:
+    """Raise :class:`UniverseMismatch`, naming both repositories and universes, unless they are the same."""
+    s, d = source.dimensions, dest.dimensions
+    if (s.namespace, s.version) != (d.namespace, d.version):
+        raise UniverseMismatch(f"destination Butler {dest_label} has dimension universe {d.namespace} version "
+                               f"{d.version}, the source Butler {source_label} {s.namespace} version {s.version}: "
+                               "refused, nothing ingested")
+
+
 def open_butler(ref: ButlerRef, *, writeable: bool = False):
     """A Butler for a policy entry: a URI directly, a connection id through ButlerHook (Airflow connection)."""
     if ref.uri:

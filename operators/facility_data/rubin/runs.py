@@ -100,6 +100,14 @@ def select(params: dict, *, data_interval: tuple[datetime, datetime] | None, run
         else:
             skipped.append({"obs_id": exp.obs_id, "reason": detail["reason"], "state": detail["state"],
                             "exposure": exp.to_dict()})
+    if ready:  # up front, before any exposure's step: every destination must share the source's universe
+        from facility_data.rubin.butlerops import UniverseMismatch
+
+        try:
+            for dest in policy.destinations:
+                ctx.butler(dest)
+        except UniverseMismatch as exc:
+            raise BadRequest(str(exc)) from None
     for s in skipped:
         log.warning("NOT unembargoed now: %s: %s: %s", s["obs_id"], s["state"], s["reason"])
     return {"ready": ready, "skipped": skipped, "dry_run": dry_run, "window": window}
@@ -126,6 +134,8 @@ def run_named_step(name: str, exposure: dict, *, dry_run: bool, policy_path: str
         return out
 
     if name == "butler":
+        for d in ctx.policy.destinations:  # every destination's universe is checked before the first ingest
+            ctx.butler(d, writeable=not dry_run)
         outs = [timed(steps.butler_step(d)) for d in ctx.policy.destinations]
         return {"step": "butler", "destinations": outs, "obs_id": exp.obs_id}
     return {**timed(name, **kwargs), "obs_id": exp.obs_id}
@@ -239,7 +249,8 @@ def unverified_in_sinks(exposures: list[dict], policy_path: str | Path | None = 
 
 
 #: rubin_unembargo_raw's conf, a closed schema (types are also checked by the Params' JSON schema at trigger time)
-RAW_CONF = {"instrument": (str,), "day_obs": (str, type(None)), "obs_ids": (list,), "dry_run": (bool,)}
+#: day_obs may be an integer too (``{"day_obs": 20261201}``, as Butler data ids write it); never a bool
+RAW_CONF = {"instrument": (str,), "day_obs": (str, int, type(None)), "obs_ids": (list,), "dry_run": (bool,)}
 
 
 def check_run_conf(conf: object) -> None:

@@ -143,9 +143,14 @@ class Context:
         return self._rucio
 
     def butler(self, ref: ButlerRef, *, writeable: bool = False):
+        """The Butler of ``ref``, opened once; a destination whose dimension universe is not the source's is
+        refused here (butlerops.UniverseMismatch), before any step reads or writes it."""
         key = (ref.label, writeable)
         if key not in self._butlers:
-            self._butlers[key] = self._butler_factory(ref, writeable=writeable)
+            butler = self._butler_factory(ref, writeable=writeable)
+            if ref != self.policy.source:
+                butlerops.check_same_universe(self.source, butler, self.policy.source.label, ref.label)
+            self._butlers[key] = butler
         return self._butlers[key]
 
     @property
@@ -455,6 +460,7 @@ def check_butler(ctx: Context, exp: ExposureRef, dest: ButlerRef, deep: bool = T
 
 def run_butler(ctx: Context, exp: ExposureRef, dest: ButlerRef) -> Outcome:
     name = butler_step(dest)
+    ctx.butler(dest, writeable=not ctx.dry_run)  # a destination in another dimension universe: refused first
     ensure_released(ctx, exp)
     with ctx.exclusive(exp):
         done, detail = check_butler(ctx, exp, dest)

@@ -157,8 +157,11 @@ def parse_manual(policy: EmbargoPolicy, params: dict) -> ManualRequest:
     day_obs = params.get("day_obs")
     if day_obs in ("", None):
         day_obs = None
+    elif isinstance(day_obs, bool) or not isinstance(day_obs, str | int):  # True is an int: never a night
+        problems.append(f"day_obs: must be YYYYMMDD (a string or an integer), got {day_obs!r}")
+        day_obs = None
     else:
-        text = str(day_obs)
+        text = str(day_obs)  # an integer 20261201 (a JSON conf) is the same night as "20261201"
         if not re.fullmatch(r"[0-9]{8}", text):
             problems.append(f"day_obs: must be YYYYMMDD, got {day_obs!r}")
             day_obs = None

@@ -14,10 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from facility_data.config import ConfigError, include_dir, load_model
-
-
-class PathError(ValueError):
-    """A path given to a transfer is absolute, escapes its endpoint root, or is otherwise unusable."""
+from facility_data.refusal import PathError  # defined in the core, so the refusal boundary knows it
 
 
 class Endpoint(BaseModel):

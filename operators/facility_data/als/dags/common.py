@@ -1,5 +1,5 @@
 """What every ALS DAG builder shares: the start date, a running task's environment (endpoints, ledger, run conf),
-the refusal boundary, warnings that alert, and the reconstruction assets.
+warnings that alert, and the reconstruction assets.
 
 Only ``airflow.sdk`` and light project modules are imported at top level; the rest is imported when a task runs.
 """
@@ -7,7 +7,6 @@ Only ``airflow.sdk`` and light project modules are imported at top level; the re
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 from datetime import datetime
 
 from airflow.sdk import Asset
@@ -59,28 +58,6 @@ def warn_and_alert(what: str, exc: BaseException) -> None:
         FacilityAlertNotifier().notify({**context(), "exception": exc})
     except Exception as alert_exc:  # alerting must never turn a warning into a failure
         log.warning("could not send the alert for %s: %s", what, alert_exc)
-
-
-@contextmanager
-def permanent(item: str):
-    """The task boundary for expected refusals (bad conf or configuration, safety policy): one ERROR line naming
-    ``item`` and the rule, then AirflowFailException (no retry: retrying cannot fix them) raised ``from None``, so
-    the task runner's traceback is a few Airflow frames: no domain frames, no chained cause. Anything else (a real
-    error) propagates untouched, with its traceback and the DAG's retries."""
-    from airflow.sdk.exceptions import AirflowFailException
-
-    from facility_data.conf import ConfError
-    from facility_data.config import ConfigError
-    from facility_data.safety import SafetyError
-
-    try:
-        yield
-    except (ConfError, ConfigError, SafetyError) as exc:
-        rule = ("data-safety policy" if isinstance(exc, SafetyError) else
-                "bad configuration" if isinstance(exc, ConfigError) else "bad conf")
-        reason = f"{type(exc).__name__}: {exc}"
-        log.error("refused %s (%s): %s", item, rule, reason)
-        raise AirflowFailException(reason) from None
 
 
 def conf_item(conf: object) -> str:

@@ -20,7 +20,6 @@ from facility_data.als.dags.common import (
     decision_override,
     env,
     flat,
-    permanent,
     recon_asset,
     run_conf,
     run_id,
@@ -28,6 +27,7 @@ from facility_data.als.dags.common import (
 )
 from facility_data.als.paths import form_pattern
 from facility_data.dag_defaults import default_args
+from facility_data.refusal import permanent
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,9 @@ import logging
 from airflow.sdk import DAG, Param, task
 
 from facility_data.als.beamline import Beamline
-from facility_data.als.dags.common import START, context, env, permanent, run_id
+from facility_data.als.dags.common import START, context, env, run_id
 from facility_data.dag_defaults import default_args
+from facility_data.refusal import permanent
 
 log = logging.getLogger(__name__)
 

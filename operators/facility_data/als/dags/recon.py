@@ -22,13 +22,13 @@ from facility_data.als.dags.common import (
     env,
     flat,
     outputs_line,
-    permanent,
     recon_asset,
     run_conf,
     run_id,
 )
 from facility_data.als.paths import form_pattern
 from facility_data.dag_defaults import default_args
+from facility_data.refusal import permanent
 
 log = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ from facility_data.als.dags.common import (
     context,
     decision_override,
     env,
-    permanent,
     recon_asset,
     run_conf,
     run_id,
 )
 from facility_data.dag_defaults import default_args
+from facility_data.refusal import permanent
 
 log = logging.getLogger(__name__)
 
