@@ -58,6 +58,15 @@ def _settled(site) -> None:
         db.execute("UPDATE events SET time=?", (datetime.fromtimestamp(then, UTC).isoformat(),))
 
 
+@pytest.mark.parametrize("dag_id", ["bl832_new_file", "bl7012_new_file", "bl733_new_file"])
+def test_ingest_scicat_is_a_leaf_so_a_failure_never_holds_data_back(airflow_db, dag_id):
+    dag = s.dag(dag_id)
+    assert dag.get_task("ingest_scicat").downstream_task_ids == set()
+    # the copies, raw_copies and the announcements do not wait for it (their trigger rules are unchanged)
+    assert all("ingest_scicat" not in t.upstream_task_ids for t in dag.tasks)
+    assert all(t.trigger_rule == "all_success" for t in dag.tasks if t.task_id.startswith("announce_"))
+
+
 def test_scicat_ingest_in_the_dag(site, scicat):
     watcher_path = s.write_scan(site)
     dr = s.dag("bl832_new_file").test(run_conf={"file_path": watcher_path})

@@ -1,7 +1,8 @@
 """``<id>_new_file``: triggered by the acquisition side's file watcher (REST API) or by hand. Validates the conf,
 copies spot -> data (if the beamline has a spot location), then data -> NERSC unless export-controlled or
-``send_to_nersc`` is false, verifies and records each copy in the ledger, ingests into SciCat (a leaf: a failure fails the
-run and alerts, but never blocks the copies or the announcements), and emits one asset event per enabled reconstruction target.
+``send_to_nersc`` is false, verifies and records each copy in the ledger, ingests into SciCat (a leaf: a failure
+fails the run and alerts, but never blocks the copies or the announcements), and emits one asset event per enabled
+reconstruction target.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ def build_new_file_dag(bl: Beamline) -> DAG:
 Triggered by the file watcher (`POST /api/v2/dags/{bl.id}_new_file/dagRuns` with `conf.file_path`) or by hand.
 Validates the conf, copies {'spot -> data -> NERSC' if bl.source_role == 'spot' else 'data -> NERSC'}
 (never off site when export-controlled), records each verified copy in the ledger, ingests into SciCat (a failure
-fails the run with an alert, but the copies and announcements do not wait for it), then announces the scan to the reconstruction targets enabled by
-the decision settings (Variable `{bl.decision_variable}`, defaults in `include/beamlines/{bl.id}.yaml`).
+fails the run with an alert, but the copies and announcements do not wait for it), then announces the scan to the
+reconstruction targets enabled by the decision settings (Variable `{bl.decision_variable}`, defaults in `include/beamlines/{bl.id}.yaml`).
 """
     with DAG(
         dag_id=f"{bl.id}_new_file",
@@ -144,7 +145,7 @@ the decision settings (Variable `{bl.decision_variable}`, defaults in `include/b
             log.info("SciCat dataset %s for %s", pid, record["relative"])
             return {"status": "ingested", "pid": pid}
 
-        data_ok >> ingest_scicat(scan)
+        data_ok >> ingest_scicat(scan)  # a leaf: nothing may depend on it (tests/dags/test_als_scicat_in_dag.py)
 
         nersc_ok = None
         if "nersc" in bl.locations:
