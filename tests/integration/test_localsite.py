@@ -37,46 +37,51 @@ def test_services_are_real_and_usable(site):
     assert s3.get_object(Bucket="site-check", Key="a/b.txt")["Body"].read() == b"hello"
 
 
-def test_site_serves_scicat_and_pyscicat_logs_in_with_the_sites_connection(site, monkeypatch):
+@pytest.fixture
+def scicat_site(tmp_path, monkeypatch):
+    """A site running SciCat alone (on a port fixed by FACILITY_SCICAT_PORT), stopped afterwards."""
+    port = free_port()
+    monkeypatch.setenv("FACILITY_SCICAT_PORT", str(port))
+    s = Site(tmp_path / "site")
+    assert s.up(["scicat"]) == ["scicat"] and s.scicat_url == f"http://127.0.0.1:{port}/api/v3"
+    yield s
+    s.down()
+
+
+def test_site_serves_scicat_and_pyscicat_logs_in_with_the_sites_connection(scicat_site, monkeypatch):
     from pyscicat.client import ScicatClient
 
-    from facility_data.hooks.scicat import SciCatHook
+    from facility_data.hooks.scicat import SciCatAuthError, SciCatHook
 
+    site = scicat_site
     conn = site.connections()["scicat_default"]
     assert (conn["conn_type"], conn["host"], conn["login"]) == ("scicat", site.scicat_url, "ingestor")
     monkeypatch.setenv("AIRFLOW_CONN_SCICAT_DEFAULT", json.dumps(conn))
     client = SciCatHook().get_conn()
-    assert isinstance(client, ScicatClient) and isinstance(client.datasets_get_many({}), list)
+    assert isinstance(client, ScicatClient) and client.datasets_get_many({}) == []
     monkeypatch.setenv("AIRFLOW_CONN_SCICAT_DEFAULT", json.dumps({**conn, "password": "not-the-sites"}))
-    with pytest.raises(Exception, match=r"refused \(401\)"):
+    with pytest.raises(SciCatAuthError, match=r"refused \(401\)"):
         SciCatHook(backoff=0).get_conn()
-    assert site.scicat_password not in " ".join(f"{k}={v}" for k, v in site.env().items() if "PASSWORD" not in k)
+    # the password reaches the stand-in through its environment, never its command line
+    assert site.scicat_password not in open(f"/proc/{site.state['pids']['scicat']}/cmdline").read()
 
 
-def test_scicat_only_site_keeps_its_catalogue_across_down_and_up(tmp_path, monkeypatch):
+def test_scicat_site_keeps_its_catalogue_across_down_and_up(scicat_site, tmp_path, monkeypatch):
     from facility_data.als.scicat_ingest import ingest_scan
     from facility_data.demo import als_synthetic as synthetic
     from facility_data.hooks.scicat import SciCatHook
     from facility_data.localsite.scicat_standin import MARKER
 
-    port = free_port()
-    monkeypatch.setenv("FACILITY_SCICAT_PORT", str(port))
-    s = Site(tmp_path / "site")
-    try:
-        assert s.up(["scicat"]) == ["scicat"] and s.scicat_url == f"http://127.0.0.1:{port}/api/v3"
-        assert s.status()["scicat"] and not s.status()["postgres"]
-        assert s.scicat_password not in (cmdline := open(f"/proc/{s.state['pids']['scicat']}/cmdline").read())
-        assert MARKER in cmdline
-        monkeypatch.setenv("AIRFLOW_CONN_SCICAT_DEFAULT", json.dumps(s.connections()["scicat_default"]))
-        scan = synthetic.write_scan(tmp_path / "20240101_120000_kept.h5", n_angles=5, size=16, n_slices=1)
-        dataset = ingest_scan(SciCatHook(backoff=0), scan)
-        pid = s.state["pids"]["scicat"]
-        assert s.down() == ["scicat"] and not alive(pid, MARKER) and not port_in_use(port)
-        assert s.up(["scicat"]) == ["scicat"]
-        found = SciCatHook(backoff=0).get_conn().datasets_get_many({"datasetName": "20240101_120000_kept"})
-        assert [d["pid"] for d in found] == [dataset]
-    finally:
-        s.down()
+    s, port = scicat_site, scicat_site.state["ports"]["scicat"]
+    assert s.status()["scicat"] and not s.status()["postgres"]
+    monkeypatch.setenv("AIRFLOW_CONN_SCICAT_DEFAULT", json.dumps(s.connections()["scicat_default"]))
+    scan = synthetic.write_scan(tmp_path / "20240101_120000_kept.h5", n_angles=5, size=16, n_slices=1)
+    dataset = ingest_scan(SciCatHook(backoff=0), scan)
+    pid = s.state["pids"]["scicat"]
+    assert s.down() == ["scicat"] and not alive(pid, MARKER) and not port_in_use(port)
+    assert s.up(["scicat"]) == ["scicat"]
+    found = SciCatHook(backoff=0).get_conn().datasets_get_many({"datasetName": "20240101_120000_kept"})
+    assert [d["pid"] for d in found] == [dataset]
 
 
 def test_up_is_idempotent(site):
