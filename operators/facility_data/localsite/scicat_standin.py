@@ -313,7 +313,7 @@ class SciCatServer:
         self.root.mkdir(parents=True, exist_ok=True)
         pid = start([sys.executable, "-m", MARKER, "--port", str(self.port), "--state", str(self.state_file),
                      "--user", INGEST_USER], log=self.log, env={**os.environ, PASSWORD_ENV: self.password})
-        wait_until(self.healthy, what=f"SciCat stand-in on {self.url}", timeout=30, log=self.log)
+        wait_until(self.healthy, what=f"SciCat stand-in on {self.url}", timeout=60, log=self.log)
         return pid
 
     def running(self, pid: int | None) -> bool:
