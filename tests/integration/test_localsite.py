@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_services_are_real_and_usable(site):
-    assert site.status() == {"postgres": True, "rucio": True, "s3": True}
+    assert site.status() == {"postgres": True, "rucio": True, "s3": True, "scicat": True}
     # Rucio: bootstrapped for the Rubin pipeline
     client = site.rucio_client()
     assert client.whoami()["account"] == "root"
@@ -35,6 +35,53 @@ def test_services_are_real_and_usable(site):
     s3.create_bucket(Bucket="site-check")
     s3.put_object(Bucket="site-check", Key="a/b.txt", Body=b"hello")
     assert s3.get_object(Bucket="site-check", Key="a/b.txt")["Body"].read() == b"hello"
+
+
+@pytest.fixture
+def scicat_site(tmp_path, monkeypatch):
+    """A site running SciCat alone (on a port fixed by FACILITY_SCICAT_PORT), stopped afterwards."""
+    port = free_port()
+    monkeypatch.setenv("FACILITY_SCICAT_PORT", str(port))
+    s = Site(tmp_path / "site")
+    assert s.up(["scicat"]) == ["scicat"] and s.scicat_url == f"http://127.0.0.1:{port}/api/v3"
+    yield s
+    s.down()
+
+
+def test_site_serves_scicat_and_pyscicat_logs_in_with_the_sites_connection(scicat_site, monkeypatch):
+    from pyscicat.client import ScicatClient
+
+    from facility_data.hooks.scicat import SciCatAuthError, SciCatHook
+
+    site = scicat_site
+    conn = site.connections()["scicat_default"]
+    assert (conn["conn_type"], conn["host"], conn["login"]) == ("scicat", site.scicat_url, "ingestor")
+    monkeypatch.setenv("AIRFLOW_CONN_SCICAT_DEFAULT", json.dumps(conn))
+    client = SciCatHook().get_conn()
+    assert isinstance(client, ScicatClient) and client.datasets_get_many({}) == []
+    monkeypatch.setenv("AIRFLOW_CONN_SCICAT_DEFAULT", json.dumps({**conn, "password": "not-the-sites"}))
+    with pytest.raises(SciCatAuthError, match=r"refused \(401\)"):
+        SciCatHook(backoff=0).get_conn()
+    # the password reaches the stand-in through its environment, never its command line
+    assert site.scicat_password not in open(f"/proc/{site.state['pids']['scicat']}/cmdline").read()
+
+
+def test_scicat_site_keeps_its_catalogue_across_down_and_up(scicat_site, tmp_path, monkeypatch):
+    from facility_data.als.scicat_ingest import ingest_scan
+    from facility_data.demo import als_synthetic as synthetic
+    from facility_data.hooks.scicat import SciCatHook
+    from facility_data.localsite.scicat_standin import MARKER
+
+    s, port = scicat_site, scicat_site.state["ports"]["scicat"]
+    assert s.status()["scicat"] and not s.status()["postgres"]
+    monkeypatch.setenv("AIRFLOW_CONN_SCICAT_DEFAULT", json.dumps(s.connections()["scicat_default"]))
+    scan = synthetic.write_scan(tmp_path / "20240101_120000_kept.h5", n_angles=5, size=16, n_slices=1)
+    dataset = ingest_scan(SciCatHook(backoff=0), scan)
+    pid = s.state["pids"]["scicat"]
+    assert s.down() == ["scicat"] and not alive(pid, MARKER) and not port_in_use(port)
+    assert s.up(["scicat"]) == ["scicat"]
+    found = SciCatHook(backoff=0).get_conn().datasets_get_many({"datasetName": "20240101_120000_kept"})
+    assert [d["pid"] for d in found] == [dataset]
 
 
 def test_up_is_idempotent(site):

@@ -17,3 +17,16 @@ def test_prepare_writes_a_valid_scan_and_summary_reads_the_site(site_root, monke
     assert "copies recorded in the ledger" in text and "(none yet)" in text
     assert "prune dry run (nothing deleted)" in text
     assert list((site_root / "reports" / "als" / "bl832").glob("prune-*-dry-run.txt"))
+
+
+def test_summary_lists_the_datasets_in_the_sites_scicat_records(site_root, monkeypatch):
+    from facility_data.localsite.scicat_standin import SciCatStandIn
+
+    monkeypatch.setenv("FACILITY_SITE", str(site_root))
+    assert "datasets catalogued in the local SciCat stand-in" in demo.summary(site_root)
+    records = site_root / "scicat" / "records.json"
+    records.parent.mkdir()
+    standin = SciCatStandIn(state_file=records)
+    standin.datasets["20.500.12269/demo"] = {"sourceFolder": "/data/raw/ALS-1_x", "datasetName": "20240101_1_x"}
+    standin._persist()  # as the stand-in does after every creation
+    assert "20.500.12269/demo  /data/raw/ALS-1_x/20240101_1_x" in demo.summary(site_root)

@@ -1,5 +1,5 @@
 """SciCat through pyscicat: the hook's login shapes, retries and failures, and the idempotent ingest of a synthetic
-scan, against the local SciCat stand-in (tests/standins/scicat.py, a real HTTP server). A few answers no SciCat
+scan, against the local SciCat stand-in (facility_data.localsite.scicat_standin, a real HTTP server). A few answers no SciCat
 gives (HTML where JSON is due, a 200 without a pid, an https host) stay on canned `responses`."""
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import h5py
 import pytest
 import responses
 from pyscicat.client import ScicatClient
-from standins.scicat import SciCatStandIn
 
 from facility_data.als import scicat_ingest as ingest
 from facility_data.demo import als_synthetic as synthetic
@@ -25,6 +24,7 @@ from facility_data.hooks.scicat import (
     SciCatHTTPError,
     SciCatResponseError,
 )
+from facility_data.localsite.scicat_standin import SciCatStandIn
 
 PASSWORD = "ingest-password-123"
 SOURCE = "/global/raw/ALS-12345_auser/20240101_120000_phantom.h5"
@@ -378,3 +378,57 @@ def test_storage_path_rewrite():
     assert str(ingest.storage_path("/a/b.h5", "", "")) == "/a/b.h5"
     with pytest.raises(ingest.IngestInputError, match="not under"):
         ingest.storage_path("/global/rawdata/b.h5", "/global/raw", "/data/raw")
+
+
+# ------------------------------------------------------------- what the DAG retries (ingest_scicat's boundary)
+def _raised(call) -> BaseException:
+    try:
+        call()
+    except Exception as exc:
+        return exc
+    raise AssertionError("did not fail")
+
+
+def test_scicat_down_or_5xx_is_retryable_a_refused_login_or_4xx_is_not(hook, scan, scicat, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_SCICAT_BAD", scicat.connection_json(password="wrong-password-456"))
+    assert not ingest.retryable(_raised(lambda: _ingest(SciCatHook("scicat_bad", backoff=0), scan)))
+    scicat.fail("POST", "Datasets", status=400, message="bad dataset")
+    assert not ingest.retryable(_raised(lambda: _ingest(hook, scan)))
+    scicat.fail("GET", "Datasets", status=503, times=10, message="database unavailable")
+    assert ingest.retryable(_raised(lambda: _ingest(hook, scan)))
+    scicat.down()
+    assert ingest.retryable(_raised(lambda: _ingest(hook, scan)))
+
+
+def test_retryable_looks_through_a_half_done_ingest_to_its_cause(tmp_path, hook):
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    def wrapped(cause: BaseException) -> BaseException:
+        try:
+            raise ingest.SciCatIngestError("incomplete", state={}) from cause
+        except ingest.SciCatIngestError as exc:
+            return exc
+
+    assert not ingest.retryable(wrapped(SciCatAuthError("refused")))
+    assert not ingest.retryable(wrapped(SciCatHTTPError("rejected", status=422)))
+    assert ingest.retryable(wrapped(SciCatHTTPError("gateway", status=502)))
+    assert ingest.retryable(wrapped(SciCatError("unreachable")))
+    assert not ingest.retryable(_raised(lambda: _ingest(hook, tmp_path / "missing.h5")))  # IngestInputError
+    assert not ingest.retryable(AirflowNotFoundException("The conn_id `scicat_default` isn't defined"))
+    assert ingest.retryable(RuntimeError("unexpected"))  # unknown: the DAG's retries first, as for any task
+
+
+# ------------------------------------------------------------------------------- the stand-in's record file
+def test_the_standin_keeps_its_records_in_its_state_file_across_a_restart(tmp_path, scan, monkeypatch):
+    state = tmp_path / "records.json"
+    with SciCatStandIn({"ingestor": PASSWORD}, state_file=state) as first:
+        monkeypatch.setenv("AIRFLOW_CONN_SCICAT_KEPT", first.connection_json())
+        pid = _ingest(SciCatHook("scicat_kept", backoff=0), scan)
+        assert json.loads(state.read_text())["datasets"][pid]["pid"] == pid
+    with SciCatStandIn({"ingestor": PASSWORD}, state_file=state) as second:
+        assert list(second.datasets) == [pid] and len(second.origdatablocks[pid]) == 1
+        assert len(second.attachments[pid]) == 1 and not second.tokens  # tokens are not kept: clients log in again
+        monkeypatch.setenv("AIRFLOW_CONN_SCICAT_KEPT", second.connection_json())
+        posts = second.count("POST", "Datasets")
+        assert _ingest(SciCatHook("scicat_kept", backoff=0), scan) == pid  # a rerun finds it, creates nothing
+        assert second.count("POST", "Datasets") == posts

@@ -46,6 +46,7 @@ from pydantic import ValidationError
 from pyscicat.model import Attachment, CreateDatasetOrigDatablockDto, DataFile, RawDataset
 
 from facility_data.hooks.scicat import (
+    SciCatAuthError,
     SciCatClient,
     SciCatError,
     SciCatHTTPError,
@@ -126,6 +127,23 @@ class SciCatIngestError(SciCatError):
 
 #: Everything ingest_scan raises for a SciCat or input problem (not programming errors).
 INGEST_ERRORS = (SciCatError, IngestInputError)
+
+
+def retryable(exc: BaseException) -> bool:
+    """May a later try succeed with nobody fixing anything? No for a refused login, a 4xx answer, an unusable scan
+    or connection (a ValueError, or no such connection), looked for through the causes (a half-done ingest wraps
+    what stopped it); yes for the rest: SciCat unreachable, 5xx or garbled answers, and unexpected errors (the DAG's
+    retries then run first, as for any task)."""
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, SciCatAuthError | ValueError | AirflowNotFoundException):
+            return False
+        if isinstance(seen, SciCatHTTPError) and not seen.is_server_error:
+            return False
+        seen = seen.__cause__
+    return True
 
 
 @dataclass

@@ -99,6 +99,12 @@ def summary(site_root: str | Path, *, beamline: str = "bl832") -> str:
                                  f"mode {oct(rec.stat().st_mode & 0o7777)})")
         if not found:
             lines.append("   (none yet)")
+        records = root / "scicat" / "records.json"  # the local site's SciCat stand-in (localsite.scicat_standin)
+        lines.append(f"-- datasets catalogued in the local SciCat stand-in ({records}):")
+        datasets = json.loads(records.read_text())["datasets"] if records.exists() else {}
+        lines += [f"   {pid}  {d.get('sourceFolder')}/{d.get('datasetName')}" for pid, d in datasets.items()]
+        if not datasets:
+            lines.append("   (none yet)")
         report = write_report(Sweep(bl, endpoints, ledger, dry_run=True).run(), bl.reports_path())
         lines.append(f"-- prune dry run (nothing deleted): {report.text_path}")
         lines += ["   " + line for line in report.text().splitlines()]

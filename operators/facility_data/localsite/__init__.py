@@ -1,10 +1,11 @@
 """The local site: real services and directories that let the whole mission run on one machine.
 
 ``Site(root).up()`` brings up, idempotently and on loopback, PostgreSQL, a Rucio server (PostgreSQL-backed,
-bootstrapped for the Rubin pipeline) and an S3 API server; it lays out the directories that stand in for remote
+bootstrapped for the Rubin pipeline), an S3 API server and a SciCat API stand-in (records kept in
+``<root>/scicat/records.json``); it lays out the directories that stand in for remote
 endpoints and storage, and records ports, pids and PostgreSQL's directory (outside the site when root runs it,
 see facility_data.localsite.postgres) in ``<root>/site.json``. ``down()`` stops only what the site started;
-``remove()`` deletes the site and its databases. Ports are taken from FACILITY_{PG,RUCIO,S3,AIRFLOW}_PORT, else kept
+``remove()`` deletes the site and its databases. Ports are taken from FACILITY_{PG,RUCIO,S3,SCICAT,AIRFLOW}_PORT, else kept
 from an earlier run, else free ones.
 """
 
@@ -22,10 +23,11 @@ from facility_data.localsite.postgres import Postgres, new_cluster_dir, owned_by
 from facility_data.localsite.procs import SiteError, free_port
 from facility_data.localsite.rucio_server import RucioServer, server_venv
 from facility_data.localsite.s3 import S3Server
+from facility_data.localsite.scicat_standin import INGEST_USER, SciCatServer
 
 __all__ = ["Site", "SiteError", "SERVICES"]
 
-SERVICES = ("postgres", "rucio", "s3")
+SERVICES = ("postgres", "rucio", "s3", "scicat")
 DIRECTORIES = ("endpoints", "embargo", "main", "butler", "reports", "airflow", "logs")
 
 
@@ -43,6 +45,7 @@ class Site:
                 ports[name] = free_port()
         self.state.setdefault("pids", {})
         self.state.setdefault("rucio_password", secrets.token_urlsafe(16))
+        self.state.setdefault("scicat_password", secrets.token_urlsafe(16))
         # where rubin_unembargo_raw's catchup starts on this site: its creation, so unpausing it creates a handful
         # of runs rather than one per 15 minutes since the production default (earlier windows: backfill)
         now = datetime.now(UTC)
@@ -69,6 +72,20 @@ class Site:
     @property
     def s3(self) -> S3Server:
         return S3Server(self.root / "s3", self.state["ports"]["s3"])
+
+    @property
+    def scicat(self) -> SciCatServer:
+        return SciCatServer(self.root / "scicat", self.state["ports"]["scicat"], self.state["scicat_password"])
+
+    @property
+    def scicat_url(self) -> str:
+        return self.scicat.url
+
+    scicat_user = INGEST_USER
+
+    @property
+    def scicat_password(self) -> str:
+        return self.state["scicat_password"]
 
     @property
     def pg_dsn(self) -> str:
@@ -133,6 +150,11 @@ class Site:
             if not s3.running(pids.get("s3")):
                 pids["s3"] = s3.start()
                 started.append("s3")
+        if "scicat" in services:
+            scicat = self.scicat
+            if not scicat.running(pids.get("scicat")):
+                pids["scicat"] = scicat.start()
+                started.append("scicat")
         self._save()
         return started
 
@@ -140,6 +162,8 @@ class Site:
         """Stop what this site started (never other programs). Returns the names of stopped services."""
         stopped = []
         pids = self.state["pids"]
+        if self.scicat.stop(pids.pop("scicat", None)):
+            stopped.append("scicat")
         if self.s3.stop(pids.pop("s3", None)):
             stopped.append("s3")
         if self.rucio.stop(pids.pop("rucio", None)):
@@ -167,7 +191,7 @@ class Site:
     def status(self) -> dict[str, bool]:
         pids = self.state["pids"]
         return {"postgres": self.postgres.running(), "rucio": self.rucio.running(pids.get("rucio")),
-                "s3": self.s3.running(pids.get("s3"))}
+                "s3": self.s3.running(pids.get("s3")), "scicat": self.scicat.running(pids.get("scicat"))}
 
     # --- what clients need -----------------------------------------------------------------------------------
     def env(self) -> dict[str, str]:
@@ -178,6 +202,8 @@ class Site:
             "RUCIO_URL": self.rucio_url,
             "RUCIO_PASSWORD": self.rucio_password,
             "S3_URL": self.s3_url,
+            "SCICAT_URL": self.scicat_url,
+            "SCICAT_PASSWORD": self.scicat_password,
             "PG_PORT": str(self.state["ports"]["postgres"]),
             "AIRFLOW_PORT": str(self.state["ports"]["airflow"]),
             "FACILITY_RUBIN_START": self.state["rubin_start"],

@@ -90,6 +90,7 @@ def _print_ports(site: Site) -> None:
     print(f"  PostgreSQL  127.0.0.1:{site.state['ports']['postgres']}  (cluster in {site.postgres.root})")
     print(f"  Rucio       {site.rucio_url}  (account root)")
     print(f"  S3 API      {site.s3_url}")
+    print(f"  SciCat      {site.scicat_url}  (stand-in, account {site.scicat_user})")
     print(f"  Airflow UI  http://127.0.0.1:{site.state['ports']['airflow']} (make airflow)")
 
 

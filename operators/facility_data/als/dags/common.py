@@ -1,5 +1,5 @@
 """What every ALS DAG builder shares: the start date, a running task's environment (endpoints, ledger, run conf),
-warnings that alert, and the reconstruction assets.
+the failure boundary of a leaf step (refusals: facility_data.refusal.permanent), and the reconstruction assets.
 
 Only ``airflow.sdk`` and light project modules are imported at top level; the rest is imported when a task runs.
 """
@@ -49,15 +49,17 @@ def run_conf() -> dict:
     return dict(conf) if isinstance(conf, dict) else ({} if conf is None else conf)
 
 
-def warn_and_alert(what: str, exc: BaseException) -> None:
-    """A non-blocking failure: a WARNING in the task log and an alert through the project's notifier."""
-    from facility_data.notify import FacilityAlertNotifier
+def leaf_failure(what: str, exc: BaseException, *, retryable: bool) -> Exception:
+    """The boundary of a leaf step that was asked for and not done (nothing downstream waits for it, so data
+    movement goes on): one ERROR line naming ``what`` and the reason, and the exception to raise ``from None`` (no
+    domain frames, no chained cause). ``retryable``: AirflowException, so the DAG's retries come first; else
+    AirflowFailException (a retry cannot fix it). Either way the task ends FAILED and the DAG's failure callback
+    sends the alert (once, on the last try)."""
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-    log.warning("%s failed (data movement continues): %s: %s", what, type(exc).__name__, exc)
-    try:
-        FacilityAlertNotifier().notify({**context(), "exception": exc})
-    except Exception as alert_exc:  # alerting must never turn a warning into a failure
-        log.warning("could not send the alert for %s: %s", what, alert_exc)
+    reason = f"{what} failed: {type(exc).__name__}: {exc}"
+    log.error("%s (%s)", reason, "retryable" if retryable else "not retryable")
+    return (AirflowException if retryable else AirflowFailException)(reason)
 
 
 def conf_item(conf: object) -> str:

@@ -1,7 +1,8 @@
 """``<id>_new_file``: triggered by the acquisition side's file watcher (REST API) or by hand. Validates the conf,
 copies spot -> data (if the beamline has a spot location), then data -> NERSC unless export-controlled or
-``send_to_nersc`` is false, verifies and records each copy in the ledger, ingests into SciCat (a failure is a
-warning plus an alert, never a blocker), and emits one asset event per enabled reconstruction target.
+``send_to_nersc`` is false, verifies and records each copy in the ledger, ingests into SciCat (a leaf: a failure
+fails the run and alerts, but never blocks the copies or the announcements), and emits one asset event per enabled
+reconstruction target.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from facility_data.als.dags.common import (
     decision_override,
     env,
     flat,
+    leaf_failure,
     recon_asset,
     run_conf,
     run_id,
-    warn_and_alert,
 )
 from facility_data.als.paths import form_pattern
 from facility_data.dag_defaults import default_args
@@ -42,8 +43,8 @@ def build_new_file_dag(bl: Beamline) -> DAG:
 Triggered by the file watcher (`POST /api/v2/dags/{bl.id}_new_file/dagRuns` with `conf.file_path`) or by hand.
 Validates the conf, copies {'spot -> data -> NERSC' if bl.source_role == 'spot' else 'data -> NERSC'}
 (never off site when export-controlled), records each verified copy in the ledger, ingests into SciCat (a failure
-is a warning and an alert, never a blocker), then announces the scan to the reconstruction targets enabled by
-the decision settings (Variable `{bl.decision_variable}`, defaults in `include/beamlines/{bl.id}.yaml`).
+fails the run with an alert, but the copies and announcements do not wait for it), then announces the scan to the
+reconstruction targets enabled by the decision settings (Variable `{bl.decision_variable}`, defaults in `include/beamlines/{bl.id}.yaml`).
 """
     with DAG(
         dag_id=f"{bl.id}_new_file",
@@ -116,7 +117,9 @@ the decision settings (Variable `{bl.decision_variable}`, defaults in `include/b
 
         @task(show_return_value_in_logs=False)
         def ingest_scicat(record: dict) -> dict:
-            """Catalogue the scan in SciCat; a failure is a visible warning + alert, never a blocker."""
+            """Catalogue the scan in SciCat. A leaf (nothing waits for it, so the data still moves), but a scan not
+            catalogued fails the task: after the DAG's retries when SciCat may come back (unreachable, 5xx), at once
+            when a retry cannot help (login refused, 4xx, bad scan or connection). The failure alert names why."""
             if not bl.scicat.enabled:
                 log.info("SciCat ingest is disabled for %s", bl.id)
                 return {"status": "disabled"}
@@ -136,12 +139,13 @@ the decision settings (Variable `{bl.decision_variable}`, defaults in `include/b
                                   source_root=bl.scicat.source_root, storage_root=bl.scicat.storage_root,
                                   owner_group_fallback=bl.scicat.owner_group_fallback or bl.beamline)
             except Exception as exc:
-                warn_and_alert(f"SciCat ingest of {record['relative']}", exc)
-                return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+                from facility_data.als.scicat_ingest import retryable
+
+                raise leaf_failure(f"SciCat ingest of {record['relative']}", exc, retryable=retryable(exc)) from None
             log.info("SciCat dataset %s for %s", pid, record["relative"])
             return {"status": "ingested", "pid": pid}
 
-        data_ok >> ingest_scicat(scan)
+        data_ok >> ingest_scicat(scan)  # a leaf: nothing may depend on it (tests/dags/test_als_scicat_in_dag.py)
 
         nersc_ok = None
         if "nersc" in bl.locations:

@@ -1,6 +1,10 @@
 """A local SciCat API stand-in: a real HTTP server (threaded ``http.server``) that pyscicat, through
 :class:`facility_data.hooks.scicat.SciCatClient`, talks to unchanged.
 
+Why here and not under tests/: the local site (``Site.up``) runs it as its own process
+(``python -m facility_data.localsite.scicat_standin``, see :class:`SciCatServer`) so the demo's
+``bl832_new_file`` catalogues its scans; tests start it in-process (``with SciCatStandIn() as scicat:``).
+
 It serves, under ``/api/v3``, the routes the ingest uses, with SciCat's shapes:
 
 * ``POST auth/login`` (v4: ``{"access_token", "id", "userId"}``) or, with ``v4_login=False``, only the older
@@ -11,7 +15,9 @@ It serves, under ``/api/v3``, the routes the ingest uses, with SciCat's shapes:
   absent; the ownership of a block is copied from its dataset, as v4 does).
 
 Every call other than login needs a valid ``Authorization: Bearer`` token (401 otherwise). Records live in memory
-(``datasets``, ``origdatablocks``, ``attachments``); ``calls`` lists ``(method, route, query)`` of every request.
+(``datasets``, ``origdatablocks``, ``attachments``) and, given ``state_file``, are also written there (JSON, after
+every change) and read back on start, so a restarted site keeps its catalogue; tokens are not kept (after a restart
+clients log in again, as they do on any 401). ``calls`` lists ``(method, route, query)`` of every request.
 
 Fault switches: :meth:`down` / :meth:`up` (the port refuses connections, then serves again with the same records),
 :meth:`fail` (the next ``times`` matching requests answer ``status`` with a message; ``after_store`` applies the
@@ -27,17 +33,30 @@ routes (``datasets``) and ``/api/v4`` prefix.
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import sys
 import threading
 import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, unquote_plus, urlsplit
 
-from facility_data.localsite.procs import free_port
+from facility_data.localsite.procs import (
+    SiteError,
+    alive,
+    free_port,
+    http_ok,
+    port_in_use,
+    start,
+    stop,
+    wait_until,
+)
 
 API_PATH = "/api/v3"
 PID_PREFIX = "20.500.12269/"
+RECORDS = ("datasets", "origdatablocks", "attachments")  # what ``state_file`` keeps
 RAW_REQUIRED = ("type", "owner", "contactEmail", "sourceFolder", "creationTime", "ownerGroup",
                 "principalInvestigator", "creationLocation")
 
@@ -55,17 +74,23 @@ class _Fault:
 class SciCatStandIn:
     """``with SciCatStandIn() as scicat:`` serves on a free port; ``scicat.url`` is the API base URL."""
 
-    def __init__(self, users: dict[str, str] | None = None, *, v4_login: bool = True):
+    def __init__(self, users: dict[str, str] | None = None, *, v4_login: bool = True, port: int | None = None,
+                 state_file: Path | None = None):
         self.users = dict(users or {"ingestor": "ingest-password"})
         self.v4_login = v4_login
-        self.port = free_port()
+        self.port = port or free_port()
+        self.state_file = Path(state_file) if state_file else None
         self.datasets: dict[str, dict] = {}
         self.origdatablocks: dict[str, list[dict]] = {}
         self.attachments: dict[str, list[dict]] = {}
+        if self.state_file and self.state_file.exists():
+            saved = json.loads(self.state_file.read_text())
+            self.datasets, self.origdatablocks, self.attachments = (saved[k] for k in RECORDS)
         self.calls: list[tuple[str, str, str]] = []
         self.tokens: set[str] = set()
         self._faults: list[_Fault] = []
         self._lock = threading.Lock()
+        self._persist_lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -136,9 +161,20 @@ class SciCatStandIn:
         if fault and not fault.after_store:
             return fault.status, {"statusCode": fault.status, "message": fault.message}
         status, answer = self._route(method, route, query, headers, body)
+        if method == "POST" and status == 201 and self.state_file:
+            self._persist()
         if fault:
             return fault.status, {"statusCode": fault.status, "message": fault.message}
         return status, answer
+
+    def _persist(self) -> None:
+        """Write the records atomically (a crash mid-write leaves the previous catalogue, not half a file)."""
+        with self._persist_lock:
+            with self._lock:
+                text = json.dumps({k: getattr(self, k) for k in RECORDS})
+            tmp = self.state_file.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(self.state_file)
 
     def _route(self, method, route, query, headers, body) -> tuple[int, object]:
         parts = [unquote_plus(p) for p in route.split("/") if p]
@@ -245,3 +281,64 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format, *args) -> None:  # quiet: tests read ``calls``
         pass
+
+
+# -- the local site's SciCat: the stand-in as a process of its own --------------------------------------------------
+MARKER = "facility_data.localsite.scicat_standin"
+INGEST_USER = "ingestor"
+PASSWORD_ENV = "SCICAT_STANDIN_PASSWORD"  # the password travels in the environment, never on the command line
+
+
+class SciCatServer:
+    """The site's SciCat stand-in process (like :class:`facility_data.localsite.s3.S3Server`): one ingest account
+    (``ingestor`` with the site's password), records in ``<root>/records.json``, log in ``<root>/scicat.log``."""
+
+    def __init__(self, root: Path, port: int, password: str):
+        self.root = root
+        self.port = port
+        self.password = password
+        self.log = root / "scicat.log"
+        self.state_file = root / "records.json"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{API_PATH}"
+
+    def healthy(self) -> bool:
+        return http_ok(f"{self.url}/Datasets")  # 401 without a token: serving
+
+    def start(self) -> int:
+        if port_in_use(self.port):
+            raise SiteError(f"port {self.port} for the SciCat stand-in is taken: set FACILITY_SCICAT_PORT")
+        self.root.mkdir(parents=True, exist_ok=True)
+        pid = start([sys.executable, "-m", MARKER, "--port", str(self.port), "--state", str(self.state_file),
+                     "--user", INGEST_USER], log=self.log, env={**os.environ, PASSWORD_ENV: self.password})
+        wait_until(self.healthy, what=f"SciCat stand-in on {self.url}", timeout=60, log=self.log)
+        return pid
+
+    def running(self, pid: int | None) -> bool:
+        return alive(pid, MARKER) and self.healthy()
+
+    def stop(self, pid: int | None) -> bool:
+        return bool(pid) and stop(pid, MARKER)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve until terminated: ``--port``, ``--state`` (the records file), ``--user`` (password from the env)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--state", type=Path, required=True)
+    parser.add_argument("--user", default=INGEST_USER)
+    args = parser.parse_args(argv)
+    password = os.environ.get(PASSWORD_ENV)
+    if not password:
+        parser.error(f"{PASSWORD_ENV} must hold the password of {args.user!r}")
+    standin = SciCatStandIn({args.user: password}, port=args.port, state_file=args.state).up()
+    print(f"SciCat stand-in on {standin.url} ({len(standin.datasets)} dataset(s) from {args.state})", flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
