@@ -9,6 +9,7 @@ through Globus only.
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 
 import _als_support as s
@@ -38,6 +39,17 @@ def site(airflow_db, tmp_path, monkeypatch):
     gen.close()
 
 
+def _include(site, tmp_path, monkeypatch, delete: tuple[str, ...] = ()) -> None:
+    """A private include/ as a facility would set it: SciCat reads the raw file where data832 is mounted on the
+    ingest worker (``scicat.h5_root``: Globus cannot read HDF5), deletion on for ``delete``."""
+    include = s.enable_deletion(tmp_path, monkeypatch, delete)
+    bl = include / "beamlines" / "bl832.yaml"
+    data_uuid = yaml.safe_load(site.endpoints_file.read_text())["endpoints"]["data832"]["uuid"]
+    text = bl.read_text().replace('h5_root: ""', f'h5_root: "{site.dirs[data_uuid] / "data"}"', 1)
+    assert text != bl.read_text()
+    bl.write_text(text)
+
+
 def _scan(g, name="20240101_120000_shell") -> tuple[str, bytes]:
     from facility_data.demo import als_synthetic as synthetic
 
@@ -47,13 +59,14 @@ def _scan(g, name="20240101_120000_shell") -> tuple[str, bytes]:
     return f"/global/raw/{s.FOLDER}/{name}.h5", p.read_bytes()
 
 
-def test_new_file_moves_a_scan_through_globus_with_verified_checksums(site):
-    watcher_path, data = _scan(site)
+def test_new_file_moves_a_scan_through_globus_with_verified_checksums(site, tmp_path, monkeypatch, scicat_service):
+    _include(site, tmp_path, monkeypatch)
+    watcher_path, data = _scan(site, "20240101_120500_facility")
     dr = s.dag("bl832_new_file").test(run_conf={"file_path": watcher_path, "is_export_control": False})
     st = s.states(dr)
     assert str(dr.state) == "success", st
     assert st["copy_spot_to_data"] == st["copy_data_to_nersc"] == st["verify_nersc_copy"] == "success"
-    rel = f"{s.FOLDER}/20240101_120000_shell.h5"
+    rel = f"{s.FOLDER}/20240101_120500_facility.h5"
     assert site.local("data832_raw", rel).read_bytes() == data
     assert site.local("nersc832", f"raw/{rel}").read_bytes() == data
     ledger = s.ledger(site.root)
@@ -61,6 +74,9 @@ def test_new_file_moves_a_scan_through_globus_with_verified_checksums(site):
     for role in ("data", "nersc"):
         rec = ledger.copy("bl832", role, rel)
         assert rec is not None and rec.state == "present" and rec.checksum == digest, (role, rec)
+    assert st["ingest_scicat"] == "success"
+    assert [d for d in scicat_service.datasets.values() if "20240101_120500_facility" in json.dumps(d)], \
+        "the scan is not catalogued"
 
 
 def test_a_mount_missing_on_the_worker_fails_validate_loudly_and_nothing_moves(site, tmp_path):
@@ -76,7 +92,8 @@ def test_a_mount_missing_on_the_worker_fails_validate_loudly_and_nothing_moves(s
     assert "does not exist on this worker" in alerts and "not-mounted" in alerts
 
 
-def test_an_export_controlled_scan_reaches_data832_and_never_nersc(site):
+def test_an_export_controlled_scan_reaches_data832_and_never_nersc(site, tmp_path, monkeypatch):
+    _include(site, tmp_path, monkeypatch)
     watcher_path, data = _scan(site, "20240101_130000_ec")
     dr = s.dag("bl832_new_file").test(run_conf={"file_path": watcher_path, "is_export_control": True})
     st = s.states(dr)
@@ -92,7 +109,7 @@ def test_prune_deletes_the_spot832_copy_through_globus_once_its_twin_is_verified
     import sqlite3
     from datetime import UTC, datetime, timedelta
 
-    s.enable_deletion(tmp_path, monkeypatch, ("spot",))
+    _include(site, tmp_path, monkeypatch, delete=("spot",))
     watcher_path, data = _scan(site)
     dr = s.dag("bl832_new_file").test(run_conf={"file_path": watcher_path, "is_export_control": False})
     assert str(dr.state) == "success", s.states(dr)
