@@ -55,7 +55,12 @@ def site():
     # A site of its own per test session (unless FACILITY_TEST_SITE names a running one), independent of
     # FACILITY_SITE, which tests may point at private directories.
     s = Site(Path(os.environ.get("FACILITY_TEST_SITE") or _session_tmp / "services"))
-    started = s.up()
+    try:
+        started = s.up()
+    except BaseException:  # no teardown runs for a fixture that failed: stop what this session started
+        if not os.environ.get("FACILITY_TEST_SITE"):
+            s.remove()
+        raise
     yield s
     if started and not os.environ.get("FACILITY_KEEP_SITE"):
         # a session's own site goes entirely: as root its PostgreSQL cluster lives outside it, under /var/tmp

@@ -107,6 +107,19 @@ def wait_until(check: Callable[[], bool], *, what: str, timeout: float, log: Pat
     raise SiteError(f"{what} did not become healthy within {timeout:.0f} s{tail}")
 
 
+def start_healthy(cmd: list[str], *, marker: str, check: Callable[[], bool], what: str, timeout: float, log: Path,
+                  env: dict | None = None) -> int:
+    """:func:`start` ``cmd`` and wait until ``check`` passes; a server that never becomes healthy is stopped before
+    the error is raised (its pid was never recorded anywhere, so nothing else could stop it)."""
+    pid = start(cmd, log=log, env=env)
+    try:
+        wait_until(check, what=what, timeout=timeout, log=log)
+    except BaseException:
+        stop(pid, marker)
+        raise
+    return pid
+
+
 def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:

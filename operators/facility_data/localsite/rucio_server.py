@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from facility_data.localsite.procs import SiteError, alive, http_ok, port_in_use, start, stop, wait_until
+from facility_data.localsite.procs import SiteError, alive, http_ok, port_in_use, start_healthy, stop
 
 RUCIO_VERSION = "41.5.1"
 SCOPE = "raw"
@@ -127,15 +127,14 @@ support = local site
     def start(self, venv: Path) -> int:
         if port_in_use(self.port):
             raise SiteError(f"port {self.port} for the Rucio server is taken: set FACILITY_RUCIO_PORT")
-        pid = start([str(venv / "bin" / "gunicorn"), "-b", f"127.0.0.1:{self.port}", "-w", "2", "--threads", "4",
-                     "--timeout", "120",
-                     # gunicorn's control socket defaults to one per-user path (~/.gunicorn/gunicorn.ctl) that
-                     # every site on the machine would share; nothing here uses it
-                     "--no-control-socket", MARKER + ":application"],
-                    log=self.log, env={**os.environ, "RUCIO_CONFIG": str(self.config)})
         # importing rucio in two workers takes seconds when idle and over a minute on a loaded 2-core machine
-        wait_until(self.healthy, what=f"Rucio server on {self.url}", timeout=180, log=self.log)
-        return pid
+        return start_healthy([str(venv / "bin" / "gunicorn"), "-b", f"127.0.0.1:{self.port}", "-w", "2",
+                              "--threads", "4", "--timeout", "120",
+                              # gunicorn's control socket defaults to one per-user path (~/.gunicorn/gunicorn.ctl)
+                              # that every site on the machine would share; nothing here uses it
+                              "--no-control-socket", MARKER + ":application"],
+                             marker=MARKER, check=self.healthy, what=f"Rucio server on {self.url}", timeout=180,
+                             log=self.log, env={**os.environ, "RUCIO_CONFIG": str(self.config)})
 
     def bootstrap_content(self) -> None:
         """Scope, RSE and account limit the Rubin pipeline needs (idempotent)."""

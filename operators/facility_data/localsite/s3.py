@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from facility_data.localsite.procs import SiteError, alive, http_ok, port_in_use, start, stop, wait_until
+from facility_data.localsite.procs import SiteError, alive, http_ok, port_in_use, start_healthy, stop
 
 MARKER = "moto.server"
 
@@ -26,9 +26,8 @@ class S3Server:
     def start(self) -> int:
         if port_in_use(self.port):
             raise SiteError(f"port {self.port} for the S3 server is taken: set FACILITY_S3_PORT")
-        pid = start([sys.executable, "-m", MARKER, "-H", "127.0.0.1", "-p", str(self.port)], log=self.log)
-        wait_until(self.healthy, what=f"S3 API server on {self.url}", timeout=60, log=self.log)
-        return pid
+        return start_healthy([sys.executable, "-m", MARKER, "-H", "127.0.0.1", "-p", str(self.port)], marker=MARKER,
+                             check=self.healthy, what=f"S3 API server on {self.url}", timeout=60, log=self.log)
 
     def running(self, pid: int | None) -> bool:
         return alive(pid, MARKER) and self.healthy()

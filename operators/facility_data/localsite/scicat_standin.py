@@ -49,9 +49,8 @@ from facility_data.localsite.procs import (
     free_port,
     http_ok,
     port_in_use,
-    start,
+    start_healthy,
     stop,
-    wait_until,
 )
 
 API_PATH = "/api/v3"
@@ -311,10 +310,10 @@ class SciCatServer:
         if port_in_use(self.port):
             raise SiteError(f"port {self.port} for the SciCat stand-in is taken: set FACILITY_SCICAT_PORT")
         self.root.mkdir(parents=True, exist_ok=True)
-        pid = start([sys.executable, "-m", MARKER, "--port", str(self.port), "--state", str(self.state_file),
-                     "--user", INGEST_USER], log=self.log, env={**os.environ, PASSWORD_ENV: self.password})
-        wait_until(self.healthy, what=f"SciCat stand-in on {self.url}", timeout=60, log=self.log)
-        return pid
+        return start_healthy([sys.executable, "-m", MARKER, "--port", str(self.port), "--state", str(self.state_file),
+                              "--user", INGEST_USER], marker=MARKER, check=self.healthy,
+                             what=f"SciCat stand-in on {self.url}", timeout=60, log=self.log,
+                             env={**os.environ, PASSWORD_ENV: self.password})
 
     def running(self, pid: int | None) -> bool:
         return alive(pid, MARKER) and self.healthy()
