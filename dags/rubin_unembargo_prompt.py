@@ -17,6 +17,7 @@ from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetabl
 from facility_data.dag_defaults import default_args
 from facility_data.placement import place
 from facility_data.rubin.policy import schedule_start
+from facility_data.rubin.windows import day_obs_param
 
 with DAG(
     dag_id="rubin_unembargo_prompt",
@@ -29,8 +30,7 @@ with DAG(
     default_args=default_args(retries=3),
     tags=["rubin", "embargo", "usdf"],
     params={
-        "day_obs": Param(None, type=["null", "string"], pattern=r"^[0-9]{8}$",
-                         description="Reprocess this observing day (YYYYMMDD); manual runs only"),
+        "day_obs": day_obs_param("Reprocess this observing day (YYYYMMDD); manual runs only"),
         "rows": Param([], type="array", items={"type": "string", "pattern": r"^[A-Za-z][A-Za-z0-9_]*$"},
                       description="Only these policy rows (manual runs); empty: every row"),
         "dry_run": Param(False, type="boolean", description="Report what would be transferred; change nothing"),

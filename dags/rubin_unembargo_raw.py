@@ -20,6 +20,7 @@ from facility_data.operators.embargo import EmbargoZipOperator, RubinStepOperato
 from facility_data.placement import place
 from facility_data.rubin.policy import schedule_start
 from facility_data.rubin.runs import PER_RUN_PARALLELISM
+from facility_data.rubin.windows import day_obs_param
 
 #: the per-exposure tasks in chain order; the last one's success (in this run) ends an exposure's unit
 STEP_TASKS = ("exposure.gate", "exposure.zip", "exposure.dimensions", "exposure.butler_ingest", "exposure.rucio")
@@ -37,11 +38,7 @@ with DAG(
     params={
         "instrument": Param("LSSTCam", type="string", pattern=r"^[A-Za-z][A-Za-z0-9_]*$",
                             description="Instrument (manual runs); scheduled runs cover every policy instrument"),
-        # an integer (a JSON conf {"day_obs": 20261201}) is accepted like the string; pattern applies to strings,
-        # the bounds to integers (8 digits); JSON Schema's integer is never a bool
-        "day_obs": Param(None, type=["null", "string", "integer"], pattern=r"^[0-9]{8}$",
-                         minimum=10000101, maximum=99991231,
-                         description="Reprocess this observing day (YYYYMMDD)"),
+        "day_obs": day_obs_param("Reprocess this observing day (YYYYMMDD)"),
         "obs_ids": Param([], type="array", items={"type": "string", "pattern": r"^[A-Z]{2}_[A-Z]_[0-9]{8}_[0-9]{6}$"},
                          description="Reprocess exactly these exposures, e.g. MC_O_20251231_000010"),
         "dry_run": Param(False, type="boolean", description="Report what would be done; change nothing"),

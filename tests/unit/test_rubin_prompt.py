@@ -282,13 +282,18 @@ def test_plan_window_and_manual_units():
     manual = prompt.plan({"day_obs": "20261101", "rows": ["lsstcam_prompt"], "dry_run": True}, {},
                          run_type="manual", data_interval=None, policy=_pol())
     assert manual == [{"row": "lsstcam_prompt", "window": None, "day_obs": 20261101, "dry_run": True}]
+    # an integer (a JSON conf {"day_obs": 20261101}) is the same night, as for the raw DAG
+    assert prompt.plan({"day_obs": 20261101, "rows": ["lsstcam_prompt"], "dry_run": True}, {}, run_type="manual",
+                       data_interval=None, policy=_pol()) == manual
 
 
 @pytest.mark.parametrize("params, conf, run_type, interval, message", [
     ({"day_obs": "20261101"}, {}, "scheduled", _WINDOW, "Params day_obs are for manual runs only"),
     ({"rows": ["lsstcam_prompt"]}, {}, "backfill", _WINDOW, "Params rows are for manual runs only"),
     ({"day_obs": "20261340"}, {}, "manual", None, "calendar date"),
-    ({"day_obs": "２０２６１１０１"}, {}, "manual", None, "calendar date"),
+    ({"day_obs": "２０２６１１０１"}, {}, "manual", None, "must be YYYYMMDD"),
+    ({"day_obs": "20261101\n"}, {}, "manual", None, "must be YYYYMMDD"),
+    ({"day_obs": True}, {}, "manual", None, "must be YYYYMMDD"),
     ({"rows": ["nope"]}, {}, "manual", _WINDOW, "unknown row(s) ['nope']"),
     ({}, {}, "manual", None, "must name a day_obs"),
     ({"day_obs": "20261101"}, {"dryrun": True}, "manual", None, "unknown conf key(s) ['dryrun']"),

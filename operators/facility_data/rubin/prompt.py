@@ -363,7 +363,7 @@ def verdict_lines(summary: dict) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------------- the DAG's run
 #: rubin_unembargo_prompt's conf, a closed schema (the Params' JSON schema checks types at trigger time too)
-PROMPT_CONF = {"day_obs": (str, type(None)), "rows": (list,), "dry_run": (bool,)}
+PROMPT_CONF = {"day_obs": (str, int, type(None)), "rows": (list,), "dry_run": (bool,)}
 
 
 def plan(params: dict, conf: object, *, run_type: str | None, data_interval: tuple | None,
@@ -373,10 +373,9 @@ def plan(params: dict, conf: object, *, run_type: str | None, data_interval: tup
     A scheduled or backfill run owns its data interval and refuses the manual-only Params (day_obs, rows); a
     manual run names a day_obs (and optionally rows), or else uses its data interval if it has one. Raises
     runs.BadRequest, before any side effect, naming what is wrong."""
-    from datetime import date
-
     from facility_data.conf import ConfError, check_conf
     from facility_data.rubin.runs import BadRequest
+    from facility_data.rubin.windows import parse_day_obs
 
     try:
         check_conf(conf, PROMPT_CONF, what="rubin_unembargo_prompt")
@@ -384,19 +383,9 @@ def plan(params: dict, conf: object, *, run_type: str | None, data_interval: tup
         raise BadRequest(str(exc)) from None
     params = dict(params or {})
     problems = []
-    day_obs = params.get("day_obs")
-    if day_obs in ("", None):
-        day_obs = None
-    else:
-        text = str(day_obs)
-        try:
-            if len(text) != 8 or not text.isascii() or not text.isdigit():
-                raise ValueError
-            date(int(text[:4]), int(text[4:6]), int(text[6:]))
-            day_obs = int(text)
-        except ValueError:
-            problems.append(f"day_obs: must be a calendar date YYYYMMDD, got {params.get('day_obs')!r}")
-            day_obs = None
+    day_obs, problem = parse_day_obs(params.get("day_obs"))
+    if problem:
+        problems.append(problem)
     rows = params.get("rows") or []
     if not isinstance(rows, list) or not all(isinstance(r, str) for r in rows):
         problems.append(f"rows: must be a list of policy row names, got {rows!r}")

@@ -145,6 +145,33 @@ class ManualRequest:
     dry_run: bool
 
 
+def day_obs_param(description: str):
+    """The ``day_obs`` Param of the Rubin DAGs: YYYYMMDD as a string or, as a JSON conf ``{"day_obs": 20261201}``
+    and Butler data ids write it, an integer (the pattern applies to strings, the bounds to integers; JSON Schema's
+    integer is never a bool)."""
+    from airflow.sdk import Param
+
+    return Param(None, type=["null", "string", "integer"], pattern=r"^[0-9]{8}$", minimum=10000101,
+                 maximum=99991231, description=description)
+
+
+def parse_day_obs(value: object) -> tuple[int | None, str | None]:
+    """(day_obs, problem): a manual run's day_obs as an int (None when not given), or the reason it is refused.
+    Whole-string and ASCII-only: a trailing newline, non-ASCII digits, a bool or a non-date are refused."""
+    if value in ("", None):
+        return None, None
+    if isinstance(value, bool) or not isinstance(value, str | int):  # True is an int: never a night
+        return None, f"day_obs: must be YYYYMMDD (a string or an integer), got {value!r}"
+    text = str(value)  # an integer 20261201 (a JSON conf) is the same night as "20261201"
+    if not re.fullmatch(r"[0-9]{8}", text):
+        return None, f"day_obs: must be YYYYMMDD, got {value!r}"
+    try:
+        date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        return None, f"day_obs: {value!r} is not a calendar date"
+    return int(text), None
+
+
 def parse_manual(policy: EmbargoPolicy, params: dict) -> ManualRequest:
     """Validate a manual run's Params against the policy; raise ValueError naming every bad field (no side effect).
 
@@ -154,24 +181,9 @@ def parse_manual(policy: EmbargoPolicy, params: dict) -> ManualRequest:
     instrument = params.get("instrument")
     if not isinstance(instrument, str) or instrument not in policy.instruments:
         problems.append(f"instrument: unknown instrument {instrument!r}: the policy knows {policy.instruments}")
-    day_obs = params.get("day_obs")
-    if day_obs in ("", None):
-        day_obs = None
-    elif isinstance(day_obs, bool) or not isinstance(day_obs, str | int):  # True is an int: never a night
-        problems.append(f"day_obs: must be YYYYMMDD (a string or an integer), got {day_obs!r}")
-        day_obs = None
-    else:
-        text = str(day_obs)  # an integer 20261201 (a JSON conf) is the same night as "20261201"
-        if not re.fullmatch(r"[0-9]{8}", text):
-            problems.append(f"day_obs: must be YYYYMMDD, got {day_obs!r}")
-            day_obs = None
-        else:
-            try:
-                date(int(text[:4]), int(text[4:6]), int(text[6:]))
-                day_obs = int(text)
-            except ValueError:
-                problems.append(f"day_obs: {day_obs!r} is not a calendar date")
-                day_obs = None
+    day_obs, problem = parse_day_obs(params.get("day_obs"))
+    if problem:
+        problems.append(problem)
     obs_ids = params.get("obs_ids") or []
     if isinstance(obs_ids, str) or not isinstance(obs_ids, list):
         problems.append(f"obs_ids: must be a list of observation ids, got {obs_ids!r}")
