@@ -43,16 +43,6 @@ POINTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def conns(site):
-    """The Rucio connection the default Context opens (inherited by the spawned worker)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AIRFLOW_CONN_RUCIO_DEFAULT", json.dumps({
-            "conn_type": "rucio", "host": site.rucio_url, "login": site.rucio_account,
-            "password": site.rucio_password}))
-        yield
-
-
 def one_exposure(site, root: Path):
     night = build_night(root, day_obs=unique_day_obs(), n_exposures=1, detectors=DETECTORS, file_size=1 << 20)
     policy = night.policy(destination_prefix=site.root / "main" / f"test-{uuid.uuid4().hex[:8]}")

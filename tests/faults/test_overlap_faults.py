@@ -28,16 +28,6 @@ SPAWN = multiprocessing.get_context("spawn")
 N_EXPOSURES = 3
 
 
-@pytest.fixture(scope="module")
-def conns(site):
-    """The Rucio connection the default Context opens (inherited by the spawned runs)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AIRFLOW_CONN_RUCIO_DEFAULT", json.dumps({
-            "conn_type": "rucio", "host": site.rucio_url, "login": site.rucio_account,
-            "password": site.rucio_password}))
-        yield
-
-
 def night_and_policy(site, root: Path):
     night = build_night(root, day_obs=unique_day_obs(), n_exposures=N_EXPOSURES, detectors=6, without_guider=(3,))
     return night, night.policy(destination_prefix=site.root / "main" / f"test-{uuid.uuid4().hex[:8]}")
