@@ -212,3 +212,18 @@ def test_missing_prompt_products_fail_the_reconcile_until_repaired(dag, airflow_
     states = _states(dr)
     assert states[("alert", -1)] == "success" and dr.state == "success"
     assert _xcom(dr, "finish")["prompt"]["nights"][day]["repaired"] == {}
+
+
+def test_a_prompt_check_that_cannot_run_fails_the_alert(dag, airflow_db, configured, tmp_path, monkeypatch):
+    night, _, site_dir = configured
+    monkeypatch.setenv("FACILITY_RUBIN_PROMPT_POLICY", str(tmp_path / "no_such_policy.yaml"))
+    day = str(night.day_obs)
+    dr = dag.test(run_conf={"instrument": "LSSTCam", "day_obs_first": day, "day_obs_last": day, "repair": False,
+                            "prune_embargo": "off"})
+    states = _states(dr)
+    assert states[("prompt", -1)] == "failed" and states[("finish", -1)] == "success"
+    assert states[("alert", -1)] == "failed"  # the raw report is still written, and the run is not green
+    result = _xcom(dr, "finish")
+    assert "did not finish" in result["prompt"]["error"] and result["reports"]
+    alerts = [json.loads(line) for line in (site_dir / "alerts.jsonl").read_text().splitlines()]
+    assert any(a["task_id"] == "alert" and "prompt products: not checked" in a["error"] for a in alerts)
