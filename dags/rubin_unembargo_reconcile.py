@@ -11,7 +11,9 @@ reported and alerted, as is anything else that cannot be repaired. Each run writ
 PNG chart under the site's reports directory (paths in the ``finish`` task log) and records the counts per night as
 an event on the ``rubin_unembargo_reconcile`` asset. ``prune_embargo`` (off by default; dry_run reports only)
 deletes an exposure's embargo copy only when the data-safety policy accepts a deep verification of every sink; a
-refusal (a sink that fails it) fails ``alert`` with the reason. A run whose ``plan`` refused the Params fails
+refusal (a sink that fails it) fails ``alert`` with the reason. The ``prompt`` task checks the prompt products
+of the same nights (facility_data.rubin.prompt_reconcile: a dry run of every prompt policy row; with ``repair`` the
+rows with missing datasets are transferred for that night); missing, inconsistent or refused ones fail ``alert``. A run whose ``plan`` refused the Params fails
 ``finish`` with the reason too: no refused run ends green.
 """
 
@@ -116,14 +118,26 @@ with DAG(
         with rubin_task_outcome():  # inconsistent or embargoed: failed, never overwritten; busy: retried
             return reconcile.repair_exposure(ctx, item["check"])
 
+    @task(show_return_value_in_logs=False)  # finish logs and reports it
+    def prompt(request: dict) -> dict:
+        """Prompt products of the same nights: a dry run of every prompt policy row of the instrument; with
+        repair (and not dry_run) the rows with missing datasets are run for real for that night, then checked
+        again. Never fails on what it finds: ``alert`` does, with the reason."""
+        from facility_data.rubin import prompt_reconcile
+        from facility_data.rubin.prompt_policy import load_prompt_policy
+
+        return prompt_reconcile.check(load_prompt_policy(), request["instrument"], list(request["nights"]),
+                                      repair=request["repair"], dry_run=request["dry_run"],
+                                      now=datetime.fromisoformat(request["now"]))
+
     @task(trigger_rule="all_done", outlets=[RECONCILED], show_return_value_in_logs=False)  # logs its summary
-    def finish(request: dict, todo: list[dict], repaired, **context) -> dict:
+    def finish(request: dict, todo: list[dict], repaired, prompted, **context) -> dict:
         """Re-check the nights (state after repairs), prune if asked, write the reports, record the counts."""
         import logging
 
         from airflow.sdk.exceptions import AirflowFailException
 
-        from facility_data.rubin import reconcile, steps
+        from facility_data.rubin import prompt_reconcile, reconcile, steps
         from facility_data.rubin.policy import load_policy
 
         if not request:  # plan refused the Params: nothing was checked, and the run must not end green
@@ -139,13 +153,16 @@ with DAG(
         now = datetime.fromisoformat(request["now"])
         nights = [reconcile.check_night(ctx, req.instrument, d, now=now, deep=req.deep) for d in req.nights]
         found = context["ti"].xcom_pull(task_ids="check", key="found")
-        result = reconcile.finish(ctx, req, nights, done, failed, found=found)
+        # a prompt task that failed leaves None: reported, and alert fails on it
+        prompted = prompted or {"error": "the prompt task did not finish (see its log)"}
+        result = reconcile.finish(ctx, req, nights, done, failed, found=found, prompt=prompted)
         log.info("%s", reconcile.summary(result))
         for path in result["reports"]:
             log.info("REPORT %s", path)
         context["outlet_events"][RECONCILED].extra = {
             "instrument": req.instrument, "counts": result["counts"], "repaired": len(done), "failed": len(failed),
-            "unrepairable": len(result["unrepairable"]), "dry_run": req.dry_run}
+            "unrepairable": len(result["unrepairable"]), "dry_run": req.dry_run,
+            "prompt": prompt_reconcile.totals(prompted)}
         return result
 
     @task
@@ -153,18 +170,23 @@ with DAG(
         """Fail (and so alert, through the DAG's failure callback) on anything this run could not repair."""
         from airflow.sdk.exceptions import AirflowFailException
 
+        from facility_data.rubin.prompt_reconcile import verdict_lines
+
         bad = result["unrepairable"] + result["failed"]
         lines = [f"{b['obs_id']}: {b.get('state', 'repair failed')}: "
                  f"{'; '.join(b.get('problems', [])) or b.get('error', '')}" for b in bad]
         # the prune guard refusing a fully reconciled exposure means a sink failed its deep verification
         refused = [p for p in result["prune"] if p.get("error") or not p.get("allowed")]
         lines += [f"{p['obs_id']}: prune refused: {p.get('error') or p.get('reason')}" for p in refused]
+        lines += verdict_lines(result.get("prompt"))  # missing, inconsistent, refused prompt products
         if lines:
-            raise AirflowFailException(f"{len(lines)} exposure(s) need an operator:\n" + "\n".join(lines[:20]))
+            raise AirflowFailException(f"{len(lines)} problem(s) need an operator:\n" + "\n".join(lines[:20]))
 
     request = plan()
     todo = check(request)
     repaired = repair.partial(request=request).expand(item=todo)
-    alert(finish(request, todo, repaired))
+    prompted = prompt(request)
+    todo >> prompted  # after the raw checks, so it does not compete with them
+    alert(finish(request, todo, repaired, prompted))
 
 place(dag)

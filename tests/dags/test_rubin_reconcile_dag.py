@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from facility_data.demo.rubin_synthetic import build_night, unique_day_obs, write_policy
+from facility_data.demo.rubin_synthetic import add_prompt_products, build_night, unique_day_obs, write_policy
 from facility_data.rubin import steps, windows
 
 warnings.filterwarnings("ignore", module="erfa")
@@ -28,10 +28,22 @@ def dag():
     return d
 
 
+def _prompt_policy(night, tmp_path, monkeypatch):
+    """The shipped prompt policy over this night's source and first destination Butler (by URI)."""
+    import yaml
+
+    data = yaml.safe_load((REPO / "include" / "prompt_policy.yaml").read_text())
+    data.update(source={"uri": str(night.source_repo)}, destinations=[{"uri": str(night.destination_repos[0])}])
+    path = tmp_path / "prompt_policy.yaml"
+    path.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("FACILITY_RUBIN_PROMPT_POLICY", str(path))
+
+
 @pytest.fixture
 def configured(site, tmp_path, monkeypatch):
     night = build_night(tmp_path / "night", day_obs=unique_day_obs(), n_exposures=4, detectors=4, incomplete=(4,))
     policy = night.policy(destination_prefix=site.root / "main" / f"reconcile-dag-{night.day_obs}")
+    _prompt_policy(night, tmp_path, monkeypatch)  # no prompt products in this night: the prompt check finds none
     monkeypatch.setenv("AIRFLOW_CONN_RUCIO_DEFAULT", json.dumps({
         "conn_type": "rucio", "host": site.rucio_url, "login": site.rucio_account, "password": site.rucio_password}))
     monkeypatch.setenv("FACILITY_RUBIN_POLICY", str(write_policy(policy, tmp_path / "policy.yaml")))
@@ -92,6 +104,8 @@ def test_reconcile_run_repairs_reports_and_alerts(dag, airflow_db, configured, s
                   .filter(AssetModel.uri == ASSET_URI).order_by(AssetEvent.id).all())
         extra = dict(events[-1].extra)
     assert extra["counts"][str(night.day_obs)]["done"] == 3 and extra["repaired"] == 2
+    assert extra["prompt"] == {"present": 0, "missing": 0, "held": 0, "inconsistent": 0, "refused": 0, "error": 0}
+    assert states[("prompt", -1)] == "success" and "prompt" not in alerts[-1]["error"]
 
 
 @pytest.mark.parametrize("conf, message", [
@@ -156,3 +170,60 @@ def test_prune_guard_refusal_on_a_corrupt_exposure_fails_the_alert_task(dag, air
     alerts = [json.loads(line) for line in (site_dir / "alerts.jsonl").read_text().splitlines()]
     [error] = [a["error"] for a in alerts if a["task_id"] == "alert"]
     assert f"{corrupt}: prune refused: " in error and refused[corrupt]["reason"] in error
+
+
+@pytest.fixture
+def prompt_night(site, tmp_path, monkeypatch):
+    """A complete night (no incomplete exposure) with prompt products in the source, none transferred."""
+    night = build_night(tmp_path / "night", day_obs=unique_day_obs(), n_exposures=3, detectors=4)
+    add_prompt_products(night, detectors=1)  # 3 visits x (1 calexp + 1 sourceTable_visit)
+    policy = night.policy(destination_prefix=site.root / "main" / f"reconcile-prompt-{night.day_obs}")
+    monkeypatch.setenv("AIRFLOW_CONN_RUCIO_DEFAULT", json.dumps({
+        "conn_type": "rucio", "host": site.rucio_url, "login": site.rucio_account, "password": site.rucio_password}))
+    monkeypatch.setenv("FACILITY_RUBIN_POLICY", str(write_policy(policy, tmp_path / "policy.yaml")))
+    monkeypatch.setenv("FACILITY_SITE", str(tmp_path / "site"))
+    (tmp_path / "site").mkdir()
+    _prompt_policy(night, tmp_path, monkeypatch)
+    return night, tmp_path / "site"
+
+
+def test_missing_prompt_products_fail_the_reconcile_until_repaired(dag, airflow_db, prompt_night):
+    night, site_dir = prompt_night
+    day = str(night.day_obs)
+    conf = {"instrument": "LSSTCam", "day_obs_first": day, "day_obs_last": day, "prune_embargo": "off"}
+    dr = dag.test(run_conf={**conf, "repair": False})
+    states = _states(dr)
+    assert states[("prompt", -1)] == states[("finish", -1)] == "success" and states[("alert", -1)] == "failed"
+    result = _xcom(dr, "finish")
+    assert result["prompt"]["nights"][day]["rows"]["lsstcam_prompt"]["missing"] == 6
+    html = next(Path(p) for p in result["reports"] if p.endswith(".html")).read_text()
+    assert "Prompt products" in html and "lsstcam_prompt" in html
+    alerts = [json.loads(line) for line in (site_dir / "alerts.jsonl").read_text().splitlines()]
+    assert f"prompt {day} row lsstcam_prompt: missing 6" in alerts[-1]["error"]
+
+    dr = dag.test(run_conf={**conf, "repair": True})  # repairs the raw exposures and the prompt products
+    result = _xcom(dr, "finish")
+    n = result["prompt"]["nights"][day]
+    assert n["found"]["lsstcam_prompt"]["missing"] == 6 and n["repaired"] == {"lsstcam_prompt": 6}
+    assert n["rows"]["lsstcam_prompt"]["present"] == 6 and n["rows"]["lsstcam_prompt"]["missing"] == 0
+    assert _states(dr)[("alert", -1)] == "success"
+
+    dr = dag.test(run_conf={**conf, "repair": False})  # the rerun is green and changes nothing
+    states = _states(dr)
+    assert states[("alert", -1)] == "success" and dr.state == "success"
+    assert _xcom(dr, "finish")["prompt"]["nights"][day]["repaired"] == {}
+
+
+def test_a_prompt_check_that_cannot_run_fails_the_alert(dag, airflow_db, configured, tmp_path, monkeypatch):
+    night, _, site_dir = configured
+    monkeypatch.setenv("FACILITY_RUBIN_PROMPT_POLICY", str(tmp_path / "no_such_policy.yaml"))
+    day = str(night.day_obs)
+    dr = dag.test(run_conf={"instrument": "LSSTCam", "day_obs_first": day, "day_obs_last": day, "repair": False,
+                            "prune_embargo": "off"})
+    states = _states(dr)
+    assert states[("prompt", -1)] == "failed" and states[("finish", -1)] == "success"
+    assert states[("alert", -1)] == "failed"  # the raw report is still written, and the run is not green
+    result = _xcom(dr, "finish")
+    assert "did not finish" in result["prompt"]["error"] and result["reports"]
+    alerts = [json.loads(line) for line in (site_dir / "alerts.jsonl").read_text().splitlines()]
+    assert any(a["task_id"] == "alert" and "prompt products: not checked" in a["error"] for a in alerts)

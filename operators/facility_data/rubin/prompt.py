@@ -86,9 +86,11 @@ class RowSummary:
     would_transfer: int = 0
     problems: list[dict] = field(default_factory=list)  # {state, reason[, dataset, destination]}
     problem_count: int = 0
+    by_state: dict[str, int] = field(default_factory=dict)  # complete, unlike the capped problems list
 
     def problem(self, state: str, reason: str, **where) -> None:
         self.problem_count += 1
+        self.by_state[state] = self.by_state.get(state, 0) + 1
         if len(self.problems) < _LIST_MAX:
             self.problems.append({"state": state, "reason": reason, **where})
         log.warning("prompt row %s: %s: %s %s", self.row, state, reason, where or "")
@@ -101,7 +103,7 @@ class RowSummary:
         return {"row": self.row, "ok": self.ok, "dry_run": self.dry_run, "dataset_types": self.dataset_types,
                 "collections": self.collections, "selected": self.selected, "transferred": self.transferred,
                 "already_present": self.already_present, "would_transfer": self.would_transfer,
-                "problem_count": self.problem_count, "problems": self.problems}
+                "problem_count": self.problem_count, "by_state": dict(self.by_state), "problems": self.problems}
 
 
 def describe(ref) -> str:

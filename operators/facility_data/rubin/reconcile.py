@@ -169,6 +169,12 @@ def summary(result: dict) -> str:
     if temps:
         lines.append(f"  temporary files: {len(temps)}, {sum(t['bytes'] for t in temps)} bytes "
                      f"({sum(t['owner_dead'] for t in temps)} of dead owners, removed at the exposure's next attempt)")
+    if "prompt" in result:
+        from facility_data.rubin.prompt_reconcile import verdict_lines
+
+        bad = verdict_lines(result["prompt"])
+        lines += [f"  PROMPT {b}" for b in bad] or [f"  prompt products: ok "
+                                                     f"({len(result['prompt'].get('rows', []))} row(s))"]
     for path in result.get("reports") or []:
         lines.append(f"  report: {path}")
     return "\n".join(lines)
@@ -194,9 +200,9 @@ def run(ctx: steps.Context, request: Request, *, now: datetime, reports_dir: str
 
 
 def finish(ctx: steps.Context, request: Request, nights: list[NightResult], repaired: list[dict],
-           failed: list[dict], *, found: dict | None = None, reports_dir=None) -> dict:
+           failed: list[dict], *, found: dict | None = None, reports_dir=None, prompt: dict | None = None) -> dict:
     """Prune (if asked), write the reports, and assemble the result dict (``found``: counts before repair,
-    ``counts``: after)."""
+    ``counts``: after; ``prompt``: facility_data.rubin.prompt_reconcile.check's result, when checked)."""
     pruned = []
     if request.prune_embargo != "off":
         for n in nights:
@@ -209,5 +215,7 @@ def finish(ctx: steps.Context, request: Request, nights: list[NightResult], repa
               "found": found or {}, "counts": counts_per_night(nights), "repaired": repaired, "failed": failed,
               "unrepairable": unrepairable(nights), "prune": pruned,
               "temporary": [t for d in request.nights for t in temporary_files(ctx.policy, request.instrument, d)]}
+    if prompt is not None:
+        result["prompt"] = prompt
     result["reports"] = [str(p) for p in report.write_reports(nights, result, reports_dir=reports_dir)]
     return result

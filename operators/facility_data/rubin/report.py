@@ -31,6 +31,36 @@ def reports_root(reports_dir: str | Path | None = None) -> Path:
     return site_reports() / "rubin_reconcile"
 
 
+def prompt_html(result: dict, day_obs: int) -> str:
+    """The night's prompt-products section: counts per policy row as found and after this run's repairs."""
+    if "prompt" not in result:
+        return ""
+    esc = html.escape
+    prompt = result["prompt"]
+    if prompt.get("error"):
+        return f"<h2>Prompt products</h2><p><strong>not checked: {esc(prompt['error'])}</strong></p>"
+    night = prompt.get("nights", {}).get(str(day_obs))
+    if not night:
+        return f"<h2>Prompt products</h2><p>{esc(prompt.get('note') or 'not checked for this night')}</p>"
+    from facility_data.rubin.prompt_reconcile import COUNTS
+
+    head = "".join(f"<th>{k}</th>" for k in COUNTS)
+    rows = "".join(
+        f"<tr><td>{esc(row)}</td>" + "".join(f"<td>{night['found'].get(row, {}).get(k, '')} / {c[k]}</td>"
+                                              for k in COUNTS)
+        + f"<td>{night['repaired'].get(row, '')}</td></tr>" for row, c in night["rows"].items())
+    problems = "".join(f"<li>{esc(p['row'])}: {esc(p['state'])}: {esc(str(p.get('destination', '')))} "
+                       f"{esc(str(p.get('dataset', '')))}: {esc(p['reason'])}</li>" for p in night["problems"])
+    return (f"<h2>Prompt products (datasets x destinations, found / after this run)</h2>"
+            f"<table><tr><th>row</th>{head}<th>transferred</th></tr>{rows}</table>"
+            f"<ul>{problems or '<li>no problems</li>'}</ul>")
+
+
+def _has_prompt(result: dict, day_obs: int) -> bool:
+    night = (result.get("prompt") or {}).get("nights", {}).get(str(day_obs)) or {}
+    return any(any(c.values()) for c in night.get("rows", {}).values())
+
+
 def night_html(night: NightResult, result: dict, chart: Path | None) -> str:
     c = night.counts
     esc = html.escape
@@ -60,6 +90,7 @@ dry run {result.get('dry_run')}. States reflect the sinks <em>after</em> this ru
 {rows or '<tr><td colspan=5>none</td></tr>'}</table>
 <h2>Repaired in this run</h2><ul>{rep_rows or '<li>none</li>'}</ul>
 <h2>Still embargoed (not handled)</h2><ul>{embargoed or '<li>none</li>'}</ul>
+{prompt_html(result, night.day_obs)}
 </body></html>
 """
 
@@ -79,11 +110,11 @@ def write_reports(nights: list[NightResult], result: dict, *, reports_dir: str |
     logged). Then the kind's retention is applied to the directory written into."""
     from facility_data.reports import apply_retention
 
-    empty = [n.day_obs for n in nights if not n.exposures and not n.embargoed]
+    empty = [n.day_obs for n in nights if not n.exposures and not n.embargoed and not _has_prompt(result, n.day_obs)]
     if empty:
         log.info("no reconcile report for %d night(s) without exposures: %s", len(empty),
                  ", ".join(map(str, empty)))
-    nights = [n for n in nights if n.exposures or n.embargoed]
+    nights = [n for n in nights if n.exposures or n.embargoed or _has_prompt(result, n.day_obs)]
     if not nights:
         return []
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
