@@ -50,5 +50,6 @@ def test_a_globus_copy_defers_to_the_triggerer_and_resumes_when_globus_finishes(
     state = live_airflow.wait_runs(DAG_ID, [run_id], timeout=300)[run_id]
     assert state == "success", live_airflow.task_log(DAG_ID, run_id, "copy")
     assert dst.read_bytes() == src.read_bytes()
+    assert len([t for t in live_airflow.globus.tasks.values() if t.doc["type"] == "TRANSFER"]) == 1  # never twice
     log = live_airflow.task_log(DAG_ID, run_id, "copy")
     assert transfers[0]["task_id"] in log

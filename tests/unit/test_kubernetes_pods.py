@@ -23,7 +23,8 @@ IMAGE = "registry.example.org/facility-data/airflow:3.3.2-facility"
 HEAVY = {
     ("rubin_unembargo_raw", "exposure.zip"), ("rubin_unembargo_raw", "exposure.butler_ingest"),
     ("rubin_unembargo_reconcile", "check"), ("rubin_unembargo_reconcile", "repair"),
-    ("rubin_unembargo_reconcile", "finish"),
+    ("rubin_unembargo_reconcile", "finish"), ("rubin_unembargo_reconcile", "prompt"),
+    ("rubin_unembargo_prompt", "transfer"),  # prompt products: copied and checksummed
     ("bl832_recon_local", "reconstruct"), ("bl832_recon_local", "multiscale"),
 }
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
