@@ -101,8 +101,10 @@ def test_an_export_controlled_scan_reaches_data832_and_never_nersc(site, tmp_pat
     rel = f"{s.FOLDER}/20240101_130000_ec.h5"
     assert site.local("data832_raw", rel).read_bytes() == data
     assert not site.local("nersc832", f"raw/{rel}").exists()
-    dests = [it["destination_path"] for t in site.standin.tasks.values() for it in t.doc.get("DATA", [])]
-    assert not [d for d in dests if "data_mover" in d]  # no transfer towards NERSC was ever submitted
+    dests = [it["destination_path"] for t in site.standin.tasks.values() if t.doc["type"] == "TRANSFER"
+             for it in t.items]
+    assert [d for d in dests if d.startswith("/data/raw/")], dests  # the copy to data832 was submitted
+    assert not [d for d in dests if "data_mover" in d], dests  # no transfer towards NERSC was ever submitted
 
 
 def test_prune_deletes_the_spot832_copy_through_globus_once_its_twin_is_verified(site, tmp_path, monkeypatch):
