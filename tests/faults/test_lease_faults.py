@@ -184,9 +184,11 @@ def tiny_fs(tmp_path):
     """A 16 KiB tmpfs (root only): a destination that fills up mid-zip."""
     mnt = tmp_path / "full"
     mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mnt)],
-                                           capture_output=True).returncode:
-        pytest.skip("needs root to mount a tmpfs")
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs (the full-disk fault); CI runs as root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"running as root but mounting a tmpfs is not permitted here: {done.stderr.strip()}")
     yield mnt
     subprocess.run(["umount", str(mnt)], check=True)
 
