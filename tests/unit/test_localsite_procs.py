@@ -3,11 +3,12 @@ nowhere, so nothing else could ever stop it (before, a slow Rucio start left it 
 
 from __future__ import annotations
 
+import socket
 import sys
 
 import pytest
 
-from facility_data.localsite.procs import SiteError, alive, start_healthy
+from facility_data.localsite.procs import SiteError, alive, free_port, port_in_use, start_healthy
 
 
 def test_a_server_that_never_becomes_healthy_is_stopped(tmp_path):
@@ -41,3 +42,13 @@ def _children_with(marker: str):
                     yield proc.name
             except OSError:
                 continue
+
+
+def test_a_socket_connected_to_itself_is_not_a_listener():
+    # Nobody listens on the port; binding our client to it forces the self-connect the kernel can pick by chance.
+    port = free_port()
+    assert not port_in_use(port, _source_port=port)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert port_in_use(server.getsockname()[1])

@@ -23,9 +23,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def port_in_use(port: int) -> bool:
+def port_in_use(port: int, *, _source_port: int = 0) -> bool:
+    """Whether something listens on ``port`` of the loopback interface.
+
+    A port in the ephemeral range that nobody listens on can still accept our connect: the kernel may pick that same
+    port as the source and the socket connects to itself (TCP simultaneous open). That is not a listener.
+    """
     with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        if _source_port:
+            s.bind(("127.0.0.1", _source_port))
+        return s.connect_ex(("127.0.0.1", port)) == 0 and s.getsockname() != s.getpeername()
 
 
 def start(cmd: list[str], *, log: Path, env: dict | None = None, cwd: Path | None = None) -> int:
