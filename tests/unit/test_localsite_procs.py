@@ -4,11 +4,13 @@ nowhere, so nothing else could ever stop it (before, a slow Rucio start left it 
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
+import time
 
 import pytest
 
-from facility_data.localsite.procs import SiteError, alive, free_port, port_in_use, start_healthy
+from facility_data.localsite.procs import SiteError, alive, exited, free_port, port_in_use, start_healthy
 
 
 def test_a_server_that_never_becomes_healthy_is_stopped(tmp_path):
@@ -52,3 +54,27 @@ def test_a_socket_connected_to_itself_is_not_a_listener():
         server.bind(("127.0.0.1", 0))
         server.listen()
         assert port_in_use(server.getsockname()[1])
+
+
+def test_a_server_whose_main_thread_exited_has_not_exited_while_a_thread_holds_its_port(tmp_path):
+    # The main thread of a threaded server can be a zombie while a serving thread still holds the listening socket:
+    # only when every thread has exited is the port free (CI saw a "stopped" SciCat stand-in still accepting).
+    code = (
+        "import ctypes, socket, threading, time\n"
+        "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
+        "print(s.getsockname()[1], flush=True)\n"
+        "threading.Thread(target=lambda: time.sleep(30)).start()\n"
+        "ctypes.CDLL(None).pthread_exit(None)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        deadline = time.monotonic() + 10
+        while "Z" not in open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()[0]:
+            assert time.monotonic() < deadline, "the main thread never exited"
+            time.sleep(0.05)
+        assert port_in_use(port) and not exited(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert exited(proc.pid) and not port_in_use(port)

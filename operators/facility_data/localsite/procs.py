@@ -84,22 +84,43 @@ def _signal_all(pids: list[int], sig: int) -> None:
             pass
 
 
+def exited(pid: int) -> bool:
+    """Has ``pid`` finished exiting (gone, or a zombie in every thread)?
+
+    An exiting process loses its command line before it closes its files, and a multi-threaded server's main thread
+    can be a zombie while another thread still holds the listening socket; only when every thread is a zombie are its
+    ports free.
+    """
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child, so it does not linger as a zombie
+    except ChildProcessError:
+        pass
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            if stat.read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                return False
+        except (OSError, IndexError):
+            continue  # that thread is gone
+    return True
+
+
 def stop(pid: int, marker: str, *, timeout: float = 15) -> bool:
     """Stop the process we started and everything it started, if ``pid`` is still ours.
 
-    Returns True if something was stopped. A pid that now belongs to another program is left alone.
+    Returns True if something was stopped, once all of it has exited (its ports are free again). A pid that now
+    belongs to another program is left alone.
     """
     if not alive(pid, marker):
         return False
     tree = [pid, *descendants(pid)]
-    _signal_all(tree, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not any(cmdline(p) for p in tree if p != pid) and not alive(pid, marker):
-            return True
-        time.sleep(0.2)
-    _signal_all(tree, signal.SIGKILL)
-    return True
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        _signal_all(tree, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if all(exited(p) for p in tree):
+                return True
+            time.sleep(0.1)
+    raise SiteError(f"process {pid} ({marker}) and its children did not exit after SIGKILL")
 
 
 def wait_until(check: Callable[[], bool], *, what: str, timeout: float, log: Path | None = None) -> None:
