@@ -75,10 +75,12 @@ def als_transfer_healthcheck():
     first = GlobusTransferOperator(
         task_id="transfer_source_to_middle", source_endpoint="{{ params.source }}", source_path=PROBE,
         destination_endpoint="{{ params.middle }}", destination_path=PROBE, label="healthcheck hop 1",
+        export_controlled=False,  # the probe is bytes this DAG wrote, not a scan
         deadline=timedelta(minutes=30))
     second = GlobusTransferOperator(
         task_id="transfer_middle_to_destination", source_endpoint="{{ params.middle }}", source_path=PROBE,
         destination_endpoint="{{ params.destination }}", destination_path=PROBE, label="healthcheck hop 2",
+        export_controlled=False,
         deadline=timedelta(minutes=30))
 
     @task

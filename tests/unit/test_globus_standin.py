@@ -27,7 +27,8 @@ def site(monkeypatch, tmp_path):
 def copy_op(**kw):
     args = dict(task_id="copy", source_endpoint="spot832", source_path="raw/p1/scan.h5",
                 destination_endpoint="nersc832", destination_path="raw/p1/scan.h5",
-                endpoints_file=str(FACILITY_ENDPOINTS), deferrable=False, poll_interval=0.02, label="bl832 scan")
+                endpoints_file=str(FACILITY_ENDPOINTS), deferrable=False, poll_interval=0.02, label="bl832 scan",
+                export_controlled=False)
     args.update(kw)
     return GlobusTransferOperator(**args)
 

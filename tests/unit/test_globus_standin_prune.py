@@ -56,7 +56,7 @@ def hop(site, env, source: str, destination: str, key: str = KEY, **op_args) -> 
     result = GlobusTransferOperator(
         task_id=f"copy_{destination}", source_endpoint=src.endpoint, source_path=src.path_of(key),
         destination_endpoint=dst.endpoint, destination_path=dst.path_of(key), endpoints_file=str(FACILITY_ENDPOINTS),
-        deferrable=False, poll_interval=0.02, **op_args).execute(ctx(f"copy_{destination}", run_id=key))
+        deferrable=False, poll_interval=0.02, export_controlled=False, **op_args).execute(ctx(f"copy_{destination}", run_id=key))
     record_copy(bl, site.eps, ledger, scan, source=source, destination=destination, transfer=result)
     return result
 

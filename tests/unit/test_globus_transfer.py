@@ -98,12 +98,15 @@ def run_trigger(trigger) -> dict:
     return asyncio.run(first())
 
 
+NOT_GIVEN = object()  # make_op leaves the argument out
+
+
 def make_op(globus, **kw):
     args = dict(task_id="copy", source_endpoint="data832", source_path="raw/p1/scan.h5",
                 destination_endpoint="nersc832", destination_path="raw/p1/scan.h5", endpoints_file=globus.endpoints,
-                conn_id="globus_test", deferrable=True, poll_interval=0, label="bl832 scan.h5")
+                conn_id="globus_test", deferrable=True, poll_interval=0, label="bl832 scan.h5", export_controlled=False)
     args.update(kw)
-    return GlobusTransferOperator(**args)
+    return GlobusTransferOperator(**{k: v for k, v in args.items() if v is not NOT_GIVEN})
 
 
 def defer(op, context=None):
@@ -263,6 +266,22 @@ def test_export_controlled_refused_once_loud_before_any_request(globus, caplog):
     assert line == (f"refused transfer data832:raw/p1/scan.h5 -> nersc832:raw/p1/scan.h5 (data-safety policy): "
                     f"{message}")
     assert len(responses.calls) == 0  # nothing asked of Globus, not even a token
+
+
+@pytest.mark.parametrize("status", [NOT_GIVEN, None, "", "None", " none\n", "null"])
+def test_unknown_export_control_status_is_controlled_and_refused_before_any_request(globus, caplog, status):
+    # unknown means controlled: an operator not told, or a template that renders empty, may not move data off site
+    message, line = refused(caplog, lambda: make_op(globus, export_controlled=status).execute(ctx()))
+    assert message == ("SafetyError: export-control status of data832:raw/p1/scan.h5 is not known (the transfer was "
+                       "not told), so it may not leave als (requested: nersc)")
+    assert "(data-safety policy)" in line and len(responses.calls) == 0
+
+
+@pytest.mark.parametrize("status", ["maybe", "ture", "2", "١"])
+def test_an_export_control_status_that_is_not_a_boolean_is_a_conf_refusal(globus, caplog, status):
+    message, line = refused(caplog, lambda: make_op(globus, export_controlled=status).execute(ctx()))
+    assert message == f"ConfError: export_controlled must be a boolean, got {status!r}"
+    assert "(bad conf)" in line and len(responses.calls) == 0
 
 
 @pytest.mark.parametrize("bad", ["/etc/shadow", "raw/../../etc/shadow", "raw\\p1", "", "raw/\x00"])

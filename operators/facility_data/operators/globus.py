@@ -29,7 +29,21 @@ def _as_bool(value: Any, name: str) -> bool:
         return True
     if text in ("false", "0", "no", "none", ""):
         return False
-    raise ValueError(f"{name} must be a boolean, got {value!r}")
+    from facility_data.conf import ConfError
+
+    # usually a template over the run's conf: a refusal, not a fault a retry could fix
+    raise ConfError(f"{name} must be a boolean, got {value!r}")
+
+
+def _export_status(value: Any) -> bool | None:
+    """The rendered ``export_controlled``: True, False, or None when it is not known (unset, empty, None), which the
+    safety policy treats as controlled. Anything else is an error."""
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("", "none", "null"):
+        return None
+    return _as_bool(text, "export_controlled")
 
 
 def _identity(context) -> str:
@@ -90,8 +104,9 @@ class _GlobusTaskOperator(BaseOperator):
 class GlobusTransferOperator(_GlobusTaskOperator):
     """Copy ``source_path`` on ``source_endpoint`` to ``destination_path`` on ``destination_endpoint``.
 
-    Paths are relative to the endpoints' roots. ``recursive`` copies a directory. ``export_controlled`` data may
-    not leave its site (facility_data.safety decides, before anything moves). Returns transfer statistics, plus
+    Paths are relative to the endpoints' roots. ``recursive`` copies a directory. ``export_controlled`` data, and
+    data whose status is not given (the default, or a template that renders empty or None), may not leave its site
+    (facility_data.safety decides, before anything moves). Returns transfer statistics, plus
     ``verify_checksum``, ``checksum_algorithm`` and ``source_checksum`` (what was asked of Globus) for the copy's
     evidence in the ledger.
 
@@ -104,7 +119,7 @@ class GlobusTransferOperator(_GlobusTaskOperator):
     ui_color = "#d8e8f8"
 
     def __init__(self, *, source_endpoint: str, source_path: str, destination_endpoint: str, destination_path: str,
-                 recursive: bool = False, export_controlled: bool = False, verify_checksum: bool = True,
+                 recursive: bool = False, export_controlled: bool | None = None, verify_checksum: bool = True,
                  checksum_algorithm: str | None = "SHA256", source_checksum: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.checksum_algorithm = checksum_algorithm
@@ -129,7 +144,7 @@ class GlobusTransferOperator(_GlobusTaskOperator):
         from facility_data.transfer import LocalTransfer, backend_kind, check_transfer_allowed
         from facility_data.transfer.globus import task_label
 
-        export_controlled = _as_bool(self.export_controlled, "export_controlled")
+        export_controlled = _export_status(self.export_controlled)
         recursive = _as_bool(self.recursive, "recursive")
         src, dst = self._endpoints(self.source_endpoint, self.destination_endpoint)
         check_transfer_allowed(src, self.source_path, dst, self.destination_path, export_controlled=export_controlled)

@@ -54,12 +54,12 @@ class TransferStats:
 
 
 def check_transfer_allowed(src: Endpoint, src_path: str, dst: Endpoint, dst_path: str, *,
-                           export_controlled: bool) -> None:
+                           export_controlled: bool | None) -> None:
     """Validate both paths and ask the safety policy; raises before any side effect."""
     safe_relpath(src_path)
     safe_relpath(dst_path)
     may_leave_site(export_controlled=export_controlled, from_site=src.site, to_site=dst.site,
-                   what=f"{src.name}:{src_path}").require()
+                   what=f"{src.name}:{src_path}", unknown_because="the transfer was not told").require()
 
 
 class TransferBackend(abc.ABC):
@@ -67,7 +67,7 @@ class TransferBackend(abc.ABC):
 
     @abc.abstractmethod
     def transfer(self, src: Endpoint, src_path: str, dst: Endpoint, dst_path: str, *, recursive: bool = False,
-                 export_controlled: bool = False, verify_checksum: bool = True, label: str | None = None,
+                 export_controlled: bool | None = None, verify_checksum: bool = True, label: str | None = None,
                  deadline_seconds: float | None = None) -> TransferStats: ...
 
     @abc.abstractmethod

@@ -133,7 +133,7 @@ class GlobusTransfer(TransferBackend):
         return None
 
     def submit_transfer(self, src: Endpoint, src_path: str, dst: Endpoint, dst_path: str, *, label: str,
-                        recursive: bool = False, export_controlled: bool = False,
+                        recursive: bool = False, export_controlled: bool | None = None,
                         verify_checksum: bool = True, deadline_seconds: float | None = None,
                         checksum_algorithm: str | None = DEFAULT_ALGORITHM,
                         source_checksum: str | None = None) -> tuple[str, bool]:
@@ -244,7 +244,7 @@ class GlobusTransfer(TransferBackend):
             time.sleep(self.poll_interval)
 
     # -- the TransferBackend interface ----------------------------------------------------------------------
-    def transfer(self, src, src_path, dst, dst_path, *, recursive=False, export_controlled=False,
+    def transfer(self, src, src_path, dst, dst_path, *, recursive=False, export_controlled=None,
                  verify_checksum=True, label=None, deadline_seconds=None) -> TransferStats:
         start = time.monotonic()
         label = label or task_label(None, f"{src.name}:{src_path}->{dst.name}:{dst_path}")

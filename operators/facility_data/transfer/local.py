@@ -216,7 +216,7 @@ class LocalTransfer(TransferBackend):
         log.debug("copied %s -> %s (%d B, %s)", s, d, size, checksum)
         return size
 
-    def transfer(self, src, src_path, dst, dst_path, *, recursive=False, export_controlled=False,
+    def transfer(self, src, src_path, dst, dst_path, *, recursive=False, export_controlled=None,
                  verify_checksum=True, label=None, deadline_seconds=None) -> TransferStats:
         check_transfer_allowed(src, src_path, dst, dst_path, export_controlled=export_controlled)
         self._require_local(src, dst)

@@ -43,7 +43,7 @@ def globus_check():
     copy = GlobusTransferOperator(task_id="copy", source_endpoint="data832", source_path="raw/p1/scan.h5",
                                   destination_endpoint="nersc832", destination_path="raw/p1/scan.h5",
                                   conn_id="globus_dagtest",  # endpoints: $FACILITY_ENDPOINTS_FILE set by the test
-                                  deferrable=True, poll_interval=0.1, label="dagtest copy")
+                                  export_controlled=False, deferrable=True, poll_interval=0.1, label="dagtest copy")
     delete = GlobusDeleteOperator(task_id="delete", endpoint="data832", path="raw/p1/scan.h5",
                                   conn_id="globus_dagtest", deferrable=True, poll_interval=0.1)
     copy >> delete

@@ -23,7 +23,7 @@ def live_globus_deferral():
     GlobusTransferOperator(task_id="copy", source_endpoint="spot832", source_path="raw/live/scan.h5",
                            destination_endpoint="nersc832", destination_path="raw/live/scan.h5",
                            endpoints_file=str(FACILITY_ENDPOINTS), deferrable=True, poll_interval=1,
-                           deadline=timedelta(minutes=10), label="live deferral")
+                           deadline=timedelta(minutes=10), label="live deferral", export_controlled=False)
 
 
 live_globus_deferral()
