@@ -56,7 +56,7 @@ def test_a_socket_connected_to_itself_is_not_a_listener():
         assert port_in_use(server.getsockname()[1])
 
 
-def test_a_server_whose_main_thread_exited_has_not_exited_while_a_thread_holds_its_port(tmp_path):
+def test_a_server_whose_main_thread_exited_has_not_exited_while_a_thread_holds_its_port():
     # The main thread of a threaded server can be a zombie while a serving thread still holds the listening socket:
     # only when every thread has exited is the port free (CI saw a "stopped" SciCat stand-in still accepting).
     code = (

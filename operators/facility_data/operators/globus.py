@@ -43,7 +43,7 @@ def _export_status(value: Any) -> bool | None:
     text = str(value).strip().lower()
     if text in ("", "none", "null"):
         return None
-    return _as_bool(text, "export_controlled")
+    return _as_bool(value, "export_controlled")
 
 
 def _identity(context) -> str:
